@@ -1,0 +1,83 @@
+//! The library's error type. Every variant that concerns a file names it, so a user can tell
+//! *which* input is wrong and *what* is wrong with it without a backtrace.
+
+use std::path::PathBuf;
+
+/// Errors raised by the offsite library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be opened, read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file exists but its content is not what it should be (corrupt, truncated, wrong format).
+    #[error("{path}: {msg}")]
+    Format {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
+    /// A checkpoint lacks a tensor the model needs.
+    #[error("{path}: tensor `{name}` is missing")]
+    MissingTensor {
+        /// The checkpoint file or directory.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+    },
+    /// A tensor has a shape that does not fit the model's configuration.
+    #[error("{path}: tensor `{name}` has shape {actual:?}, expected {expected:?}")]
+    TensorShape {
+        /// The checkpoint file holding the tensor.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+        /// The shape the configuration implies.
+        expected: Vec<usize>,
+        /// The shape found in the file.
+        actual: Vec<usize>,
+    },
+    /// The checkpoint is of a model family offsite does not implement.
+    #[error("{path}: unsupported architecture `{arch}` (supported: {supported})")]
+    UnsupportedArchitecture {
+        /// The file that declares the architecture.
+        path: PathBuf,
+        /// The architecture it declares.
+        arch: String,
+        /// The architectures offsite can load.
+        supported: String,
+    },
+    /// Invalid arguments or options (not tied to a file).
+    #[error("{0}")]
+    Invalid(String),
+    /// An error from the tensor library.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Result alias for the offsite library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A format error on `path`.
+    pub fn format(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
+        Error::Format {
+            path: path.into(),
+            msg: msg.to_string(),
+        }
+    }
+}

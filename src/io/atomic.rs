@@ -1,0 +1,80 @@
+//! Atomic file writes: every file offsite writes goes through here, so a run killed at any point
+//! leaves either the old file or the complete new one, never half of one.
+
+use crate::{Error, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The temporary sibling a write to `path` goes through (same folder, so `rename` is atomic).
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
+}
+
+/// Writes `path` by letting `fill` write into a temporary file, syncing it, then renaming it
+/// over `path`. On error the temporary file is removed and `path` is untouched.
+pub fn write_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    let tmp = temp_path(path);
+    let result = (|| {
+        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut writer = std::io::BufWriter::new(file);
+        fill(&mut writer)?;
+        let file = writer
+            .into_inner()
+            .map_err(|e| Error::io(&tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Atomically writes `bytes` to `path`.
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_with(path, |w| w.write_all(bytes).map_err(|e| Error::io(path, e)))
+}
+
+/// Atomically writes `value` as pretty-printed JSON to `path`.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::format(path, e))?;
+    bytes.push(b'\n');
+    write_bytes(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_write_leaves_old_file_and_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.txt");
+        write_bytes(&path, b"old").unwrap();
+        let err = write_with(&path, |w| {
+            w.write_all(b"half").unwrap();
+            Err(Error::Invalid("boom".into()))
+        });
+        assert!(err.is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "temporary file left behind");
+    }
+
+    #[test]
+    fn writes_into_new_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x/y/z.json");
+        write_json(&path, &serde_json::json!({"a": 1})).unwrap();
+        let back: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(back["a"], 1);
+    }
+}

@@ -1,0 +1,352 @@
+//! The whole decoder: embeddings, a list of addressable decoder layers that each remember their
+//! original index, the final norm and the LM head.
+//!
+//! An emulator is a `Model` whose layer list is a subset of the original's; plug-in swaps layers
+//! by original index. Nothing outside `model/` needs to know the family.
+
+use super::config::{Family, ModelConfig};
+use super::layer::{DecoderLayer, LayerCache, LayerContext};
+use super::llama::LlamaLayer;
+use super::tensor_map::TensorMap;
+use super::weight::{RmsNorm, Weight};
+use candle_core::{DType, Device, Result, Tensor, D};
+use std::path::Path;
+
+/// A decoder-only language model.
+#[derive(Debug)]
+pub struct Model {
+    config: ModelConfig,
+    embed: Weight,
+    layers: Vec<Box<dyn DecoderLayer>>,
+    /// Original index (in the full model) of each entry of `layers`.
+    layer_ids: Vec<usize>,
+    norm: RmsNorm,
+    /// `None` when the head is tied to the embedding.
+    lm_head: Option<Weight>,
+    /// RoPE inverse frequencies, `[head_dim/2]`, f64 for accurate angles at long positions.
+    inv_freq: Vec<f64>,
+    device: Device,
+}
+
+/// One KV cache per layer, for incremental decoding.
+#[derive(Debug, Default)]
+pub struct ModelCache {
+    layers: Vec<LayerCache>,
+    len: usize,
+}
+
+impl ModelCache {
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Clone for Model {
+    fn clone(&self) -> Self {
+        Model {
+            config: self.config.clone(),
+            embed: self.embed.clone(),
+            layers: self.layers.iter().map(|l| l.boxed_clone()).collect(),
+            layer_ids: self.layer_ids.clone(),
+            norm: self.norm.clone(),
+            lm_head: self.lm_head.clone(),
+            inv_freq: self.inv_freq.clone(),
+            device: self.device.clone(),
+        }
+    }
+}
+
+impl Model {
+    /// Builds the model from HF-named tensors, keeping the layers listed in `layer_ids` (all
+    /// layers when `None`). Every weight starts frozen.
+    pub fn from_tensors(
+        config: &ModelConfig,
+        tensors: &TensorMap,
+        layer_ids: Option<&[usize]>,
+    ) -> crate::Result<Self> {
+        config
+            .validate()
+            .map_err(|msg| crate::Error::format(tensors.origin(), msg))?;
+        let all: Vec<usize> = (0..config.num_layers).collect();
+        let layer_ids = layer_ids.unwrap_or(&all).to_vec();
+        if let Some(bad) = layer_ids.iter().find(|&&i| i >= config.num_layers) {
+            return Err(crate::Error::Invalid(format!(
+                "layer {bad} does not exist (the model has {})",
+                config.num_layers
+            )));
+        }
+        let (v, h) = (config.vocab_size, config.hidden_size);
+        let embed = tensors.get("model.embed_tokens.weight", &[v, h])?;
+        let device = embed.device().clone();
+        let layers = layer_ids
+            .iter()
+            .map(|&i| -> crate::Result<Box<dyn DecoderLayer>> {
+                match config.family {
+                    Family::Llama => Ok(Box::new(LlamaLayer::load(config, tensors, i)?)),
+                }
+            })
+            .collect::<crate::Result<Vec<_>>>()?;
+        let norm = RmsNorm {
+            weight: Weight::Frozen(tensors.get("model.norm.weight", &[h])?),
+            eps: config.rms_norm_eps,
+        };
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(Weight::Frozen(tensors.get("lm_head.weight", &[v, h])?))
+        };
+        let half = config.head_dim / 2;
+        let inv_freq = (0..half)
+            .map(|i| 1.0 / config.rope_theta.powf(2.0 * i as f64 / config.head_dim as f64))
+            .collect();
+        Ok(Model {
+            config: config.clone(),
+            embed: Weight::Frozen(embed),
+            layers,
+            layer_ids,
+            norm,
+            lm_head,
+            inv_freq,
+            device,
+        })
+    }
+
+    /// A model with random weights (normal, std 0.02; norms 1 + noise), for tests and examples.
+    pub fn random(config: &ModelConfig, seed: u64, dtype: DType) -> crate::Result<Self> {
+        let tensors = random_tensors(config, seed, dtype)?;
+        Self::from_tensors(config, &tensors, None)
+    }
+
+    /// The configuration of the full model this one derives from.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The dtype of the weights.
+    pub fn dtype(&self) -> DType {
+        self.embed.tensor().dtype()
+    }
+
+    /// Original indices of the layers this model runs, in order.
+    pub fn layer_ids(&self) -> &[usize] {
+        &self.layer_ids
+    }
+
+    /// The decoder layers, in order.
+    pub fn layers(&self) -> &[Box<dyn DecoderLayer>] {
+        &self.layers
+    }
+
+    /// Mutable access to the decoder layers.
+    pub fn layers_mut(&mut self) -> &mut [Box<dyn DecoderLayer>] {
+        &mut self.layers
+    }
+
+    /// Every weight with its full HF name (layers under their original index), in a fixed order:
+    /// embedding, layers, final norm, untied head.
+    pub fn named_weights(&self) -> Vec<(String, &Weight)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed)];
+        for (layer, &id) in self.layers.iter().zip(&self.layer_ids) {
+            for (name, w) in layer.weights() {
+                out.push((format!("model.layers.{id}.{name}"), w));
+            }
+        }
+        out.push(("model.norm.weight".to_string(), &self.norm.weight));
+        if let Some(head) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), head));
+        }
+        out
+    }
+
+    /// Mutable [`Model::named_weights`].
+    pub fn named_weights_mut(&mut self) -> Vec<(String, &mut Weight)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), &mut self.embed)];
+        for (layer, &id) in self.layers.iter_mut().zip(&self.layer_ids) {
+            for (name, w) in layer.weights_mut() {
+                out.push((format!("model.layers.{id}.{name}"), w));
+            }
+        }
+        out.push(("model.norm.weight".to_string(), &mut self.norm.weight));
+        if let Some(head) = &mut self.lm_head {
+            out.push(("lm_head.weight".to_string(), head));
+        }
+        out
+    }
+
+    /// Number of scalar parameters (a tied head counted once).
+    pub fn num_parameters(&self) -> usize {
+        self.named_weights().iter().map(|(_, w)| w.elem_count()).sum()
+    }
+
+    /// The weights as a tensor map (sharing storage), e.g. for saving.
+    pub fn to_tensor_map(&self, origin: &Path) -> TensorMap {
+        let mut map = TensorMap::new(origin);
+        for (name, w) in self.named_weights() {
+            map.insert(name, w.tensor().clone(), origin);
+        }
+        map
+    }
+
+    /// Token embeddings of `ids` (`[batch, seq]` u32) → `[batch, seq, hidden]`.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        self.embed
+            .tensor()
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.config.hidden_size))
+    }
+
+    /// The per-forward context for `seq` positions starting at `offset`.
+    pub fn layer_context(&self, offset: usize, seq: usize) -> Result<LayerContext> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(seq * half);
+        let mut sin = Vec::with_capacity(seq * half);
+        for pos in offset..offset + seq {
+            for &f in &self.inv_freq {
+                let angle = pos as f64 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let dtype = self.dtype();
+        let cos = Tensor::from_vec(cos, (seq, half), &self.device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (seq, half), &self.device)?.to_dtype(dtype)?;
+        Ok(LayerContext { offset, cos, sin })
+    }
+
+    /// Runs the layers at positions `range` of this model's layer list over the residual stream.
+    pub fn forward_layers(
+        &self,
+        mut h: Tensor,
+        ctx: &LayerContext,
+        range: std::ops::Range<usize>,
+    ) -> Result<Tensor> {
+        for layer in &self.layers[range] {
+            h = layer.forward(&h, ctx, None)?;
+        }
+        Ok(h)
+    }
+
+    /// Final norm + LM head: `[batch, seq, hidden]` → logits `[batch, seq, vocab]`.
+    pub fn head(&self, h: &Tensor) -> Result<Tensor> {
+        let h = self.norm.forward(h)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        super::weight::Linear::new(head.clone()).forward(&h)
+    }
+
+    /// The final norm's output, `[batch, seq, hidden]`.
+    pub fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
+        self.norm.forward(h)
+    }
+
+    /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        let ctx = self.layer_context(0, t)?;
+        let h = self.forward_layers(self.embed(ids)?, &ctx, 0..self.layers.len())?;
+        self.head(&h)
+    }
+
+    /// The residual stream after the embedding and after each layer: `1 + layers` tensors.
+    pub fn hidden_states(&self, ids: &Tensor) -> Result<Vec<Tensor>> {
+        let (_, t) = ids.dims2()?;
+        let ctx = self.layer_context(0, t)?;
+        let mut h = self.embed(ids)?;
+        let mut out = vec![h.clone()];
+        for layer in &self.layers {
+            h = layer.forward(&h, &ctx, None)?;
+            out.push(h.clone());
+        }
+        Ok(out)
+    }
+
+    /// Logits for `ids` (`[batch, seq]`) continuing the cached positions; extends the cache.
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut ModelCache) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        if cache.layers.len() != self.layers.len() {
+            cache.layers = vec![LayerCache::default(); self.layers.len()];
+            cache.len = 0;
+        }
+        let ctx = self.layer_context(cache.len, t)?;
+        let mut h = self.embed(ids)?;
+        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            h = layer.forward(&h, &ctx, Some(lc))?;
+        }
+        cache.len += t;
+        self.head(&h)
+    }
+
+    /// Mean next-token cross-entropy of `ids` (`[batch, seq]`), each position predicting the next.
+    pub fn mean_next_token_ce(&self, ids: &Tensor) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        let logits = self.forward(ids)?.narrow(1, 0, t - 1)?;
+        let targets = ids.narrow(1, 1, t - 1)?;
+        cross_entropy(&logits, &targets)
+    }
+}
+
+/// Log-probabilities over the last dimension, in f32 or wider.
+pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// Mean cross-entropy of `logits` `[.., vocab]` against `targets` `[..]` (u32).
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let v = logits.dim(D::Minus1)?;
+    let logp = log_softmax(&logits.reshape(((), v))?)?;
+    let picked = logp.gather(&targets.flatten_all()?.unsqueeze(1)?, 1)?;
+    picked.mean_all()?.neg()
+}
+
+/// Random HF-named tensors for `config` (see [`Model::random`]).
+pub fn random_tensors(config: &ModelConfig, seed: u64, dtype: DType) -> crate::Result<TensorMap> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let origin = Path::new("<random>");
+    let mut map = TensorMap::new(origin);
+    let mut add = |name: String, shape: &[usize], norm: bool| -> crate::Result<()> {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n)
+            .map(|_| {
+                let u: f32 = rng.random_range(-1.0..1.0);
+                if norm {
+                    1.0 + 0.1 * u
+                } else {
+                    0.035 * u
+                }
+            })
+            .collect();
+        let t = Tensor::from_vec(data, shape, &Device::Cpu)?.to_dtype(dtype)?;
+        map.insert(name, t, origin);
+        Ok(())
+    };
+    let (v, h) = (config.vocab_size, config.hidden_size);
+    add("model.embed_tokens.weight".into(), &[v, h], false)?;
+    for i in 0..config.num_layers {
+        for (name, shape) in super::llama::WEIGHT_NAMES
+            .iter()
+            .zip(LlamaLayer::weight_shapes(config))
+        {
+            add(format!("model.layers.{i}.{name}"), &shape, shape.len() == 1)?;
+        }
+    }
+    add("model.norm.weight".into(), &[h], true)?;
+    if !config.tie_word_embeddings {
+        add("lm_head.weight".into(), &[v, h], false)?;
+    }
+    Ok(map)
+}

@@ -1,0 +1,78 @@
+//! Named tensors as loaded from a checkpoint, remembering which file each came from so that a
+//! missing or misshapen tensor is reported against the right file.
+
+use crate::{Error, Result};
+use candle_core::Tensor;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Tensors by Hugging Face parameter name (`model.layers.3.self_attn.q_proj.weight`).
+#[derive(Clone, Debug, Default)]
+pub struct TensorMap {
+    tensors: BTreeMap<String, (Tensor, PathBuf)>,
+    /// Where a tensor that is absent would have been (the checkpoint as a whole).
+    origin: PathBuf,
+}
+
+impl TensorMap {
+    /// An empty map for tensors of the checkpoint at `origin`.
+    pub fn new(origin: impl Into<PathBuf>) -> Self {
+        TensorMap {
+            tensors: BTreeMap::new(),
+            origin: origin.into(),
+        }
+    }
+
+    /// Adds a tensor read from `file`.
+    pub fn insert(&mut self, name: impl Into<String>, tensor: Tensor, file: &Path) {
+        self.tensors
+            .insert(name.into(), (tensor, file.to_path_buf()));
+    }
+
+    /// The tensor called `name`, checked to have `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let (tensor, file) = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
+            path: self.origin.clone(),
+            name: name.to_string(),
+        })?;
+        if tensor.dims() != shape {
+            return Err(Error::TensorShape {
+                path: file.clone(),
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                actual: tensor.dims().to_vec(),
+            });
+        }
+        Ok(tensor.clone())
+    }
+
+    /// Whether `name` is present.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// All names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// Name, tensor pairs, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.tensors.iter().map(|(k, (t, _))| (k.as_str(), t))
+    }
+
+    /// The checkpoint these tensors came from.
+    pub fn origin(&self) -> &Path {
+        &self.origin
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Whether the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+}

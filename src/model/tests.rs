@@ -1,0 +1,148 @@
+//! Model-level tests on tiny random models: gradients of a whole decoder layer, frozen weights
+//! costing no gradient, and the KV cache.
+
+use super::*;
+use crate::ops::testing::{assert_close, check_gradients, max_abs_diff, rand_tensor};
+use candle_core::{DType, Device, Tensor, Var};
+
+fn tiny(layers: usize) -> ModelConfig {
+    ModelConfig {
+        num_layers: layers,
+        hidden_size: 8,
+        intermediate_size: 12,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 2,
+        vocab_size: 11,
+        ..ModelConfig::tiny()
+    }
+}
+
+/// Builds layer 0 of `config` from the nine tensors given (in `WEIGHT_NAMES` order), trainable.
+fn layer_from(config: &ModelConfig, ws: &[Tensor]) -> crate::Result<Box<dyn DecoderLayer>> {
+    let mut map = TensorMap::new("<test>");
+    for (name, w) in llama::WEIGHT_NAMES.iter().zip(ws) {
+        map.insert(format!("model.layers.0.{name}"), w.clone(), "<test>".as_ref());
+    }
+    let mut layer: Box<dyn DecoderLayer> = Box::new(llama::LlamaLayer::load(config, &map, 0)?);
+    for (_, w) in layer.weights_mut() {
+        *w = Weight::Trainable(Var::from_tensor(w.tensor())?);
+    }
+    Ok(layer)
+}
+
+#[test]
+fn decoder_layer_gradients_match_finite_differences() -> crate::Result<()> {
+    let config = tiny(1);
+    let model = Model::random(&config, 7, DType::F64)?;
+    let ctx = model.layer_context(0, 3)?;
+    let x = rand_tensor(&[2, 3, 8], DType::F64, 1)?;
+    // Frozen weights: the gradient wrt the input goes through every frozen op.
+    check_gradients(&[x.clone()], |t| {
+        model.layers()[0].forward(&t[0], &ctx, None)
+    })?;
+    // Trainable weights: every weight's gradient too.
+    let mut inputs = vec![x];
+    inputs.extend(model.layers()[0].weights().iter().map(|(_, w)| w.tensor().clone()));
+    check_gradients(&inputs, |t| {
+        let layer = layer_from(&config, &t[1..]).map_err(candle_core::Error::wrap)?;
+        layer.forward(&t[0], &ctx, None)
+    })?;
+    Ok(())
+}
+
+/// Makes the weights of layers `trainable` of `model` trainable; with `all`, every weight.
+fn train(model: &mut Model, layers: &[usize], all: bool) -> crate::Result<()> {
+    for (name, w) in model.named_weights_mut() {
+        let pick = all
+            || layers
+                .iter()
+                .any(|i| name.starts_with(&format!("model.layers.{i}.")));
+        w.set_trainable(pick)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn frozen_parts_give_same_gradient_and_no_gradient_entries() -> crate::Result<()> {
+    let config = tiny(3);
+    let ids = Tensor::new(&[[1u32, 5, 3, 9, 2], [4, 4, 7, 0, 10]], &Device::Cpu)?;
+    let mut frozen = Model::random(&config, 3, DType::F32)?;
+    let mut plain = frozen.clone();
+    train(&mut frozen, &[0, 2], false)?;
+    train(&mut plain, &[], true)?;
+    let g_frozen = frozen.mean_next_token_ce(&ids)?.backward()?;
+    let g_plain = plain.mean_next_token_ce(&ids)?.backward()?;
+    let plain_weights = plain.named_weights();
+    for ((name, w), (_, p)) in frozen.named_weights().iter().zip(&plain_weights) {
+        match w {
+            Weight::Trainable(v) => {
+                let a = g_frozen.get(v).expect("trainable weight has a gradient");
+                let b = g_plain.get(p.var().expect("all trainable")).expect("gradient");
+                let diff = max_abs_diff(a, b)?;
+                assert!(diff <= 1e-5, "{name}: {diff:e}");
+            }
+            Weight::Frozen(t) => assert!(g_frozen.get(t).is_none(), "{name} got a gradient"),
+        }
+    }
+    // Nothing but the trainable weights is kept in the gradient store's reach for weights:
+    assert!(frozen
+        .named_weights()
+        .iter()
+        .filter(|(n, _)| n.starts_with("model.layers.1."))
+        .all(|(_, w)| !w.is_trainable()));
+    Ok(())
+}
+
+#[test]
+fn kv_cache_matches_full_forward() -> crate::Result<()> {
+    let model = Model::random(&tiny(2), 5, DType::F32)?;
+    let ids = Tensor::new(&[[1u32, 5, 3, 9, 2, 8, 6]], &Device::Cpu)?;
+    let full = model.forward(&ids)?;
+    let mut cache = ModelCache::default();
+    let a = model.forward_cached(&ids.narrow(1, 0, 4)?, &mut cache)?;
+    let b = model.forward_cached(&ids.narrow(1, 4, 1)?, &mut cache)?;
+    let c = model.forward_cached(&ids.narrow(1, 5, 2)?, &mut cache)?;
+    assert_eq!(cache.len(), 7);
+    let incremental = Tensor::cat(&[a, b, c], 1)?;
+    assert_close(&incremental, &full, 1e-5)?;
+    Ok(())
+}
+
+#[test]
+fn layer_subset_runs_the_chosen_layers() -> crate::Result<()> {
+    let config = tiny(4);
+    let tensors = model::random_tensors(&config, 9, DType::F32)?;
+    let full = Model::from_tensors(&config, &tensors, None)?;
+    let sub = Model::from_tensors(&config, &tensors, Some(&[0, 2, 3]))?;
+    assert_eq!(sub.layer_ids(), &[0, 2, 3]);
+    let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu)?;
+    let ctx = full.layer_context(0, 3)?;
+    let h = full.embed(&ids)?;
+    let h = full.forward_layers(h, &ctx, 0..1)?;
+    let h = full.forward_layers(h, &ctx, 2..4)?;
+    assert_close(&full.head(&h)?, &sub.forward(&ids)?, 1e-6)?;
+    assert!(sub
+        .named_weights()
+        .iter()
+        .all(|(n, _)| !n.starts_with("model.layers.1.")));
+    Ok(())
+}
+
+#[test]
+fn missing_or_misshapen_tensor_is_named() {
+    let config = tiny(2);
+    let mut tensors = model::random_tensors(&config, 1, DType::F32).unwrap();
+    tensors.insert(
+        "model.layers.1.mlp.up_proj.weight",
+        Tensor::zeros((3, 3), DType::F32, &Device::Cpu).unwrap(),
+        "shard-2.safetensors".as_ref(),
+    );
+    let err = Model::from_tensors(&config, &tensors, None).unwrap_err().to_string();
+    assert!(err.contains("shard-2.safetensors") && err.contains("model.layers.1.mlp.up_proj.weight"), "{err}");
+    let tensors = model::random_tensors(&config, 1, DType::F32).unwrap();
+    let err = Model::from_tensors(&ModelConfig { num_layers: 3, ..config }, &tensors, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model.layers.2.input_layernorm.weight") && err.contains("missing"), "{err}");
+}

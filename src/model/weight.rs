@@ -1,0 +1,107 @@
+//! Weights that are either trainable or frozen, and the linear map built on them. Freezing is a
+//! property of the weight: a layer never branches on it, it asks its weights for the right op.
+
+use crate::ops;
+use candle_core::{Result, Tensor, Var};
+
+/// A parameter tensor: a `Var` when it is trained, a plain `Tensor` when it is frozen. Frozen
+/// weights never enter the autograd graph (our ops hold them), so they cost no gradient.
+#[derive(Clone, Debug)]
+pub enum Weight {
+    /// Not trained: no gradient is ever computed for it.
+    Frozen(Tensor),
+    /// Trained: gradients accumulate into this variable.
+    Trainable(Var),
+}
+
+impl Weight {
+    /// The current value.
+    pub fn tensor(&self) -> &Tensor {
+        match self {
+            Weight::Frozen(t) => t,
+            Weight::Trainable(v) => v.as_tensor(),
+        }
+    }
+
+    /// Whether it receives gradients.
+    pub fn is_trainable(&self) -> bool {
+        matches!(self, Weight::Trainable(_))
+    }
+
+    /// The variable, when trainable.
+    pub fn var(&self) -> Option<&Var> {
+        match self {
+            Weight::Trainable(v) => Some(v),
+            Weight::Frozen(_) => None,
+        }
+    }
+
+    /// Makes the weight trainable (a fresh `Var` holding its value) or frozen (a detached copy).
+    pub fn set_trainable(&mut self, trainable: bool) -> Result<()> {
+        if trainable == self.is_trainable() {
+            return Ok(());
+        }
+        *self = if trainable {
+            Weight::Trainable(Var::from_tensor(self.tensor())?)
+        } else {
+            Weight::Frozen(self.tensor().detach())
+        };
+        Ok(())
+    }
+
+    /// Number of scalars.
+    pub fn elem_count(&self) -> usize {
+        self.tensor().elem_count()
+    }
+}
+
+/// `y = x · Wᵀ` with `W` stored `[out, in]` as PyTorch's `nn.Linear` does.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// `[out, in]`.
+    pub weight: Weight,
+}
+
+impl Linear {
+    /// A linear map over `weight` (`[out, in]`).
+    pub fn new(weight: Weight) -> Self {
+        Linear { weight }
+    }
+
+    /// Applies the map to the last dimension of `x`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.weight {
+            Weight::Frozen(w) => ops::frozen_linear(x, w),
+            Weight::Trainable(w) => {
+                let dims = x.dims();
+                let k = dims[dims.len() - 1];
+                let m = x.elem_count() / k.max(1);
+                let y = x.contiguous()?.reshape((m, k))?.matmul(&w.as_tensor().t()?)?;
+                let mut out = dims.to_vec();
+                *out.last_mut().expect("non-empty") = y.dim(1)?;
+                y.reshape(out)
+            }
+        }
+    }
+}
+
+/// RMSNorm over the last dimension.
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    /// Per-channel scale.
+    pub weight: Weight,
+    /// Added to the mean square before the square root.
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    /// Normalises `x`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::rms_norm(
+            x,
+            self.weight.tensor(),
+            self.eps,
+            self.weight.is_trainable(),
+        )
+    }
+}

@@ -1,0 +1,17 @@
+//! Custom ops with their own backward pass, for the places where candle's stock ops either have
+//! no backward (fused softmax, RMSNorm, RoPE) or compute gradients nobody needs (matmul with a
+//! frozen weight, constants entering the graph). Each op has a finite-difference gradient test
+//! and an equality test against the plain candle composition.
+
+mod cpu;
+pub mod frozen_linear;
+pub mod rms_norm;
+pub mod rope;
+pub mod softmax;
+#[cfg(test)]
+pub(crate) mod testing;
+
+pub use frozen_linear::frozen_linear;
+pub use rms_norm::rms_norm;
+pub use rope::rope;
+pub use softmax::causal_softmax;
