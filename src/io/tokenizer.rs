@@ -1,1 +1,1219 @@
-//! (in progress)
+//! The tokenizer: a thin wrapper around [`tokenizers::Tokenizer`] that can be built from a
+//! Hugging Face `tokenizer.json` (plus its `tokenizer_config.json`) or from GGUF metadata, knows
+//! the model's special tokens and chat template, and saves itself back as a Hugging Face
+//! tokenizer directory.
+//!
+//! Two rules shape the API. [`Tokenizer::encode`] returns exactly the text's tokens (no BOS, no
+//! post-processing), because offsite builds model inputs itself and must know every id it feeds
+//! in; [`Tokenizer::add_bos`] says whether the model wants a BOS in front. [`Tokenizer::decode`]
+//! keeps special tokens, so that `decode(encode(text)) == text` for byte-level tokenizers.
+
+use crate::io::atomic;
+use crate::{Error, Result};
+use candle_core::quantized::gguf_file;
+use minijinja::value::{from_args, Kwargs, Value as JinjaValue, ValueKind};
+use minijinja::{Environment, ErrorKind, State};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::NFC;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::processors::PostProcessorWrapper;
+use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
+
+/// One message of a chat, as chat templates expect it (`{"role": ..., "content": ...}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Who speaks: usually `system`, `user` or `assistant`.
+    pub role: String,
+    /// What is said.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message from `role` saying `content`.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// A special token the model gives a role to (BOS, EOS, …): its text and its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Special {
+    content: String,
+    id: u32,
+}
+
+/// A model's tokenizer with its special tokens and chat template.
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// The file the tokenizer came from, named in errors.
+    source: PathBuf,
+    bos: Option<Special>,
+    eos: Option<Special>,
+    pad: Option<Special>,
+    unk: Option<Special>,
+    chat_template: Option<String>,
+    add_bos: bool,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    // The derived form would print the whole vocabulary.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("source", &self.source)
+            .field("vocab_size", &self.vocab_size())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("pad", &self.pad)
+            .field("unk", &self.unk)
+            .field("add_bos", &self.add_bos)
+            .field("has_chat_template", &self.chat_template.is_some())
+            .finish()
+    }
+}
+
+/// The GPT-2 style pre-tokenizations offsite can rebuild from a GGUF's `tokenizer.ggml.pre`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PreTokenizerKind {
+    /// GPT-2's regex inside the ByteLevel pre-tokenizer (GPT-2, SmolLM).
+    Gpt2,
+    /// Llama 3's split regex (digits in groups of up to three) before a regex-less ByteLevel.
+    Llama3,
+    /// Qwen2's split regex (single digits) before a regex-less ByteLevel, after NFC.
+    Qwen2,
+}
+
+/// The `tokenizer.ggml.pre` values offsite accepts, for error messages.
+const SUPPORTED_PRE: &str = "gpt2, smollm, llama-bpe, llama3, smaug-bpe, qwen2";
+
+impl PreTokenizerKind {
+    fn from_gguf(pre: &str) -> Option<Self> {
+        match pre {
+            // llama.cpp uses GPT-2's regex for `smollm`, and transformers (which produced the
+            // reference ids) always builds the plain GPT-2 ByteLevel pre-tokenizer.
+            "gpt2" | "default" | "smollm" => Some(Self::Gpt2),
+            "llama-bpe" | "llama3" | "smaug-bpe" => Some(Self::Llama3),
+            "qwen2" => Some(Self::Qwen2),
+            _ => None,
+        }
+    }
+}
+
+// The split regexes of the Llama 3 and Qwen2 `tokenizer.json` files.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+impl Tokenizer {
+    /// From a Hugging Face `tokenizer.json`; reads `tokenizer_config.json` beside it when present
+    /// (chat template, BOS/EOS/PAD/UNK token strings, `add_bos_token`), and `chat_template.jinja`
+    /// when the config has no template.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+            .map_err(|e| Error::format(path, format!("not a valid tokenizer.json: {e}")))?;
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let config_path = dir.join("tokenizer_config.json");
+        let config = match std::fs::read(&config_path) {
+            Ok(bytes) => {
+                let value: serde_json::Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::format(&config_path, format!("not valid JSON: {e}")))?;
+                if !value.is_object() {
+                    return Err(Error::format(&config_path, "is not a JSON object"));
+                }
+                Some(value)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&config_path, e)),
+        };
+        let config = config.unwrap_or_else(|| serde_json::json!({}));
+
+        let role = |key: &str| -> Result<Option<Special>> {
+            let Some(content) = config_token(&config, key, &config_path)? else {
+                return Ok(None);
+            };
+            let id = inner.token_to_id(&content).ok_or_else(|| {
+                Error::format(
+                    &config_path,
+                    format!(
+                        "{key} `{content}` is not in the vocabulary of {}",
+                        path.display()
+                    ),
+                )
+            })?;
+            Ok(Some(Special { content, id }))
+        };
+        let (bos, eos, pad, unk) = (
+            role("bos_token")?,
+            role("eos_token")?,
+            role("pad_token")?,
+            role("unk_token")?,
+        );
+
+        let mut chat_template = config_chat_template(&config, &config_path)?;
+        if chat_template.is_none() {
+            // Newer transformers versions keep the template in its own file.
+            let jinja = dir.join("chat_template.jinja");
+            match std::fs::read_to_string(&jinja) {
+                Ok(text) => chat_template = Some(text),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&jinja, e)),
+            }
+        }
+        let add_bos = match config.get("add_bos_token") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Bool(b)) => Some(*b),
+            Some(other) => {
+                return Err(Error::format(
+                    &config_path,
+                    format!("`add_bos_token` should be true or false, not {other}"),
+                ))
+            }
+        };
+        Self::assemble(
+            inner,
+            path.to_path_buf(),
+            [bos, eos, pad, unk],
+            chat_template,
+            add_bos,
+        )
+    }
+
+    /// From GGUF metadata (`tokenizer.ggml.*`, `tokenizer.chat_template`). `path` is only used
+    /// in error messages. Only byte-level BPE (`tokenizer.ggml.model` = `gpt2`) is supported.
+    pub fn from_gguf(content: &gguf_file::Content, path: &Path) -> Result<Self> {
+        let md = &content.metadata;
+        let model = gguf_str(md, "tokenizer.ggml.model", path)?.ok_or_else(|| {
+            Error::format(
+                path,
+                "no tokenizer in this GGUF (no `tokenizer.ggml.model`)",
+            )
+        })?;
+        if model != "gpt2" {
+            return Err(Error::format(
+                path,
+                format!(
+                    "unsupported tokenizer model `{model}` (tokenizer.ggml.model); offsite supports byte-level BPE (`gpt2`) only"
+                ),
+            ));
+        }
+        let pre_name = gguf_str(md, "tokenizer.ggml.pre", path)?.unwrap_or("gpt2");
+        let pre = PreTokenizerKind::from_gguf(pre_name).ok_or_else(|| {
+            Error::format(
+                path,
+                format!(
+                    "unsupported pre-tokenizer `{pre_name}` (tokenizer.ggml.pre; supported: {SUPPORTED_PRE})"
+                ),
+            )
+        })?;
+
+        let tokens = gguf_str_array(md, "tokenizer.ggml.tokens", path)?
+            .ok_or_else(|| Error::format(path, "missing `tokenizer.ggml.tokens`"))?;
+        let merges = gguf_str_array(md, "tokenizer.ggml.merges", path)?
+            .ok_or_else(|| Error::format(path, "missing `tokenizer.ggml.merges`"))?
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| match m.split_once(' ') {
+                Some((a, b)) => Ok((a.to_string(), b.to_string())),
+                None => Err(Error::format(
+                    path,
+                    format!(
+                        "tokenizer.ggml.merges[{i}] = `{m}` is not two tokens separated by a space"
+                    ),
+                )),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let token_types = match md.get("tokenizer.ggml.token_type") {
+            None => None,
+            Some(v) => {
+                let arr = v.to_vec().map_err(|_| {
+                    Error::format(path, "`tokenizer.ggml.token_type` is not an array")
+                })?;
+                if arr.len() != tokens.len() {
+                    return Err(Error::format(
+                        path,
+                        format!(
+                            "`tokenizer.ggml.token_type` has {} entries but there are {} tokens",
+                            arr.len(),
+                            tokens.len()
+                        ),
+                    ));
+                }
+                let types = arr
+                    .iter()
+                    .map(|v| gguf_int(v, "tokenizer.ggml.token_type", path))
+                    .collect::<Result<Vec<_>>>()?;
+                Some(types)
+            }
+        };
+        let add_prefix_space =
+            gguf_bool(md, "tokenizer.ggml.add_space_prefix", path)?.unwrap_or(false);
+        let add_bos = gguf_bool(md, "tokenizer.ggml.add_bos_token", path)?.unwrap_or(false);
+        let special_id = |keys: &[&str]| -> Result<Option<Special>> {
+            for key in keys {
+                let Some(v) = md.get(*key) else { continue };
+                let id = gguf_int(v, key, path)?;
+                // llama.cpp writes -1 for "no such token".
+                if id < 0 {
+                    return Ok(None);
+                }
+                let content = usize::try_from(id)
+                    .ok()
+                    .and_then(|i| tokens.get(i))
+                    .ok_or_else(|| {
+                        Error::format(
+                            path,
+                            format!("`{key}` = {id} but there are only {} tokens", tokens.len()),
+                        )
+                    })?;
+                return Ok(Some(Special {
+                    content: content.clone(),
+                    id: id as u32,
+                }));
+            }
+            Ok(None)
+        };
+        // The spec's key names first; some writers use the shorter HF-style ones.
+        let bos = special_id(&["tokenizer.ggml.bos_token_id"])?;
+        let eos = special_id(&["tokenizer.ggml.eos_token_id"])?;
+        let pad = special_id(&[
+            "tokenizer.ggml.padding_token_id",
+            "tokenizer.ggml.pad_token_id",
+        ])?;
+        let unk = special_id(&[
+            "tokenizer.ggml.unknown_token_id",
+            "tokenizer.ggml.unk_token_id",
+        ])?;
+        let sep = special_id(&[
+            "tokenizer.ggml.seperator_token_id",
+            "tokenizer.ggml.separator_token_id",
+        ])?;
+        let chat_template = gguf_str(md, "tokenizer.chat_template", path)?.map(str::to_string);
+
+        // A HashMap keeps the last id of a duplicated token string, as transformers' dict does.
+        let vocab: Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            // llama.cpp looks a whole pre-token up before merging for Llama 3 (as its
+            // tokenizer.json's `ignore_merges` does); GPT-2 and Qwen2 always merge.
+            .ignore_merges(pre == PreTokenizerKind::Llama3)
+            .build()
+            .map_err(|e| Error::format(path, format!("invalid BPE vocabulary or merges: {e}")))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let byte_level =
+            |prefix: bool, trim: bool, regex: bool| ByteLevel::new(prefix, trim, regex);
+        let split = |regex: &str| -> Result<PreTokenizerWrapper> {
+            Split::new(
+                SplitPattern::Regex(regex.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map(Into::into)
+            .map_err(|e| Error::format(path, format!("cannot build the pre-tokenizer: {e}")))
+        };
+        match pre {
+            PreTokenizerKind::Gpt2 => {
+                inner.with_pre_tokenizer(Some(byte_level(add_prefix_space, true, true)));
+            }
+            PreTokenizerKind::Llama3 => {
+                let seq = Sequence::new(vec![
+                    split(LLAMA3_SPLIT)?,
+                    byte_level(false, true, false).into(),
+                ]);
+                inner.with_pre_tokenizer(Some(seq));
+            }
+            PreTokenizerKind::Qwen2 => {
+                inner.with_normalizer(Some(NFC)).map_err(|e| {
+                    Error::format(path, format!("cannot build the normalizer: {e}"))
+                })?;
+                let seq = Sequence::new(vec![
+                    split(QWEN2_SPLIT)?,
+                    byte_level(false, false, false).into(),
+                ]);
+                inner.with_pre_tokenizer(Some(seq));
+            }
+        }
+        inner.with_decoder(Some(byte_level(true, true, true)));
+        // What transformers' GGUF converter writes: a BOS template when the model wants one, so a
+        // saved directory behaves the same under AutoTokenizer; offsite's own encode skips it.
+        let post: PostProcessorWrapper = match (&bos, add_bos) {
+            (Some(b), true) => TemplateProcessing::builder()
+                .try_single(format!("{}:0 $A:0", b.content))
+                .and_then(|t| t.try_pair(format!("{}:0 $A:0 $B:1", b.content)))
+                .map_err(|e| Error::format(path, format!("cannot build the BOS template: {e}")))?
+                .special_tokens(vec![(b.content.clone(), b.id)])
+                .build()
+                .map_err(|e| Error::format(path, format!("cannot build the BOS template: {e}")))?
+                .into(),
+            _ => byte_level(true, false, true).into(),
+        };
+        inner.with_post_processor(Some(post));
+
+        // Control tokens (type 3) are special tokens matched in raw text; user-defined ones
+        // (type 4) are matched too but are ordinary text. Tokens with a role are special even
+        // when the GGUF forgot to type them.
+        let mut specials = Vec::new();
+        let mut user_defined = Vec::new();
+        if let Some(types) = &token_types {
+            for (token, ty) in tokens.iter().zip(types) {
+                match ty {
+                    3 => specials.push(AddedToken::from(token.clone(), true)),
+                    4 => {
+                        user_defined.push(AddedToken::from(token.clone(), false).normalized(false))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for s in [&bos, &eos, &pad, &unk, &sep].into_iter().flatten() {
+            specials.push(AddedToken::from(s.content.clone(), true));
+        }
+        inner
+            .add_special_tokens(specials)
+            .map_err(|e| Error::format(path, format!("cannot add the special tokens: {e}")))?;
+        inner
+            .add_tokens(user_defined)
+            .map_err(|e| Error::format(path, format!("cannot add the user-defined tokens: {e}")))?;
+
+        Self::assemble(
+            inner,
+            path.to_path_buf(),
+            [bos, eos, pad, unk],
+            chat_template,
+            Some(add_bos),
+        )
+    }
+
+    /// The common tail of the constructors. `add_bos` = None: whether the tokenizer's own
+    /// post-processor puts the BOS in front.
+    fn assemble(
+        mut inner: tokenizers::Tokenizer,
+        source: PathBuf,
+        [bos, eos, pad, unk]: [Option<Special>; 4],
+        chat_template: Option<String>,
+        add_bos: Option<bool>,
+    ) -> Result<Self> {
+        // `encode` promises exactly the text's tokens: padding or truncation from a
+        // tokenizer.json would silently change them.
+        inner
+            .with_truncation(None)
+            .map_err(|e| Error::format(&source, e))?;
+        inner.with_padding(None);
+        let add_bos = match add_bos {
+            Some(b) => b,
+            None => {
+                let with_specials = inner.encode_fast("", true).map_err(|e| {
+                    Error::format(&source, format!("cannot run the post-processor: {e}"))
+                })?;
+                bos.as_ref()
+                    .is_some_and(|b| with_specials.get_ids().first() == Some(&b.id))
+            }
+        };
+        Ok(Tokenizer {
+            inner,
+            source,
+            bos,
+            eos,
+            pad,
+            unk,
+            chat_template,
+            add_bos,
+        })
+    }
+
+    /// Exactly the text's tokens: no BOS or other post-processing is added. Special tokens
+    /// written in the text (e.g. `<|im_start|>`) become their ids.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| Error::format(&self.source, format!("cannot tokenize text: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The text of `ids`, special tokens included, so that `decode(encode(text)) == text`.
+    /// An id outside the vocabulary is an error rather than being dropped silently.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        if let Some(bad) = ids.iter().find(|&&id| self.inner.id_to_token(id).is_none()) {
+            return Err(Error::format(
+                &self.source,
+                format!(
+                    "token id {bad} is outside the vocabulary ({} tokens)",
+                    self.vocab_size()
+                ),
+            ));
+        }
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| Error::format(&self.source, format!("cannot decode tokens: {e}")))
+    }
+
+    /// The token string of `id` as stored in the vocabulary (byte-level form, e.g. `Ġworld`).
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// The id of a token string in its vocabulary form.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Number of tokens, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Beginning-of-sequence token id.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos.as_ref().map(|s| s.id)
+    }
+
+    /// End-of-sequence token id (generation stops on it).
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos.as_ref().map(|s| s.id)
+    }
+
+    /// Padding token id.
+    pub fn pad_id(&self) -> Option<u32> {
+        self.pad.as_ref().map(|s| s.id)
+    }
+
+    /// Unknown-token id.
+    pub fn unk_id(&self) -> Option<u32> {
+        self.unk.as_ref().map(|s| s.id)
+    }
+
+    /// Beginning-of-sequence token string.
+    pub fn bos_token(&self) -> Option<&str> {
+        self.bos.as_ref().map(|s| s.content.as_str())
+    }
+
+    /// End-of-sequence token string.
+    pub fn eos_token(&self) -> Option<&str> {
+        self.eos.as_ref().map(|s| s.content.as_str())
+    }
+
+    /// Whether the model expects its BOS token in front of a prompt. [`Tokenizer::encode`] never
+    /// adds it; whoever builds model inputs prepends [`Tokenizer::bos_id`] when this is true.
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// The special tokens (text and id), sorted by id: the added tokens marked special plus the
+    /// BOS/EOS/PAD/UNK tokens.
+    pub fn special_tokens(&self) -> Vec<(String, u32)> {
+        let mut by_id: BTreeMap<u32, String> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, t)| (id, t.content))
+            .collect();
+        for s in [&self.bos, &self.eos, &self.pad, &self.unk]
+            .into_iter()
+            .flatten()
+        {
+            by_id.entry(s.id).or_insert_with(|| s.content.clone());
+        }
+        by_id.into_iter().map(|(id, t)| (t, id)).collect()
+    }
+
+    /// The model's Jinja chat template, if it has one.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
+    /// The file the tokenizer was read from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// Renders the model's chat template with `messages`, `add_generation_prompt` and the
+    /// special token strings (`bos_token`, `eos_token`, `pad_token`, `unk_token`), the way
+    /// transformers' `apply_chat_template` does. The result is text: encode it with
+    /// [`Tokenizer::encode`], which matches the special tokens it contains.
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let template = self.chat_template.as_deref().ok_or_else(|| {
+            Error::format(
+                &self.source,
+                "this tokenizer has no chat template (none in its GGUF metadata or tokenizer_config.json); give the prompt as plain text instead",
+            )
+        })?;
+        let specials = [
+            ("bos_token", &self.bos),
+            ("eos_token", &self.eos),
+            ("pad_token", &self.pad),
+            ("unk_token", &self.unk),
+        ];
+        let specials: Vec<(&str, &str)> = specials
+            .iter()
+            .filter_map(|(k, s)| s.as_ref().map(|s| (*k, s.content.as_str())))
+            .collect();
+        render_chat_template(template, messages, add_generation_prompt, &specials)
+            .map_err(|e| Error::format(&self.source, format!("chat template: {e:#}")))
+    }
+
+    /// Writes `tokenizer.json` and `tokenizer_config.json` into `dir` (created if needed), each
+    /// atomically. [`Tokenizer::from_file`] on `dir/tokenizer.json` gives back the same
+    /// tokenizer, and transformers' `AutoTokenizer` can load the directory.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let json_path = dir.join("tokenizer.json");
+        let json = self.inner.to_string(true).map_err(|e| {
+            Error::format(&json_path, format!("cannot serialize the tokenizer: {e}"))
+        })?;
+        atomic::write_bytes(&json_path, json.as_bytes())?;
+
+        let token = |s: &Option<Special>| match s {
+            Some(s) => serde_json::Value::String(s.content.clone()),
+            None => serde_json::Value::Null,
+        };
+        let mut config = serde_json::json!({
+            // The generic fast tokenizer takes tokenizer.json as it is; a model-specific class
+            // could rebuild parts of it (e.g. the pre-tokenizer) from its own defaults.
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": token(&self.bos),
+            "eos_token": token(&self.eos),
+            "pad_token": token(&self.pad),
+            "unk_token": token(&self.unk),
+            "add_bos_token": self.add_bos,
+            "add_eos_token": false,
+            // Byte-level decoding is already exact; transformers' clean-up would alter text.
+            "clean_up_tokenization_spaces": false,
+        });
+        if let (Some(template), Some(obj)) = (&self.chat_template, config.as_object_mut()) {
+            obj.insert("chat_template".into(), template.clone().into());
+        }
+        atomic::write_json(&dir.join("tokenizer_config.json"), &config)
+    }
+
+    /// The wrapped `tokenizers` tokenizer (e.g. for `decode_stream` when streaming generation).
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}
+
+/// A token entry of tokenizer_config.json: a string, `{"content": ...}` (an AddedToken) or null.
+fn config_token(config: &serde_json::Value, key: &str, path: &Path) -> Result<Option<String>> {
+    match config.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+        Some(serde_json::Value::Object(o)) => match o.get("content") {
+            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            _ => Err(Error::format(
+                path,
+                format!("`{key}` has no string `content`"),
+            )),
+        },
+        Some(other) => Err(Error::format(
+            path,
+            format!("`{key}` should be a string, not {other}"),
+        )),
+    }
+}
+
+/// tokenizer_config.json's `chat_template`: a string, or a list of named templates of which
+/// transformers uses the one named `default`.
+fn config_chat_template(config: &serde_json::Value, path: &Path) -> Result<Option<String>> {
+    let bad = || {
+        Error::format(
+            path,
+            "`chat_template` should be a string or a list of {name, template}",
+        )
+    };
+    match config.get("chat_template") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+        Some(serde_json::Value::Array(list)) => {
+            let mut named = Vec::new();
+            for entry in list {
+                let name = entry.get("name").and_then(|v| v.as_str()).ok_or_else(bad)?;
+                let template = entry
+                    .get("template")
+                    .and_then(|v| v.as_str())
+                    .ok_or_else(bad)?;
+                named.push((name, template));
+            }
+            let chosen = named
+                .iter()
+                .find(|(name, _)| *name == "default")
+                .or(named.first());
+            Ok(chosen.map(|(_, t)| t.to_string()))
+        }
+        Some(_) => Err(bad()),
+    }
+}
+
+fn gguf_str<'a>(
+    md: &'a HashMap<String, gguf_file::Value>,
+    key: &str,
+    path: &Path,
+) -> Result<Option<&'a str>> {
+    match md.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .to_string()
+            .map(|s| Some(s.as_str()))
+            .map_err(|_| Error::format(path, format!("`{key}` is not a string"))),
+    }
+}
+
+fn gguf_bool(
+    md: &HashMap<String, gguf_file::Value>,
+    key: &str,
+    path: &Path,
+) -> Result<Option<bool>> {
+    match md.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .to_bool()
+            .map(Some)
+            .map_err(|_| Error::format(path, format!("`{key}` is not a boolean"))),
+    }
+}
+
+fn gguf_str_array(
+    md: &HashMap<String, gguf_file::Value>,
+    key: &str,
+    path: &Path,
+) -> Result<Option<Vec<String>>> {
+    let Some(v) = md.get(key) else {
+        return Ok(None);
+    };
+    let arr = v
+        .to_vec()
+        .map_err(|_| Error::format(path, format!("`{key}` is not an array")))?;
+    arr.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.to_string()
+                .cloned()
+                .map_err(|_| Error::format(path, format!("`{key}`[{i}] is not a string")))
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// Any GGUF integer as i64 (writers differ in the integer type they use for ids and types).
+fn gguf_int(v: &gguf_file::Value, key: &str, path: &Path) -> Result<i64> {
+    use gguf_file::Value as V;
+    let out = match v {
+        V::U8(x) => i64::from(*x),
+        V::I8(x) => i64::from(*x),
+        V::U16(x) => i64::from(*x),
+        V::I16(x) => i64::from(*x),
+        V::U32(x) => i64::from(*x),
+        V::I32(x) => i64::from(*x),
+        V::U64(x) => i64::try_from(*x).unwrap_or(i64::MAX),
+        V::I64(x) => *x,
+        _ => return Err(Error::format(path, format!("`{key}` is not an integer"))),
+    };
+    Ok(out)
+}
+
+/// Renders a Hugging Face chat template. The environment mimics transformers' (`trim_blocks`,
+/// `lstrip_blocks`, `raise_exception`, a Python-style `tojson`, and the common Python string and
+/// dict methods that templates call), because templates are written for Jinja2, not minijinja.
+pub fn render_chat_template(
+    template: &str,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    special_tokens: &[(&str, &str)],
+) -> std::result::Result<String, minijinja::Error> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<JinjaValue, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+        },
+    );
+    env.add_filter("tojson", tojson);
+    env.set_unknown_method_callback(python_method);
+    let mut ctx: BTreeMap<&str, JinjaValue> = BTreeMap::new();
+    ctx.insert("messages", JinjaValue::from_serialize(messages));
+    ctx.insert(
+        "add_generation_prompt",
+        JinjaValue::from(add_generation_prompt),
+    );
+    // Only tokens the model has are defined, as in transformers, so `{{ bos_token }}` renders
+    // as nothing (not "none") when there is no BOS.
+    for (name, content) in special_tokens {
+        ctx.insert(name, JinjaValue::from(*content));
+    }
+    let tmpl = env.template_from_str(template)?;
+    tmpl.render(ctx)
+}
+
+/// Python's `json.dumps(value, ensure_ascii=False, indent=indent)`, which transformers' `tojson`
+/// is: `", "` and `": "` separators without indent.
+fn tojson(value: &JinjaValue, kwargs: Kwargs) -> std::result::Result<String, minijinja::Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let mut out = Vec::new();
+    let res = match indent {
+        Some(n) => {
+            let spaces = vec![b' '; n];
+            let fmt = serde_json::ser::PrettyFormatter::with_indent(&spaces);
+            serde::Serialize::serialize(
+                value,
+                &mut serde_json::Serializer::with_formatter(&mut out, fmt),
+            )
+        }
+        None => serde::Serialize::serialize(
+            value,
+            &mut serde_json::Serializer::with_formatter(&mut out, PythonJson),
+        ),
+    };
+    res.map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    String::from_utf8(out)
+        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))
+}
+
+/// serde_json formatter with Python's default separators.
+struct PythonJson;
+
+impl serde_json::ser::Formatter for PythonJson {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
+    }
+}
+
+/// The Python methods chat templates commonly call on strings and dicts.
+fn python_method(
+    state: &State,
+    value: &JinjaValue,
+    method: &str,
+    args: &[JinjaValue],
+) -> std::result::Result<JinjaValue, minijinja::Error> {
+    if let Some(s) = value.as_str() {
+        let strip_set =
+            |args: &[JinjaValue]| -> std::result::Result<Option<String>, minijinja::Error> {
+                let (chars,): (Option<String>,) = from_args(args)?;
+                Ok(chars)
+            };
+        let out: JinjaValue = match method {
+            "strip" | "lstrip" | "rstrip" => {
+                let chars = strip_set(args)?;
+                let is_strip = |c: char| match &chars {
+                    Some(set) => set.contains(c),
+                    None => c.is_whitespace(),
+                };
+                let r = match method {
+                    "strip" => s.trim_matches(is_strip),
+                    "lstrip" => s.trim_start_matches(is_strip),
+                    _ => s.trim_end_matches(is_strip),
+                };
+                r.into()
+            }
+            "startswith" | "endswith" => {
+                let (prefix,): (String,) = from_args(args)?;
+                if method == "startswith" {
+                    s.starts_with(&prefix).into()
+                } else {
+                    s.ends_with(&prefix).into()
+                }
+            }
+            "upper" => {
+                from_args::<()>(args)?;
+                s.to_uppercase().into()
+            }
+            "lower" => {
+                from_args::<()>(args)?;
+                s.to_lowercase().into()
+            }
+            "replace" => {
+                let (from, to): (String, String) = from_args(args)?;
+                s.replace(&from, &to).into()
+            }
+            "split" => {
+                let (sep, maxsplit): (Option<String>, Option<i64>) = from_args(args)?;
+                let max = maxsplit.filter(|m| *m >= 0).map(|m| m as usize + 1);
+                let parts: Vec<String> = match (&sep, max) {
+                    (Some(sep), Some(n)) => s.splitn(n, sep.as_str()).map(str::to_string).collect(),
+                    (Some(sep), None) => s.split(sep.as_str()).map(str::to_string).collect(),
+                    (None, _) => s.split_whitespace().map(str::to_string).collect(),
+                };
+                parts.into()
+            }
+            "title" | "capitalize" => state.apply_filter(method, std::slice::from_ref(value))?,
+            _ => return Err(minijinja::Error::from(ErrorKind::UnknownMethod)),
+        };
+        return Ok(out);
+    }
+    if value.kind() == ValueKind::Map {
+        return match method {
+            "items" => state.apply_filter("items", std::slice::from_ref(value)),
+            "keys" => {
+                from_args::<()>(args)?;
+                Ok(JinjaValue::from(value.try_iter()?.collect::<Vec<_>>()))
+            }
+            "values" => {
+                from_args::<()>(args)?;
+                let values = value
+                    .try_iter()?
+                    .map(|k| value.get_item(&k))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                Ok(JinjaValue::from(values))
+            }
+            "get" => {
+                let (key, default): (JinjaValue, Option<JinjaValue>) = from_args(args)?;
+                let v = value.get_item(&key)?;
+                Ok(if v.is_undefined() {
+                    default.unwrap_or(JinjaValue::from(()))
+                } else {
+                    v
+                })
+            }
+            _ => Err(minijinja::Error::from(ErrorKind::UnknownMethod)),
+        };
+    }
+    Err(minijinja::Error::from(ErrorKind::UnknownMethod))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenizers::models::bpe::Merges;
+
+    /// A tiny byte-level BPE: the 256 byte symbols, a few merges, two special tokens.
+    fn tiny() -> Tokenizer {
+        let mut tokens: Vec<String> = vec!["<s>".into(), "</s>".into()];
+        let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+        alphabet.sort_unstable();
+        tokens.extend(alphabet.iter().map(|c| c.to_string()));
+        let merges: Merges = vec![
+            ("h".into(), "e".into()),
+            ("l".into(), "l".into()),
+            ("he".into(), "ll".into()),
+            ("hell".into(), "o".into()),
+            ("Ġ".into(), "w".into()),
+        ];
+        for (a, b) in &merges {
+            tokens.push(format!("{a}{b}"));
+        }
+        let vocab: Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .unwrap();
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        inner.with_decoder(Some(ByteLevel::default()));
+        inner.with_post_processor(Some(ByteLevel::new(true, false, true)));
+        inner
+            .add_special_tokens([
+                AddedToken::from("<s>", true),
+                AddedToken::from("</s>", true),
+            ])
+            .unwrap();
+        let special = |content: &str, id| {
+            Some(Special {
+                content: content.into(),
+                id,
+            })
+        };
+        Tokenizer::assemble(
+            inner,
+            PathBuf::from("tiny/tokenizer.json"),
+            [special("<s>", 0), special("</s>", 1), special("</s>", 1), None],
+            Some("{% for m in messages %}<s>{{ m.role }}: {{ m['content'] | trim }}</s>\n{% endfor %}{% if add_generation_prompt %}<s>assistant: {% endif %}".into()),
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn encode_decode_round_trip_with_specials() {
+        let t = tiny();
+        let hello = t.token_to_id("hello").unwrap();
+        let ids = t.encode("<s>hello world</s>").unwrap();
+        assert_eq!(ids[0], 0);
+        assert_eq!(ids[1], hello);
+        assert_eq!(*ids.last().unwrap(), 1);
+        assert_eq!(t.decode(&ids).unwrap(), "<s>hello world</s>");
+        assert!(!t.add_bos(), "a ByteLevel post-processor adds nothing");
+        assert_eq!(
+            t.special_tokens(),
+            vec![("<s>".into(), 0), ("</s>".into(), 1)]
+        );
+        assert!(t
+            .decode(&[9999])
+            .unwrap_err()
+            .to_string()
+            .contains("tiny/tokenizer.json"));
+    }
+
+    #[test]
+    fn chat_template_renders_like_transformers() {
+        let t = tiny();
+        let msgs = [
+            ChatMessage::new("user", " hi "),
+            ChatMessage::new("assistant", "yo"),
+        ];
+        assert_eq!(
+            t.apply_chat_template(&msgs, true).unwrap(),
+            "<s>user: hi</s>\n<s>assistant: yo</s>\n<s>assistant: "
+        );
+        assert_eq!(
+            t.apply_chat_template(&msgs[..1], false).unwrap(),
+            "<s>user: hi</s>\n"
+        );
+    }
+
+    #[test]
+    fn chat_template_python_compat() {
+        let msgs = [
+            ChatMessage::new("system", "  Be brief.\n"),
+            ChatMessage::new("user", "a,b,c"),
+        ];
+        let tpl = "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}[{{ m['content'].strip() }}]{% else %}{{ m.content.split(',') | join('|') }} {{ m.get('missing', 'dflt') }} {{ m | tojson }}{% endif %}{% endfor %}{{ eos_token }}";
+        let out = render_chat_template(tpl, &msgs, false, &[("bos_token", "<s>")]).unwrap();
+        assert_eq!(
+            out,
+            r#"<s>[Be brief.]a|b|c dflt {"role": "user", "content": "a,b,c"}"#
+        );
+        let err =
+            render_chat_template("{{ raise_exception('no system role') }}", &msgs, false, &[])
+                .unwrap_err();
+        assert!(format!("{err:#}").contains("no system role"));
+    }
+
+    #[test]
+    fn missing_chat_template_is_a_clear_error() {
+        let mut t = tiny();
+        t.chat_template = None;
+        let err = t.apply_chat_template(&[], true).unwrap_err().to_string();
+        assert!(
+            err.contains("no chat template") && err.contains("tiny/tokenizer.json"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn save_then_load_gives_the_same_tokenizer() {
+        let t = tiny();
+        let dir = tempfile::tempdir().unwrap();
+        t.save(dir.path()).unwrap();
+        let back = Tokenizer::from_file(&dir.path().join("tokenizer.json")).unwrap();
+        assert_eq!(
+            back.inner().to_string(false).unwrap(),
+            t.inner().to_string(false).unwrap()
+        );
+        for text in ["", "hello world", "<s>hello</s> héllo\n\tworld"] {
+            assert_eq!(back.encode(text).unwrap(), t.encode(text).unwrap());
+        }
+        assert_eq!(back.bos_id(), Some(0));
+        assert_eq!(back.eos_id(), Some(1));
+        assert_eq!(back.pad_id(), Some(1));
+        assert_eq!(back.unk_id(), None);
+        assert_eq!(back.add_bos(), t.add_bos());
+        assert_eq!(back.chat_template(), t.chat_template());
+        assert_eq!(back.special_tokens(), t.special_tokens());
+        assert_eq!(back.vocab_size(), t.vocab_size());
+        let config: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join("tokenizer_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(config["add_bos_token"], false);
+        assert_eq!(config["tokenizer_class"], "PreTrainedTokenizerFast");
+    }
+
+    #[test]
+    fn from_file_reads_added_token_dicts_and_template_lists() {
+        let t = tiny();
+        let dir = tempfile::tempdir().unwrap();
+        t.save(dir.path()).unwrap();
+        let config = serde_json::json!({
+            "bos_token": {"content": "<s>", "special": true},
+            "eos_token": "</s>",
+            "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}],
+        });
+        std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+        let back = Tokenizer::from_file(&dir.path().join("tokenizer.json")).unwrap();
+        assert_eq!(back.bos_id(), Some(0));
+        assert_eq!(back.chat_template(), Some("D"));
+        assert_eq!(back.pad_id(), None);
+
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            r#"{"eos_token": "<nope>"}"#,
+        )
+        .unwrap();
+        let err = Tokenizer::from_file(&dir.path().join("tokenizer.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tokenizer_config.json") && err.contains("<nope>"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn from_file_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("tokenizer.json");
+        let err = Tokenizer::from_file(&missing).unwrap_err().to_string();
+        assert!(err.contains(&*missing.to_string_lossy()), "{err}");
+        std::fs::write(&missing, "{ not json").unwrap();
+        let err = Tokenizer::from_file(&missing).unwrap_err().to_string();
+        assert!(err.contains(&*missing.to_string_lossy()), "{err}");
+    }
+
+    fn gguf_content(entries: Vec<(&str, gguf_file::Value)>) -> gguf_file::Content {
+        gguf_file::Content {
+            magic: gguf_file::VersionedMagic::GgufV3,
+            metadata: entries
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            tensor_infos: HashMap::new(),
+            tensor_data_offset: 0,
+        }
+    }
+
+    fn strings(items: &[&str]) -> gguf_file::Value {
+        gguf_file::Value::Array(
+            items
+                .iter()
+                .map(|s| gguf_file::Value::String(s.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn from_gguf_builds_byte_level_bpe() {
+        let mut toks: Vec<String> = vec!["<|endoftext|>".into()];
+        let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+        alphabet.sort_unstable();
+        toks.extend(alphabet.iter().map(|c| c.to_string()));
+        toks.push("Ġw".into());
+        let tok_refs: Vec<&str> = toks.iter().map(String::as_str).collect();
+        let mut types = vec![gguf_file::Value::I32(1); toks.len()];
+        types[0] = gguf_file::Value::I32(3);
+        let entries = vec![
+            (
+                "tokenizer.ggml.model",
+                gguf_file::Value::String("gpt2".into()),
+            ),
+            (
+                "tokenizer.ggml.pre",
+                gguf_file::Value::String("smollm".into()),
+            ),
+            ("tokenizer.ggml.tokens", strings(&tok_refs)),
+            ("tokenizer.ggml.merges", strings(&["Ġ w"])),
+            ("tokenizer.ggml.token_type", gguf_file::Value::Array(types)),
+            ("tokenizer.ggml.eos_token_id", gguf_file::Value::U32(0)),
+            (
+                "tokenizer.chat_template",
+                gguf_file::Value::String("{{ messages[0].content }}".into()),
+            ),
+        ];
+        let content = gguf_content(entries.clone());
+        let t = Tokenizer::from_gguf(&content, Path::new("m.gguf")).unwrap();
+        let ids = t.encode("w w<|endoftext|>").unwrap();
+        let gw = t.token_to_id("Ġw").unwrap();
+        // No prefix space: the first `w` stays bare.
+        assert_eq!(ids, vec![t.token_to_id("w").unwrap(), gw, 0]);
+        assert_eq!(t.decode(&ids).unwrap(), "w w<|endoftext|>");
+        assert_eq!(t.eos_id(), Some(0));
+        assert_eq!(t.bos_id(), None);
+        assert_eq!(t.special_tokens(), vec![("<|endoftext|>".into(), 0)]);
+        assert_eq!(
+            t.apply_chat_template(&[ChatMessage::new("user", "x")], false)
+                .unwrap(),
+            "x"
+        );
+
+        let broken = |key: &str, value: gguf_file::Value| {
+            let mut bad = gguf_content(entries.clone());
+            bad.metadata.insert(key.into(), value);
+            Tokenizer::from_gguf(&bad, Path::new("m.gguf"))
+                .unwrap_err()
+                .to_string()
+        };
+        let err = broken(
+            "tokenizer.ggml.model",
+            gguf_file::Value::String("llama".into()),
+        );
+        assert!(err.contains("m.gguf") && err.contains("llama"), "{err}");
+        let err = broken(
+            "tokenizer.ggml.pre",
+            gguf_file::Value::String("weird".into()),
+        );
+        assert!(err.contains("m.gguf") && err.contains("weird"), "{err}");
+        let err = broken("tokenizer.ggml.bos_token_id", gguf_file::Value::U32(99999));
+        assert!(err.contains("m.gguf") && err.contains("99999"), "{err}");
+    }
+
+    #[test]
+    fn split_regexes_group_digits_as_their_models_do() {
+        use tokenizers::tokenizer::{
+            OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer,
+        };
+        let pieces = |regex: &str| -> Vec<String> {
+            let split = Split::new(
+                SplitPattern::Regex(regex.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .unwrap();
+            let mut s = PreTokenizedString::from("I'LL pay 12345!");
+            split.pre_tokenize(&mut s).unwrap();
+            s.get_splits(OffsetReferential::Original, OffsetType::Byte)
+                .into_iter()
+                .map(|(p, _, _)| p.to_string())
+                .collect()
+        };
+        assert_eq!(
+            pieces(LLAMA3_SPLIT),
+            ["I", "'LL", " pay", " ", "123", "45", "!"]
+        );
+        assert_eq!(
+            pieces(QWEN2_SPLIT),
+            ["I", "'LL", " pay", " ", "1", "2", "3", "4", "5", "!"]
+        );
+    }
+}

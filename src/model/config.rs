@@ -139,7 +139,10 @@ impl ModelConfig {
             return Err(Error::format(path, "LLaMA with biases is not supported"));
         }
         if let Some(act) = hf.hidden_act.as_deref().filter(|a| *a != "silu") {
-            return Err(Error::format(path, format!("activation `{act}` is not supported (silu)")));
+            return Err(Error::format(
+                path,
+                format!("activation `{act}` is not supported (silu)"),
+            ));
         }
         let config = ModelConfig {
             family,

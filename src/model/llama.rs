@@ -72,12 +72,18 @@ impl LlamaLayer {
         let mut next = || w.next().expect("nine weights");
         let eps = config.rms_norm_eps;
         Ok(LlamaLayer {
-            input_norm: RmsNorm { weight: next(), eps },
+            input_norm: RmsNorm {
+                weight: next(),
+                eps,
+            },
             q_proj: Linear::new(next()),
             k_proj: Linear::new(next()),
             v_proj: Linear::new(next()),
             o_proj: Linear::new(next()),
-            post_norm: RmsNorm { weight: next(), eps },
+            post_norm: RmsNorm {
+                weight: next(),
+                eps,
+            },
             gate_proj: Linear::new(next()),
             up_proj: Linear::new(next()),
             down_proj: Linear::new(next()),

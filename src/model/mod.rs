@@ -2,6 +2,7 @@
 //! file per family, and the model that strings embeddings, layers and head together.
 
 pub mod config;
+pub mod generate;
 pub mod layer;
 pub mod llama;
 #[allow(clippy::module_inception)]

@@ -103,7 +103,11 @@ impl Model {
         };
         let half = config.head_dim / 2;
         let inv_freq = (0..half)
-            .map(|i| 1.0 / config.rope_theta.powf(2.0 * i as f64 / config.head_dim as f64))
+            .map(|i| {
+                1.0 / config
+                    .rope_theta
+                    .powf(2.0 * i as f64 / config.head_dim as f64)
+            })
             .collect();
         Ok(Model {
             config: config.clone(),
@@ -186,7 +190,10 @@ impl Model {
 
     /// Number of scalar parameters (a tied head counted once).
     pub fn num_parameters(&self) -> usize {
-        self.named_weights().iter().map(|(_, w)| w.elem_count()).sum()
+        self.named_weights()
+            .iter()
+            .map(|(_, w)| w.elem_count())
+            .sum()
     }
 
     /// The weights as a tensor map (sharing storage), e.g. for saving.

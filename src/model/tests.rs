@@ -22,7 +22,11 @@ fn tiny(layers: usize) -> ModelConfig {
 fn layer_from(config: &ModelConfig, ws: &[Tensor]) -> crate::Result<Box<dyn DecoderLayer>> {
     let mut map = TensorMap::new("<test>");
     for (name, w) in llama::WEIGHT_NAMES.iter().zip(ws) {
-        map.insert(format!("model.layers.0.{name}"), w.clone(), "<test>".as_ref());
+        map.insert(
+            format!("model.layers.0.{name}"),
+            w.clone(),
+            "<test>".as_ref(),
+        );
     }
     let mut layer: Box<dyn DecoderLayer> = Box::new(llama::LlamaLayer::load(config, &map, 0)?);
     for (_, w) in layer.weights_mut() {
@@ -43,7 +47,12 @@ fn decoder_layer_gradients_match_finite_differences() -> crate::Result<()> {
     })?;
     // Trainable weights: every weight's gradient too.
     let mut inputs = vec![x];
-    inputs.extend(model.layers()[0].weights().iter().map(|(_, w)| w.tensor().clone()));
+    inputs.extend(
+        model.layers()[0]
+            .weights()
+            .iter()
+            .map(|(_, w)| w.tensor().clone()),
+    );
     check_gradients(&inputs, |t| {
         let layer = layer_from(&config, &t[1..]).map_err(candle_core::Error::wrap)?;
         layer.forward(&t[0], &ctx, None)
@@ -78,7 +87,9 @@ fn frozen_parts_give_same_gradient_and_no_gradient_entries() -> crate::Result<()
         match w {
             Weight::Trainable(v) => {
                 let a = g_frozen.get(v).expect("trainable weight has a gradient");
-                let b = g_plain.get(p.var().expect("all trainable")).expect("gradient");
+                let b = g_plain
+                    .get(p.var().expect("all trainable"))
+                    .expect("gradient");
                 let diff = max_abs_diff(a, b)?;
                 assert!(diff <= 1e-5, "{name}: {diff:e}");
             }
@@ -138,11 +149,26 @@ fn missing_or_misshapen_tensor_is_named() {
         Tensor::zeros((3, 3), DType::F32, &Device::Cpu).unwrap(),
         "shard-2.safetensors".as_ref(),
     );
-    let err = Model::from_tensors(&config, &tensors, None).unwrap_err().to_string();
-    assert!(err.contains("shard-2.safetensors") && err.contains("model.layers.1.mlp.up_proj.weight"), "{err}");
-    let tensors = model::random_tensors(&config, 1, DType::F32).unwrap();
-    let err = Model::from_tensors(&ModelConfig { num_layers: 3, ..config }, &tensors, None)
+    let err = Model::from_tensors(&config, &tensors, None)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("model.layers.2.input_layernorm.weight") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("shard-2.safetensors") && err.contains("model.layers.1.mlp.up_proj.weight"),
+        "{err}"
+    );
+    let tensors = model::random_tensors(&config, 1, DType::F32).unwrap();
+    let err = Model::from_tensors(
+        &ModelConfig {
+            num_layers: 3,
+            ..config
+        },
+        &tensors,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("model.layers.2.input_layernorm.weight") && err.contains("missing"),
+        "{err}"
+    );
 }

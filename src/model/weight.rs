@@ -76,7 +76,10 @@ impl Linear {
                 let dims = x.dims();
                 let k = dims[dims.len() - 1];
                 let m = x.elem_count() / k.max(1);
-                let y = x.contiguous()?.reshape((m, k))?.matmul(&w.as_tensor().t()?)?;
+                let y = x
+                    .contiguous()?
+                    .reshape((m, k))?
+                    .matmul(&w.as_tensor().t()?)?;
                 let mut out = dims.to_vec();
                 *out.last_mut().expect("non-empty") = y.dim(1)?;
                 y.reshape(out)

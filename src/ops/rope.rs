@@ -5,7 +5,7 @@
 //! orthogonal, so the backward is the same kernel rotating by −θ.
 
 use super::cpu::{dispatch_float, slice, storage, tensor_vec, Float};
-use candle_core::{CpuStorage, WithDType, CustomOp1, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType, D};
 
 /// Rotates `x` of layout `[batch, seq, heads, head_dim]` by the angles whose cos/sin are given per
 /// position (`[seq, head_dim/2]`). `sign = -1` rotates backwards (the gradient).
@@ -109,7 +109,10 @@ mod tests {
 
     fn tables(seq: usize, half: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
         let angles = rand_tensor(&[seq, half], DType::F64, 9)?.affine(3.0, 0.0)?;
-        Ok((angles.cos()?.to_dtype(dtype)?, angles.sin()?.to_dtype(dtype)?))
+        Ok((
+            angles.cos()?.to_dtype(dtype)?,
+            angles.sin()?.to_dtype(dtype)?,
+        ))
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! skips the exponentials of masked entries.
 
 use super::cpu::{dispatch_float, slice, storage, Float};
-use candle_core::{CpuStorage, WithDType, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType, D};
 
 /// Scores have layout `[.., t, s]`: query row `i` sits at absolute position `s - t + i` and sees
 /// keys `0..=s - t + i` (the first `s - t` keys are a cache of earlier positions).
@@ -17,9 +17,9 @@ fn forward_kernel<T: Float>(x: &[T], t: usize, s: usize, scale: T) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
     for (m, (row, orow)) in x.chunks_exact(s).zip(out.chunks_exact_mut(s)).enumerate() {
         let n = visible(t, s, m % t);
-        let max = row[..n]
-            .iter()
-            .fold(T::neg_infinity(), |a, &b| num_traits::Float::max(a, b * scale));
+        let max = row[..n].iter().fold(T::neg_infinity(), |a, &b| {
+            num_traits::Float::max(a, b * scale)
+        });
         let mut sum = T::zero();
         for (o, &v) in orow[..n].iter_mut().zip(&row[..n]) {
             *o = (v * scale - max).exp();
@@ -69,7 +69,9 @@ impl CustomOp1 for CausalSoftmax {
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let op = CausalSoftmaxGrad { scale: self.scale };
-        Ok(Some(y.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &op)?))
+        Ok(Some(
+            y.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &op)?,
+        ))
     }
 }
 
@@ -104,7 +106,15 @@ pub fn causal_softmax_reference(x: &Tensor, scale: f64) -> Result<Tensor> {
     let dims = x.dims();
     let (t, s) = (dims[dims.len() - 2], dims[dims.len() - 1]);
     let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..s).map(move |j| if j < visible(t, s, i) { 0.0 } else { f32::NEG_INFINITY }))
+        .flat_map(|i| {
+            (0..s).map(move |j| {
+                if j < visible(t, s, i) {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
         .collect();
     let mask = Tensor::from_vec(mask, (t, s), x.device())?.to_dtype(x.dtype())?;
     candle_nn::ops::softmax(&x.affine(scale, 0.0)?.broadcast_add(&mask)?, D::Minus1)
@@ -115,7 +125,10 @@ pub fn causal_softmax_reference(x: &Tensor, scale: f64) -> Result<Tensor> {
 pub fn causal_softmax(x: &Tensor, scale: f64) -> Result<Tensor> {
     let dims = x.dims();
     if dims.len() < 2 || dims[dims.len() - 1] < dims[dims.len() - 2] {
-        candle_core::bail!("causal_softmax: scores {:?} must be [.., t, s] with s >= t", dims);
+        candle_core::bail!(
+            "causal_softmax: scores {:?} must be [.., t, s] with s >= t",
+            dims
+        );
     }
     if !x.device().is_cpu() {
         return causal_softmax_reference(x, scale);

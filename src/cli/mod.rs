@@ -1,0 +1,76 @@
+//! Command-line interface: one file per command, each a clap `Args` struct with a `run`.
+
+mod fetch;
+mod generate;
+mod inspect;
+mod score;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use offsite::io::checkpoint::{self, Checkpoint};
+use std::path::PathBuf;
+
+/// Offsite-Tuning: adapt a foundation model to private data without either side handing over
+/// what it owns.
+#[derive(Parser)]
+#[command(name = "offsite", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download a known demo model (verified by sha256) and print its path.
+    Fetch(fetch::Args),
+    /// Describe a model: family, layers, parameters, tensor dtypes, tokenizer.
+    Inspect(inspect::Args),
+    /// Continue a prompt (greedy by default).
+    Generate(generate::Args),
+    /// Per-token log-probabilities and mean cross-entropy of a text.
+    Score(score::Args),
+}
+
+/// Runs the command line and turns errors into a message and exit code 1.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Fetch(a) => fetch::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Score(a) => score::run(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// A MODEL argument: a `.gguf` file, a Hugging Face directory, or a known model's name
+/// (`smollm2`), which is fetched on first use.
+#[derive(Clone, Debug)]
+pub struct ModelSpec(pub String);
+
+impl std::str::FromStr for ModelSpec {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(ModelSpec(s.to_string()))
+    }
+}
+
+impl ModelSpec {
+    /// The path the spec stands for (fetching a known model if needed).
+    pub fn path(&self) -> Result<PathBuf> {
+        Ok(offsite::io::fetch::resolve_model(&self.0)?)
+    }
+
+    /// Loads the checkpoint on the CPU.
+    pub fn load(&self) -> Result<Checkpoint> {
+        let path = self.path()?;
+        checkpoint::load(&path, &candle_core::Device::Cpu)
+            .with_context(|| format!("loading model {}", path.display()))
+    }
+}
