@@ -5,7 +5,7 @@ mod generate;
 mod inspect;
 mod score;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use offsite::io::checkpoint::{self, Checkpoint};
 use std::path::PathBuf;
@@ -70,7 +70,7 @@ impl ModelSpec {
     /// Loads the checkpoint on the CPU.
     pub fn load(&self) -> Result<Checkpoint> {
         let path = self.path()?;
-        checkpoint::load(&path, &candle_core::Device::Cpu)
-            .with_context(|| format!("loading model {}", path.display()))
+        // Our errors already name the file; no extra context needed.
+        Ok(checkpoint::load(&path, &candle_core::Device::Cpu)?)
     }
 }

@@ -89,7 +89,8 @@ mod tests {
     #[test]
     fn matches_python_reference_choices() {
         // Computed with Python's round(), the original repository's formula.
-        let cases: [((usize, usize, usize, usize), &[usize]); 9] = [
+        type Case = ((usize, usize, usize, usize), &'static [usize]);
+        let cases: [Case; 9] = [
             (
                 (30, 2, 2, 13),
                 &[2, 4, 6, 8, 10, 12, 14, 17, 19, 21, 23, 25, 27],

@@ -6,12 +6,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The temporary sibling a write to `path` goes through (same folder, so `rename` is atomic).
+/// Unique per process and call, so concurrent writers of the same path never share one.
 fn temp_path(path: &Path) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".into());
-    path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
+    path.with_file_name(format!(".{name}.tmp{}-{n}", std::process::id()))
 }
 
 /// Writes `path` by letting `fill` write into a temporary file, syncing it, then renaming it

@@ -134,8 +134,10 @@ pub fn unpermute_qk(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
 /// Loads a GGUF file onto `device`.
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let content = Content::read(&mut file)
-        .map_err(|e| Error::format(path, format!("not a readable GGUF file: {e}")))?;
+    let content = Content::read(&mut file).map_err(|e| {
+        let msg = crate::error::candle_message(&e);
+        Error::format(path, format!("not a readable GGUF file ({msg})"))
+    })?;
     let config = config_from_metadata(&content, path)?;
     let mut tensors = TensorMap::new(path);
     let mut stored_dtypes = std::collections::BTreeMap::new();
@@ -159,8 +161,12 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
                 Ok(t)
             }
         };
-        let t = read(&mut file)
-            .map_err(|e| Error::format(path, format!("tensor `{name}`: {e} (file truncated?)")))?;
+        let t = read(&mut file).map_err(|e| {
+            Error::format(
+                path,
+                format!("tensor `{name}`: {}", crate::error::candle_message(&e)),
+            )
+        })?;
         tensors.insert(hf, t, path);
     }
     let tokenizer = if content.metadata.contains_key("tokenizer.ggml.tokens") {

@@ -54,13 +54,18 @@ fn read_safetensors(
     into: &mut TensorMap,
     stored_dtypes: &mut BTreeMap<String, usize>,
 ) -> Result<()> {
-    let tensors = candle_core::safetensors::load(file, device)
-        .map_err(|e| Error::format(file, format!("not a readable safetensors file: {e}")))?;
+    let tensors = candle_core::safetensors::load(file, device).map_err(|e| {
+        let msg = crate::error::candle_message(&e);
+        Error::format(file, format!("not a readable safetensors file ({msg})"))
+    })?;
     for (name, t) in tensors {
         *stored_dtypes.entry(format!("{:?}", t.dtype())).or_insert(0) += 1;
-        let t = t
-            .to_dtype(DType::F32)
-            .map_err(|e| Error::format(file, format!("tensor `{name}`: {e}")))?;
+        let t = t.to_dtype(DType::F32).map_err(|e| {
+            Error::format(
+                file,
+                format!("tensor `{name}`: {}", crate::error::candle_message(&e)),
+            )
+        })?;
         into.insert(name, t, file);
     }
     Ok(())

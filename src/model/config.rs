@@ -172,13 +172,13 @@ impl ModelConfig {
         if c.num_layers == 0 || c.hidden_size == 0 || c.num_heads == 0 || c.vocab_size == 0 {
             return Err("layers, hidden size, heads and vocabulary must be positive".into());
         }
-        if c.num_kv_heads == 0 || c.num_heads % c.num_kv_heads != 0 {
+        if c.num_kv_heads == 0 || !c.num_heads.is_multiple_of(c.num_kv_heads) {
             return Err(format!(
                 "{} attention heads cannot be grouped over {} key/value heads",
                 c.num_heads, c.num_kv_heads
             ));
         }
-        if c.head_dim % 2 != 0 {
+        if !c.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {} must be even for RoPE", c.head_dim));
         }
         Ok(())

@@ -42,7 +42,7 @@ fn decoder_layer_gradients_match_finite_differences() -> crate::Result<()> {
     let ctx = model.layer_context(0, 3)?;
     let x = rand_tensor(&[2, 3, 8], DType::F64, 1)?;
     // Frozen weights: the gradient wrt the input goes through every frozen op.
-    check_gradients(&[x.clone()], |t| {
+    check_gradients(std::slice::from_ref(&x), |t| {
         model.layers()[0].forward(&t[0], &ctx, None)
     })?;
     // Trainable weights: every weight's gradient too.

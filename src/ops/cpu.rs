@@ -5,7 +5,10 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor, WithDType};
 
 /// Element types our CPU kernels are written for.
-pub trait Float: WithDType + num_traits::Float + std::iter::Sum {}
+pub trait Float:
+    WithDType + num_traits::Float + std::iter::Sum + std::ops::AddAssign + std::ops::MulAssign
+{
+}
 impl Float for f32 {}
 impl Float for f64 {}
 

@@ -56,7 +56,7 @@ fn weight_grad_kernel<T: Float>(x: &[T], dy: &[T], d: usize, eps: f64) -> Vec<T>
         let ms = row.iter().map(|&v| v * v).sum::<T>() / n;
         let r = (ms + eps).sqrt().recip();
         for ((acc, &v), &g) in dw.iter_mut().zip(row).zip(drow) {
-            *acc = *acc + g * v * r;
+            *acc += g * v * r;
         }
     }
     dw

@@ -83,7 +83,7 @@ pub fn rope_reference(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> 
 /// (`[seq, head_dim/2]`, angles `pos · θ_i`).
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (_, seq, _, hd) = x.dims4()?;
-    if cos.dims() != [seq, hd / 2] || sin.dims() != [seq, hd / 2] || hd % 2 != 0 {
+    if cos.dims() != [seq, hd / 2] || sin.dims() != [seq, hd / 2] || !hd.is_multiple_of(2) {
         candle_core::bail!(
             "rope: tables {:?}/{:?} do not fit input {:?}",
             cos.dims(),

@@ -23,10 +23,10 @@ fn forward_kernel<T: Float>(x: &[T], t: usize, s: usize, scale: T) -> Vec<T> {
         let mut sum = T::zero();
         for (o, &v) in orow[..n].iter_mut().zip(&row[..n]) {
             *o = (v * scale - max).exp();
-            sum = sum + *o;
+            sum += *o;
         }
         let inv = sum.recip();
-        orow[..n].iter_mut().for_each(|o| *o = *o * inv);
+        orow[..n].iter_mut().for_each(|o| *o *= inv);
     }
     out
 }
