@@ -52,6 +52,9 @@ pub enum Error {
         /// The architectures offsite can load.
         supported: String,
     },
+    /// A run stopped before it finished (its last checkpoint can be resumed).
+    #[error("interrupted after step {0}")]
+    Interrupted(usize),
     /// Invalid arguments or options (not tied to a file).
     #[error("{0}")]
     Invalid(String),

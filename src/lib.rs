@@ -7,11 +7,13 @@
 //! Rooms: [`model`] (the network, one file per family), [`ops`] (custom ops with their own
 //! backward), [`io`] (checkpoints, tokenizer, fetching, atomic writes).
 
+pub mod data;
 pub mod emulator;
 pub mod error;
 pub mod eval;
 pub mod io;
 pub mod model;
 pub mod ops;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -1,5 +1,16 @@
-//! The model owner's side: which layers form the adapter and the emulator.
+//! The model owner's side and the files exchanged: which layers form the adapter and the
+//! emulator (one function), the emulator package, the tuned adapter, fingerprints and plug-in.
 
+pub mod adapter;
+pub mod fingerprint;
+pub mod package;
 pub mod plan;
+pub mod plug;
+pub mod tune;
 
+pub use adapter::Adapter;
+pub use package::{EmulatorOptions, Package};
 pub use plan::{plan, uniform_choice, Split};
+pub use plug::plug;
+#[cfg(test)]
+mod tests;

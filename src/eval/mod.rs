@@ -1,3 +1,7 @@
-//! Measuring models: per-token scores now; perplexity, multiple choice and reports later.
+//! Measuring models: per-token scores and perplexity (token-level and lm-eval's
+//! document-level measures).
 
+pub mod perplexity;
 pub mod score;
+
+pub use perplexity::{perplexity, PerplexityReport};

@@ -95,17 +95,41 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
     })
 }
 
-/// Serializes named tensors as safetensors bytes (with HF's `format: pt` metadata).
-pub fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<Vec<u8>> {
-    let metadata = Some(std::collections::HashMap::from([(
-        "format".to_string(),
-        "pt".to_string(),
-    )]));
+/// Serializes named tensors as safetensors bytes, with HF's `format: pt` and `extra` entries in
+/// the header's metadata.
+pub fn safetensors_bytes(
+    tensors: &BTreeMap<String, Tensor>,
+    extra: &[(&str, &str)],
+    path: &Path,
+) -> Result<Vec<u8>> {
+    let mut metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    metadata.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let metadata = Some(metadata);
     let contiguous = tensors
         .iter()
         .map(|(k, t)| Ok((k.clone(), t.contiguous()?)))
         .collect::<candle_core::Result<Vec<_>>>()?;
-    safetensors::serialize(contiguous, metadata).map_err(|e| Error::format(path, e))
+    let mut bytes =
+        safetensors::serialize(contiguous, metadata).map_err(|e| Error::format(path, e))?;
+    canonicalize_header(&mut bytes).map_err(|e| Error::format(path, e))?;
+    Ok(bytes)
+}
+
+/// Rewrites the JSON header of safetensors `bytes` with sorted keys. The library writes the
+/// metadata map in hash order, so the same tensors and metadata could give different files;
+/// sorted, equal content gives byte-identical files (reproducible runs, comparable hashes).
+fn canonicalize_header(bytes: &mut [u8]) -> std::result::Result<(), String> {
+    let len = u64::from_le_bytes(bytes[..8].try_into().map_err(|_| "short file")?) as usize;
+    let header = &bytes[8..8 + len];
+    // serde_json's map is a BTreeMap: parsing and printing sorts every object's keys.
+    let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| e.to_string())?;
+    let mut sorted = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+    if sorted.len() > len {
+        return Err("canonical header is longer than the original".into());
+    }
+    sorted.resize(len, b' ');
+    bytes[8..8 + len].copy_from_slice(&sorted);
+    Ok(())
 }
 
 /// Writes `model` (which must hold every layer) and `tokenizer` as a Hugging Face directory:
@@ -125,7 +149,7 @@ pub fn save(dir: &Path, model: &Model, tokenizer: Option<&Tokenizer>) -> Result<
         .map(|(name, w)| (name, w.tensor().clone()))
         .collect();
     let weights = dir.join("model.safetensors");
-    atomic::write_bytes(&weights, &safetensors_bytes(&tensors, &weights)?)?;
+    atomic::write_bytes(&weights, &safetensors_bytes(&tensors, &[], &weights)?)?;
     if let Some(tok) = tokenizer {
         tok.save(dir)?;
     }

@@ -118,23 +118,43 @@ impl Tokenizer {
     /// when the config has no template.
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
-            .map_err(|e| Error::format(path, format!("not a valid tokenizer.json: {e}")))?;
         let dir = path.parent().unwrap_or(Path::new(""));
         let config_path = dir.join("tokenizer_config.json");
         let config = match std::fs::read(&config_path) {
             Ok(bytes) => {
                 let value: serde_json::Value = serde_json::from_slice(&bytes)
                     .map_err(|e| Error::format(&config_path, format!("not valid JSON: {e}")))?;
-                if !value.is_object() {
-                    return Err(Error::format(&config_path, "is not a JSON object"));
-                }
                 Some(value)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::io(&config_path, e)),
         };
+        // Newer transformers versions keep the template in its own file.
+        let jinja = dir.join("chat_template.jinja");
+        let jinja = match std::fs::read_to_string(&jinja) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&jinja, e)),
+        };
+        Self::from_parts(&bytes, config, jinja, path, &config_path)
+    }
+
+    /// From the contents of `tokenizer.json` and (optionally) `tokenizer_config.json` and
+    /// `chat_template.jinja`; `path`/`config_path` name where they came from in errors.
+    pub fn from_parts(
+        tokenizer_json: &[u8],
+        config: Option<serde_json::Value>,
+        jinja: Option<String>,
+        path: &Path,
+        config_path: &Path,
+    ) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(tokenizer_json)
+            .map_err(|e| Error::format(path, format!("not a valid tokenizer.json: {e}")))?;
+        if config.as_ref().is_some_and(|c| !c.is_object()) {
+            return Err(Error::format(config_path, "is not a JSON object"));
+        }
         let config = config.unwrap_or_else(|| serde_json::json!({}));
+        let config_path = config_path.to_path_buf();
 
         let role = |key: &str| -> Result<Option<Special>> {
             let Some(content) = config_token(&config, key, &config_path)? else {
@@ -160,13 +180,7 @@ impl Tokenizer {
 
         let mut chat_template = config_chat_template(&config, &config_path)?;
         if chat_template.is_none() {
-            // Newer transformers versions keep the template in its own file.
-            let jinja = dir.join("chat_template.jinja");
-            match std::fs::read_to_string(&jinja) {
-                Ok(text) => chat_template = Some(text),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(&jinja, e)),
-            }
+            chat_template = jinja;
         }
         let add_bos = match config.get("add_bos_token") {
             None | Some(serde_json::Value::Null) => None,
@@ -574,11 +588,18 @@ impl Tokenizer {
     /// tokenizer, and transformers' `AutoTokenizer` can load the directory.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let json_path = dir.join("tokenizer.json");
-        let json = self.inner.to_string(true).map_err(|e| {
-            Error::format(&json_path, format!("cannot serialize the tokenizer: {e}"))
-        })?;
+        let (json, config) = self.to_parts(&json_path)?;
         atomic::write_bytes(&json_path, json.as_bytes())?;
+        atomic::write_json(&dir.join("tokenizer_config.json"), &config)
+    }
 
+    /// The contents of `tokenizer.json` and `tokenizer_config.json` that [`Tokenizer::save`]
+    /// writes (`path` names the destination in errors). [`Tokenizer::from_parts`] reads them back.
+    pub fn to_parts(&self, path: &Path) -> Result<(String, serde_json::Value)> {
+        let json = self
+            .inner
+            .to_string(true)
+            .map_err(|e| Error::format(path, format!("cannot serialize the tokenizer: {e}")))?;
         let token = |s: &Option<Special>| match s {
             Some(s) => serde_json::Value::String(s.content.clone()),
             None => serde_json::Value::Null,
@@ -599,7 +620,59 @@ impl Tokenizer {
         if let (Some(template), Some(obj)) = (&self.chat_template, config.as_object_mut()) {
             obj.insert("chat_template".into(), template.clone().into());
         }
-        atomic::write_json(&dir.join("tokenizer_config.json"), &config)
+        Ok((json, config))
+    }
+
+    /// A tiny byte-level BPE (`<s>` = 0, `</s>` = 1, the 256 byte symbols, five merges: 263
+    /// tokens) with a simple chat template, for tests and examples with tiny random models.
+    pub fn tiny_byte_level() -> Tokenizer {
+        let mut tokens: Vec<String> = vec!["<s>".into(), "</s>".into()];
+        let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+        alphabet.sort_unstable();
+        tokens.extend(alphabet.iter().map(|c| c.to_string()));
+        let merges: tokenizers::models::bpe::Merges = vec![
+            ("h".into(), "e".into()),
+            ("l".into(), "l".into()),
+            ("he".into(), "ll".into()),
+            ("hell".into(), "o".into()),
+            ("Ġ".into(), "w".into()),
+        ];
+        for (a, b) in &merges {
+            tokens.push(format!("{a}{b}"));
+        }
+        let vocab: Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .expect("a valid tiny BPE");
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        inner.with_decoder(Some(ByteLevel::default()));
+        inner.with_post_processor(Some(ByteLevel::new(true, false, true)));
+        inner
+            .add_special_tokens([
+                AddedToken::from("<s>", true),
+                AddedToken::from("</s>", true),
+            ])
+            .expect("special tokens");
+        let special = |content: &str, id| {
+            Some(Special {
+                content: content.into(),
+                id,
+            })
+        };
+        Tokenizer::assemble(
+            inner,
+            PathBuf::from("tiny/tokenizer.json"),
+            [special("<s>", 0), special("</s>", 1), special("</s>", 1), None],
+            Some("{% for m in messages %}<s>{{ m.role }}: {{ m['content'] | trim }}</s>\n{% endfor %}{% if add_generation_prompt %}<s>assistant: {% endif %}".into()),
+            None,
+        )
+        .expect("a valid tiny tokenizer")
     }
 
     /// The wrapped `tokenizers` tokenizer (e.g. for `decode_stream` when streaming generation).
@@ -912,57 +985,9 @@ fn python_method(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokenizers::models::bpe::Merges;
 
-    /// A tiny byte-level BPE: the 256 byte symbols, a few merges, two special tokens.
     fn tiny() -> Tokenizer {
-        let mut tokens: Vec<String> = vec!["<s>".into(), "</s>".into()];
-        let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
-        alphabet.sort_unstable();
-        tokens.extend(alphabet.iter().map(|c| c.to_string()));
-        let merges: Merges = vec![
-            ("h".into(), "e".into()),
-            ("l".into(), "l".into()),
-            ("he".into(), "ll".into()),
-            ("hell".into(), "o".into()),
-            ("Ġ".into(), "w".into()),
-        ];
-        for (a, b) in &merges {
-            tokens.push(format!("{a}{b}"));
-        }
-        let vocab: Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .unwrap();
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-        inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
-        inner.with_decoder(Some(ByteLevel::default()));
-        inner.with_post_processor(Some(ByteLevel::new(true, false, true)));
-        inner
-            .add_special_tokens([
-                AddedToken::from("<s>", true),
-                AddedToken::from("</s>", true),
-            ])
-            .unwrap();
-        let special = |content: &str, id| {
-            Some(Special {
-                content: content.into(),
-                id,
-            })
-        };
-        Tokenizer::assemble(
-            inner,
-            PathBuf::from("tiny/tokenizer.json"),
-            [special("<s>", 0), special("</s>", 1), special("</s>", 1), None],
-            Some("{% for m in messages %}<s>{{ m.role }}: {{ m['content'] | trim }}</s>\n{% endfor %}{% if add_generation_prompt %}<s>assistant: {% endif %}".into()),
-            None,
-        )
-        .unwrap()
+        Tokenizer::tiny_byte_level()
     }
 
     #[test]

@@ -1,0 +1,180 @@
+//! The tuned adapter the data owner sends back: the adapter layers' weights only, with the
+//! fingerprints of the emulator package (and its source model) they were tuned through, the
+//! training options and the final metrics.
+
+use super::fingerprint::short;
+use super::package::{layer_index, read_with_meta, safetensors_with_meta, Package};
+use crate::io::atomic;
+use crate::model::{Model, TensorMap};
+use crate::train::{TrainOptions, TrainSummary};
+use crate::{Error, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Format name of adapter files.
+pub const ADAPTER_FORMAT: &str = "offsite-adapter";
+/// Current adapter format version.
+pub const ADAPTER_VERSION: u32 = 1;
+
+/// The adapter's metadata.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdapterMeta {
+    /// Always [`ADAPTER_FORMAT`].
+    pub format: String,
+    /// [`ADAPTER_VERSION`] when written.
+    pub format_version: u32,
+    /// Fingerprint of the emulator package it was tuned through.
+    pub package_fingerprint: String,
+    /// Fingerprint of the full model that package was made from.
+    pub source_fingerprint: String,
+    /// Original indices of the adapter layers.
+    pub adapter_layers: Vec<usize>,
+    /// How it was trained (absent for an untrained adapter).
+    pub training: Option<TrainOptions>,
+    /// How training went.
+    pub metrics: Option<TrainSummary>,
+}
+
+/// A tuned adapter in memory.
+#[derive(Debug)]
+pub struct Adapter {
+    /// Its metadata.
+    pub meta: AdapterMeta,
+    /// Its weights, by HF name (original layer indices).
+    pub tensors: TensorMap,
+}
+
+impl Adapter {
+    /// The adapter of `package` with the given trained weights (or the package's own adapter
+    /// weights for those not given).
+    pub fn from_weights(
+        package: &Package,
+        weights: &BTreeMap<String, Tensor>,
+        training: Option<TrainOptions>,
+        metrics: Option<TrainSummary>,
+    ) -> Result<Self> {
+        let adapter_layers = package.meta.split.adapter();
+        let origin = Path::new("<adapter>");
+        let mut tensors = TensorMap::new(origin);
+        for (name, t) in package.tensors.iter() {
+            if layer_index(name).is_some_and(|i| adapter_layers.contains(&i)) {
+                let t = weights.get(name).unwrap_or(t);
+                tensors.insert(name, t.clone(), origin);
+            }
+        }
+        if let Some(extra) = weights.keys().find(|n| !tensors.contains(n)) {
+            return Err(Error::Invalid(format!(
+                "`{extra}` is not an adapter weight"
+            )));
+        }
+        Ok(Adapter {
+            meta: AdapterMeta {
+                format: ADAPTER_FORMAT.into(),
+                format_version: ADAPTER_VERSION,
+                package_fingerprint: package.meta.package_fingerprint.clone(),
+                source_fingerprint: package.meta.source_fingerprint.clone(),
+                adapter_layers,
+                training,
+                metrics,
+            },
+            tensors,
+        })
+    }
+
+    /// Writes the adapter atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let tensors: BTreeMap<String, Tensor> = self
+            .tensors
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.clone()))
+            .collect();
+        let meta = serde_json::to_string(&self.meta).map_err(|e| Error::format(path, e))?;
+        atomic::write_bytes(path, &safetensors_with_meta(&tensors, &meta, path)?)
+    }
+
+    /// Reads an adapter file.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let (meta, tensors): (AdapterMeta, TensorMap) =
+            read_with_meta(path, ADAPTER_FORMAT, device)?;
+        if meta.format_version > ADAPTER_VERSION {
+            return Err(Error::format(
+                path,
+                format!(
+                    "adapter format version {} is newer than this offsite understands",
+                    meta.format_version
+                ),
+            ));
+        }
+        if let Some(bad) = tensors
+            .names()
+            .find(|n| !layer_index(n).is_some_and(|i| meta.adapter_layers.contains(&i)))
+        {
+            return Err(Error::format(
+                path,
+                format!("tensor `{bad}` is not an adapter-layer weight"),
+            ));
+        }
+        Ok(Adapter { meta, tensors })
+    }
+
+    /// Replaces `model`'s adapter-layer weights with this adapter's. Every adapter tensor must
+    /// match a weight of the model in name and shape.
+    pub fn apply(&self, model: &mut Model) -> Result<()> {
+        let origin = self.tensors.origin().to_path_buf();
+        let mut weights = model.named_weights_mut();
+        for (name, t) in self.tensors.iter() {
+            let Some((_, w)) = weights.iter_mut().find(|(n, _)| n == name) else {
+                return Err(Error::format(
+                    &origin,
+                    format!("the model has no weight `{name}`"),
+                ));
+            };
+            if w.tensor().dims() != t.dims() {
+                return Err(Error::TensorShape {
+                    path: origin.clone(),
+                    name: name.to_string(),
+                    expected: w.tensor().dims().to_vec(),
+                    actual: t.dims().to_vec(),
+                });
+            }
+            **w = crate::model::Weight::Frozen(t.to_dtype(w.tensor().dtype())?);
+        }
+        Ok(())
+    }
+
+    /// Checks that the adapter was tuned through `package`.
+    pub fn check_package(&self, package: &Package) -> Result<()> {
+        if self.meta.package_fingerprint != package.meta.package_fingerprint {
+            return Err(Error::format(
+                self.tensors.origin(),
+                format!(
+                    "this adapter was tuned through another emulator package ({}…), not {} ({}…)",
+                    short(&self.meta.package_fingerprint),
+                    package.tensors.origin().display(),
+                    short(&package.meta.package_fingerprint)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that the adapter's chain of fingerprints leads to the model whose fingerprint is
+    /// `model_fingerprint` (read from `model_path`).
+    pub fn check_source(&self, model_fingerprint: &str, model_path: &Path) -> Result<()> {
+        if self.meta.source_fingerprint != model_fingerprint {
+            return Err(Error::format(
+                self.tensors.origin(),
+                format!(
+                    "this adapter belongs to another model: it was tuned through an emulator of model {}…, \
+                     but {} is model {}…",
+                    short(&self.meta.source_fingerprint),
+                    model_path.display(),
+                    short(model_fingerprint)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,284 @@
+//! The emulator package: one safetensors file holding the embeddings, final norm, LM head, the
+//! adapter layers and the kept emulator layers (never a dropped layer), with JSON metadata:
+//! format version, model config, tokenizer, the layer map, the options and fingerprints.
+
+use super::fingerprint::fingerprint;
+use super::plan::{plan, Split};
+use crate::io::atomic;
+use crate::io::hf_dir::safetensors_bytes;
+use crate::io::tokenizer::Tokenizer;
+use crate::model::{Model, ModelConfig, TensorMap};
+use crate::{Error, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Key of our JSON in the safetensors header's `__metadata__`.
+pub const METADATA_KEY: &str = "offsite";
+/// Format name of emulator packages.
+pub const PACKAGE_FORMAT: &str = "offsite-emulator";
+/// Current package format version.
+pub const PACKAGE_VERSION: u32 = 1;
+
+/// How the emulator was made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EmulatorOptions {
+    /// Adapter layers at the bottom.
+    pub bottom: usize,
+    /// Adapter layers at the top.
+    pub top: usize,
+    /// Middle layers kept.
+    pub keep: usize,
+}
+
+/// A tokenizer as its two HF files.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenizerFiles {
+    /// `tokenizer.json`.
+    pub tokenizer_json: String,
+    /// `tokenizer_config.json`.
+    pub tokenizer_config: serde_json::Value,
+}
+
+impl TokenizerFiles {
+    /// The files of `tok`.
+    pub fn of(tok: &Tokenizer, path: &Path) -> Result<Self> {
+        let (tokenizer_json, tokenizer_config) = tok.to_parts(path)?;
+        Ok(TokenizerFiles {
+            tokenizer_json,
+            tokenizer_config,
+        })
+    }
+
+    /// The tokenizer they describe (`path` names the file they came from).
+    pub fn tokenizer(&self, path: &Path) -> Result<Tokenizer> {
+        Tokenizer::from_parts(
+            self.tokenizer_json.as_bytes(),
+            Some(self.tokenizer_config.clone()),
+            None,
+            path,
+            path,
+        )
+    }
+}
+
+/// The package's metadata.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PackageMeta {
+    /// Always [`PACKAGE_FORMAT`].
+    pub format: String,
+    /// [`PACKAGE_VERSION`] when written.
+    pub format_version: u32,
+    /// The full model's configuration.
+    pub config: ModelConfig,
+    /// Which original layers are adapter and which the emulator keeps.
+    pub split: Split,
+    /// The options used.
+    pub options: EmulatorOptions,
+    /// Fingerprint of the full model's weights.
+    pub source_fingerprint: String,
+    /// Parameters of the full model.
+    pub source_parameters: usize,
+    /// Fingerprint of this package's weights.
+    pub package_fingerprint: String,
+    /// The tokenizer, when the model has one.
+    pub tokenizer: Option<TokenizerFiles>,
+    /// The program that wrote it.
+    pub created_by: String,
+}
+
+/// An emulator package in memory.
+#[derive(Debug)]
+pub struct Package {
+    /// Its metadata.
+    pub meta: PackageMeta,
+    /// Its tensors, HF names with original layer indices.
+    pub tensors: TensorMap,
+}
+
+/// Names of the tensors the package holds for `split` (embeddings, norm, head, kept layers).
+fn package_tensors(full: &Model, split: &Split) -> Vec<(String, Tensor)> {
+    let keep: std::collections::HashSet<usize> = split.layer_order().into_iter().collect();
+    full.named_weights()
+        .into_iter()
+        .filter(|(name, _)| match layer_index(name) {
+            Some(i) => keep.contains(&i),
+            None => true,
+        })
+        .map(|(n, w)| (n, w.tensor().clone()))
+        .collect()
+}
+
+/// The layer index in an HF name `model.layers.N.…`.
+pub fn layer_index(name: &str) -> Option<usize> {
+    name.strip_prefix("model.layers.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl Package {
+    /// Builds the package of `full` (which must hold all its layers).
+    pub fn build(
+        full: &Model,
+        tokenizer: Option<&Tokenizer>,
+        options: EmulatorOptions,
+        origin: &Path,
+    ) -> Result<Self> {
+        let config = full.config().clone();
+        let split = plan(config.num_layers, options.bottom, options.top, options.keep)?;
+        let source_fingerprint = fingerprint(
+            full.named_weights()
+                .iter()
+                .map(|(n, w)| (n.as_str(), w.tensor())),
+        )?;
+        let mut tensors = TensorMap::new(origin);
+        for (name, t) in package_tensors(full, &split) {
+            tensors.insert(name, t, origin);
+        }
+        let package_fingerprint = fingerprint(tensors.iter())?;
+        let tokenizer = tokenizer
+            .map(|t| TokenizerFiles::of(t, origin))
+            .transpose()?;
+        Ok(Package {
+            meta: PackageMeta {
+                format: PACKAGE_FORMAT.into(),
+                format_version: PACKAGE_VERSION,
+                config,
+                split,
+                options,
+                source_fingerprint,
+                source_parameters: full.num_parameters(),
+                package_fingerprint,
+                tokenizer,
+                created_by: format!("offsite {}", env!("CARGO_PKG_VERSION")),
+            },
+            tensors,
+        })
+    }
+
+    /// Writes the package atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let tensors: BTreeMap<String, Tensor> = self
+            .tensors
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.clone()))
+            .collect();
+        let meta = serde_json::to_string(&self.meta).map_err(|e| Error::format(path, e))?;
+        let bytes = safetensors_with_meta(&tensors, &meta, path)?;
+        atomic::write_bytes(path, &bytes)
+    }
+
+    /// Reads a package, checking its format, version and that it holds exactly the tensors its
+    /// layer map promises.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let (meta, tensors): (PackageMeta, _) = read_with_meta(path, PACKAGE_FORMAT, device)?;
+        if meta.format_version > PACKAGE_VERSION {
+            return Err(Error::format(
+                path,
+                format!(
+                    "package format version {} is newer than this offsite understands ({PACKAGE_VERSION})",
+                    meta.format_version
+                ),
+            ));
+        }
+        let pkg = Package { meta, tensors };
+        let kept: std::collections::HashSet<usize> =
+            pkg.meta.split.layer_order().into_iter().collect();
+        if let Some(extra) = pkg
+            .tensors
+            .names()
+            .find(|n| layer_index(n).is_some_and(|i| !kept.contains(&i)))
+        {
+            return Err(Error::format(
+                path,
+                format!("tensor `{extra}` belongs to a layer the package does not run"),
+            ));
+        }
+        // Building the model checks every expected tensor and shape.
+        pkg.model()?;
+        Ok(pkg)
+    }
+
+    /// The emulator model: adapter and emulator layers in order, all frozen.
+    pub fn model(&self) -> Result<Model> {
+        Model::from_tensors(
+            &self.meta.config,
+            &self.tensors,
+            Some(&self.meta.split.layer_order()),
+        )
+    }
+
+    /// The packaged tokenizer.
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        match &self.meta.tokenizer {
+            Some(t) => t.tokenizer(self.tensors.origin()),
+            None => Err(Error::format(
+                self.tensors.origin(),
+                "the package has no tokenizer",
+            )),
+        }
+    }
+
+    /// Parameters in the package.
+    pub fn num_parameters(&self) -> usize {
+        self.tensors.iter().map(|(_, t)| t.elem_count()).sum()
+    }
+}
+
+/// Safetensors bytes with our JSON metadata in the header.
+pub fn safetensors_with_meta(
+    tensors: &BTreeMap<String, Tensor>,
+    meta_json: &str,
+    path: &Path,
+) -> Result<Vec<u8>> {
+    safetensors_bytes(tensors, &[(METADATA_KEY, meta_json)], path)
+}
+
+/// Reads a safetensors file with our metadata: the parsed metadata and the tensors (as f32).
+pub fn read_with_meta<M: serde::de::DeserializeOwned>(
+    path: &Path,
+    format: &str,
+    device: &Device,
+) -> Result<(M, TensorMap)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::format(path, format!("not a readable safetensors file ({e})")))?;
+    let meta_json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(METADATA_KEY))
+        .ok_or_else(|| Error::format(path, "no offsite metadata: not an offsite file"))?;
+    let value: serde_json::Value = serde_json::from_str(meta_json)
+        .map_err(|e| Error::format(path, format!("corrupt offsite metadata ({e})")))?;
+    let found = value
+        .get("format")
+        .and_then(|f| f.as_str())
+        .unwrap_or("unknown");
+    if found != format {
+        let what = match format {
+            PACKAGE_FORMAT => "an emulator package",
+            _ => "an adapter",
+        };
+        return Err(Error::format(
+            path,
+            format!("not {what} (this is an `{found}` file)"),
+        ));
+    }
+    let meta: M = serde_json::from_value(value)
+        .map_err(|e| Error::format(path, format!("corrupt offsite metadata ({e})")))?;
+    let loaded = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| {
+        Error::format(
+            path,
+            format!("unreadable tensors ({})", crate::error::candle_message(&e)),
+        )
+    })?;
+    let mut tensors = TensorMap::new(path);
+    for (name, t) in loaded {
+        let t = t.to_dtype(candle_core::DType::F32)?;
+        tensors.insert(name, t, path);
+    }
+    Ok((meta, tensors))
+}

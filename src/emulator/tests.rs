@@ -1,0 +1,278 @@
+//! The offsite-tuning loop on tiny random models: package contents, plug-in exactness,
+//! fingerprint checks, corrupt files, and bit-identical resumption.
+
+use super::*;
+use crate::data::Sequence;
+use crate::model::{Model, ModelConfig};
+use crate::train::{self, loss::lm_loss, Param, TrainJob, TrainOptions};
+use candle_core::{DType, Device, Tensor};
+use std::path::Path;
+
+fn config() -> ModelConfig {
+    ModelConfig {
+        num_layers: 8,
+        ..ModelConfig::tiny()
+    }
+}
+
+fn options() -> EmulatorOptions {
+    EmulatorOptions {
+        bottom: 2,
+        top: 1,
+        keep: 3,
+    }
+}
+
+fn package_of(model: &Model) -> Package {
+    Package::build(model, None, options(), Path::new("tiny.offsite")).unwrap()
+}
+
+fn data(n: usize, seed: u64) -> Vec<Sequence> {
+    (0..n)
+        .map(|i| Sequence {
+            ids: (0..9)
+                .map(|j| ((i as u64 * 7 + j * 3 + seed) % 31 + 1) as u32)
+                .collect(),
+            loss_from: 1 + i % 3,
+        })
+        .collect()
+}
+
+#[test]
+fn package_holds_only_kept_layers_and_round_trips() {
+    let model = Model::random(&config(), 1, DType::F32).unwrap();
+    let pkg = package_of(&model);
+    assert_eq!(pkg.meta.split.layer_order(), [0, 1, 2, 4, 6, 7]);
+    let dropped = [3usize, 5];
+    for name in pkg.tensors.names() {
+        if let Some(i) = package::layer_index(name) {
+            assert!(!dropped.contains(&i), "{name} is a dropped layer's tensor");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.offsite");
+    pkg.save(&path).unwrap();
+    let back = Package::load(&path, &Device::Cpu).unwrap();
+    assert_eq!(back.meta, pkg.meta);
+    let ids = Tensor::new(&[[3u32, 1, 4, 1, 5]], &Device::Cpu).unwrap();
+    let a = pkg.model().unwrap().forward(&ids).unwrap();
+    let b = back.model().unwrap().forward(&ids).unwrap();
+    assert_eq!(a.to_vec3::<f32>().unwrap(), b.to_vec3::<f32>().unwrap());
+}
+
+#[test]
+fn untrained_adapter_plugs_back_exactly_and_foreign_one_is_refused() {
+    let model = Model::random(&config(), 2, DType::F32).unwrap();
+    let pkg = package_of(&model);
+    let adapter = Adapter::from_weights(&pkg, &Default::default(), None, None).unwrap();
+    let mut plugged = model.clone();
+    let fp = plug::model_fingerprint(&model).unwrap();
+    adapter.check_source(&fp, Path::new("m")).unwrap();
+    adapter.apply(&mut plugged).unwrap();
+    let ids = Tensor::new(&[[2u32, 7, 1, 8, 2, 8]], &Device::Cpu).unwrap();
+    assert_eq!(
+        model.forward(&ids).unwrap().to_vec3::<f32>().unwrap(),
+        plugged.forward(&ids).unwrap().to_vec3::<f32>().unwrap()
+    );
+
+    let other = Model::random(&config(), 3, DType::F32).unwrap();
+    let foreign =
+        Adapter::from_weights(&package_of(&other), &Default::default(), None, None).unwrap();
+    let err = foreign
+        .check_source(&fp, Path::new("model.gguf"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("another model") && err.contains("model.gguf"),
+        "{err}"
+    );
+    let err = foreign.check_package(&pkg).unwrap_err().to_string();
+    assert!(err.contains("another emulator package"), "{err}");
+}
+
+#[test]
+fn corrupt_or_wrong_files_give_clear_errors() {
+    let model = Model::random(&config(), 4, DType::F32).unwrap();
+    let pkg = package_of(&model);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("e.offsite");
+    pkg.save(&p).unwrap();
+    let a = dir.path().join("a.safetensors");
+    Adapter::from_weights(&pkg, &Default::default(), None, None)
+        .unwrap()
+        .save(&a)
+        .unwrap();
+
+    let err = Package::load(&a, &Device::Cpu).unwrap_err().to_string();
+    assert!(
+        err.contains("a.safetensors") && err.contains("not an emulator package"),
+        "{err}"
+    );
+    let err = Adapter::load(&p, &Device::Cpu).unwrap_err().to_string();
+    assert!(
+        err.contains("e.offsite") && err.contains("not an adapter"),
+        "{err}"
+    );
+
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() - 100]).unwrap();
+    let err = Package::load(&p, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("e.offsite"), "{err}");
+    std::fs::write(&a, b"garbage").unwrap();
+    let err = Adapter::load(&a, &Device::Cpu).unwrap_err().to_string();
+    assert!(
+        err.contains("a.safetensors") && err.contains("not a readable safetensors"),
+        "{err}"
+    );
+}
+
+/// Trains the adapter of `pkg` as `tune` does, optionally stopping early (a crash) and resuming.
+fn run(
+    pkg: &Package,
+    dir: &Path,
+    opts: &TrainOptions,
+    stop_at: Option<usize>,
+) -> crate::Result<Adapter> {
+    let mut model = pkg.model()?;
+    let adapter_layers = pkg.meta.split.adapter();
+    let mut params = Vec::new();
+    for (name, w) in model.named_weights_mut() {
+        let t = package::layer_index(&name).is_some_and(|i| adapter_layers.contains(&i));
+        w.set_trainable(t)?;
+        if let Some(v) = w.var() {
+            params.push(Param::new(name, v.clone()));
+        }
+    }
+    let (train_data, val) = (data(10, 0), data(3, 5));
+    let job = TrainJob {
+        params,
+        train: &train_data,
+        val: Some(&val),
+        pad: 0,
+        device: Device::Cpu,
+        options: opts.clone(),
+        checkpoint_dir: dir.join("ckpt"),
+        metrics_log: dir.join("metrics.jsonl"),
+        total_params: pkg.num_parameters(),
+        label: "test".into(),
+        stop_at,
+    };
+    let out = train::train(job, &|b| lm_loss(&model, b))?;
+    Adapter::from_weights(pkg, &out.params, None, None)
+}
+
+#[test]
+fn killed_and_resumed_run_gives_a_bit_identical_adapter() {
+    let model = Model::random(&config(), 5, DType::F32).unwrap();
+    let pkg = package_of(&model);
+    let opts = TrainOptions {
+        epochs: 3,
+        batch_size: 3,
+        grad_accum: 2,
+        lr: 1e-2,
+        warmup_steps: 2,
+        weight_decay: 0.1,
+        eval_every: 2,
+        save_every: 2,
+        ..TrainOptions::default()
+    };
+    let d1 = tempfile::tempdir().unwrap();
+    let straight = run(&pkg, d1.path(), &opts, None).unwrap();
+
+    let d2 = tempfile::tempdir().unwrap();
+    // Killed after step 5: the checkpoint of step 4 survives, step 5 is lost and redone.
+    let err = run(&pkg, d2.path(), &opts, Some(5)).unwrap_err();
+    assert!(matches!(err, crate::Error::Interrupted(5)));
+    let resumed = run(
+        &pkg,
+        d2.path(),
+        &TrainOptions {
+            resume: true,
+            ..opts.clone()
+        },
+        None,
+    )
+    .unwrap();
+
+    let bytes = |a: &Adapter, d: &Path| {
+        let p = d.join("out.safetensors");
+        a.save(&p).unwrap();
+        std::fs::read(p).unwrap()
+    };
+    for (name, t) in straight.tensors.iter() {
+        let r = resumed.tensors.get(name, t.dims()).unwrap();
+        let d = crate::ops::testing::max_abs_diff(t, &r).unwrap();
+        assert!(d == 0.0, "{name} differs by {d:e}");
+    }
+    let (a, b) = (bytes(&straight, d1.path()), bytes(&resumed, d2.path()));
+    assert!(a == b, "adapter files differ");
+    // The adapter really changed, and only adapter layers are in it.
+    let untrained = Adapter::from_weights(&pkg, &Default::default(), None, None).unwrap();
+    assert!(bytes(&straight, d1.path()) != bytes(&untrained, d1.path()));
+    assert!(straight
+        .tensors
+        .names()
+        .all(|n| { package::layer_index(n).is_some_and(|i| [0, 1, 7].contains(&i)) }));
+    // The resumed run's metrics log has each step once.
+    let log = std::fs::read_to_string(d2.path().join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = (1..=steps.len() as u64).collect();
+    assert_eq!(steps, expected);
+}
+
+#[test]
+fn tuning_lowers_the_loss_and_touches_only_adapter_layers() {
+    let model = Model::random(&config(), 6, DType::F32).unwrap();
+    let pkg = package_of(&model);
+    let dir = tempfile::tempdir().unwrap();
+    let train_data = data(8, 1);
+    let opts = TrainOptions {
+        epochs: 50,
+        batch_size: 4,
+        lr: 3e-2,
+        clip: 0.0,
+        ..TrainOptions::default()
+    };
+    let out = dir.path().join("adapter.safetensors");
+    let adapter = tune::tune(&pkg, &train_data, None, &opts, 0, &out).unwrap();
+    let summary = adapter.meta.metrics.clone().unwrap();
+    let log =
+        std::fs::read_to_string(dir.path().join("adapter.safetensors.metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    let (last, first) = (
+        summary.final_train_loss.unwrap(),
+        first["loss"].as_f64().unwrap(),
+    );
+    // A tied, frozen random head (entries ~0.02) bounds how peaked the logits can get, so the
+    // drop is modest; an untrained run stays at ln(32) = 3.47.
+    assert!(last < first - 0.2, "loss {first} -> {last}");
+    assert!(!dir.path().join("adapter.safetensors.ckpt").exists());
+    let back = Adapter::load(&out, &Device::Cpu).unwrap();
+    assert_eq!(back.meta, adapter.meta);
+    let mut emu = pkg.model().unwrap();
+    back.apply(&mut emu).unwrap();
+    for (name, w) in emu.named_weights() {
+        let original = pkg.tensors.get(&name, w.tensor().dims()).unwrap();
+        let same = w.tensor().to_vec1_any() == original.to_vec1_any();
+        let is_adapter = package::layer_index(&name).is_some_and(|i| [0, 1, 7].contains(&i));
+        if is_adapter {
+            assert!(!same, "{name} was not trained");
+        } else {
+            assert!(same, "{name} changed");
+        }
+    }
+}
+
+trait AnyVec {
+    fn to_vec1_any(&self) -> Vec<f32>;
+}
+impl AnyVec for Tensor {
+    fn to_vec1_any(&self) -> Vec<f32> {
+        self.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+}

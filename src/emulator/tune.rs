@@ -1,0 +1,67 @@
+//! The data owner's step: train the adapter layers through the frozen emulator.
+
+use super::adapter::Adapter;
+use super::package::{layer_index, Package};
+use crate::data::Sequence;
+use crate::train::{self, loss::lm_loss, Param, TrainJob, TrainOptions};
+use crate::Result;
+use std::path::{Path, PathBuf};
+
+/// Where a training run that writes `output` keeps its checkpoints and metrics log.
+pub fn run_files(output: &Path) -> (PathBuf, PathBuf) {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
+    (
+        output.with_file_name(format!("{name}.ckpt")),
+        output.with_file_name(format!("{name}.metrics.jsonl")),
+    )
+}
+
+/// Tunes the adapter of `package` on `train` (validating on `val`) and writes it to `output`.
+/// Embeddings, head and emulator layers stay frozen.
+pub fn tune(
+    package: &Package,
+    train_data: &[Sequence],
+    val: Option<&[Sequence]>,
+    options: &TrainOptions,
+    pad: u32,
+    output: &Path,
+) -> Result<Adapter> {
+    let mut model = package.model()?;
+    let adapter_layers = package.meta.split.adapter();
+    let mut params = Vec::new();
+    for (name, w) in model.named_weights_mut() {
+        let trainable = layer_index(&name).is_some_and(|i| adapter_layers.contains(&i));
+        w.set_trainable(trainable)?;
+        if let Some(var) = w.var() {
+            params.push(Param::new(name, var.clone()));
+        }
+    }
+    let (checkpoint_dir, metrics_log) = run_files(output);
+    let job = TrainJob {
+        params,
+        train: train_data,
+        val,
+        pad,
+        device: model.device().clone(),
+        options: options.clone(),
+        checkpoint_dir: checkpoint_dir.clone(),
+        metrics_log,
+        total_params: package.num_parameters(),
+        label: "tune".into(),
+        stop_at: None,
+    };
+    let outcome = train::train(job, &|batch| lm_loss(&model, batch))?;
+    let adapter = Adapter::from_weights(
+        package,
+        &outcome.params,
+        Some(options.clone()),
+        Some(outcome.summary),
+    )?;
+    adapter.save(output)?;
+    // The adapter is written; the run's checkpoints are no longer needed.
+    let _ = std::fs::remove_dir_all(&checkpoint_dir);
+    Ok(adapter)
+}

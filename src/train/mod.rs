@@ -1,0 +1,13 @@
+//! Training: options, learning-rate schedules, AdamW, resumable checkpoints, the loop, and the
+//! language-modelling loss.
+
+pub mod checkpoint;
+pub mod loss;
+pub mod optimizer;
+pub mod options;
+pub mod schedule;
+pub mod trainer;
+
+pub use optimizer::{AdamW, Param};
+pub use options::{Schedule, TrainOptions};
+pub use trainer::{train, TrainJob, TrainOutcome, TrainSummary};

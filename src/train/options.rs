@@ -1,0 +1,106 @@
+//! The options every training command shares (`tune`, `finetune`, distillation).
+
+use serde::{Deserialize, Serialize};
+
+/// Learning-rate schedule after warm-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Stay at the peak rate.
+    Constant,
+    /// Decay linearly to zero at the last step.
+    Linear,
+    /// Decay along a half cosine to zero at the last step.
+    Cosine,
+}
+
+/// Training options (also the command-line flags of every training command).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct TrainOptions {
+    /// Passes over the training data.
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (overrides --epochs when smaller).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// Micro-batches whose gradients are summed into one optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// Schedule after warm-up.
+    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
+    pub schedule: Schedule,
+    /// Steps of linear warm-up from 0 to --lr.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: usize,
+    /// AdamW decoupled weight decay (never applied to norms and biases).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this value (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Tokens per sequence (corpora are packed into blocks of this size; records are cut to it).
+    #[arg(long, default_value_t = 512)]
+    pub block_size: usize,
+    /// Evaluate on the validation data every N steps (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: usize,
+    /// Write a resumable checkpoint every N steps (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub save_every: usize,
+    /// Seed of the data order and of any random initialisation.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Continue from the latest checkpoint of this run, if there is one.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            epochs: 1,
+            max_steps: None,
+            batch_size: 4,
+            grad_accum: 1,
+            lr: 1e-4,
+            schedule: Schedule::Cosine,
+            warmup_steps: 0,
+            weight_decay: 0.0,
+            clip: 1.0,
+            block_size: 512,
+            eval_every: 0,
+            save_every: 0,
+            seed: 42,
+            resume: false,
+        }
+    }
+}
+
+impl TrainOptions {
+    /// Checks the options make sense together.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |m: &str| Err(crate::Error::Invalid(m.to_string()));
+        if self.batch_size == 0 || self.grad_accum == 0 {
+            return bad("--batch-size and --grad-accum must be at least 1");
+        }
+        if self.epochs == 0 && self.max_steps.is_none() {
+            return bad("--epochs must be at least 1 (or give --max-steps)");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("--lr must be a positive number");
+        }
+        if self.clip < 0.0 || self.weight_decay < 0.0 {
+            return bad("--clip and --weight-decay must not be negative");
+        }
+        if self.block_size < 2 {
+            return bad("--block-size must be at least 2");
+        }
+        Ok(())
+    }
+}

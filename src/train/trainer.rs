@@ -1,0 +1,407 @@
+//! The training loop. It knows nothing about offsite-tuning: it gets the trainable parameters,
+//! a loss over a batch, the data and the options. Emulator tuning, distillation and full
+//! fine-tuning are short callers of [`train`].
+
+use super::checkpoint::{self, LoopState, Snapshot};
+use super::optimizer::{AdamW, Param};
+use super::options::TrainOptions;
+use super::schedule::learning_rate;
+use crate::data::{Batch, Sequence};
+use crate::{Error, Result};
+use candle_core::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// What to train and where to keep the run's files.
+pub struct TrainJob<'a> {
+    /// The trainable parameters (everything else is frozen by construction).
+    pub params: Vec<Param>,
+    /// Training sequences.
+    pub train: &'a [Sequence],
+    /// Validation sequences; with them the best parameters (lowest validation loss) are kept.
+    pub val: Option<&'a [Sequence]>,
+    /// Padding id for batches.
+    pub pad: u32,
+    /// Device of the batches.
+    pub device: Device,
+    /// The options.
+    pub options: TrainOptions,
+    /// Folder for resumable checkpoints.
+    pub checkpoint_dir: PathBuf,
+    /// JSON-lines metrics log.
+    pub metrics_log: PathBuf,
+    /// Parameters of the model being trained, for the "trainable share" line.
+    pub total_params: usize,
+    /// A word for the progress bar ("tune", "finetune").
+    pub label: String,
+    /// Stop with [`Error::Interrupted`] once this many steps are done, as a crash would (tests
+    /// of resumption; `None` in normal runs).
+    pub stop_at: Option<usize>,
+}
+
+/// How the run went.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct TrainSummary {
+    /// Optimizer steps taken.
+    pub steps: usize,
+    /// Input tokens processed.
+    pub tokens: usize,
+    /// Mean training loss over the last logged window of steps.
+    pub final_train_loss: Option<f64>,
+    /// Best validation loss and the step it was reached at.
+    pub best_val_loss: Option<f64>,
+    /// Step of the best validation loss (the returned parameters are from then).
+    pub best_step: Option<usize>,
+    /// Trainable scalars.
+    pub trainable_params: usize,
+    /// Wall time of this process's part of the run.
+    pub seconds: f64,
+    /// Tokens per second over this process's part of the run.
+    pub tokens_per_s: f64,
+}
+
+/// The trained parameters (best on validation when there is validation data, else final).
+pub struct TrainOutcome {
+    /// Parameter values by name.
+    pub params: BTreeMap<String, Tensor>,
+    /// Run summary.
+    pub summary: TrainSummary,
+}
+
+/// The order of the sequences in epoch `epoch`: a permutation fixed by the seed and the epoch.
+fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng =
+        rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch as u64);
+    order.shuffle(&mut rng);
+    order
+}
+
+/// A digest of the options that determine the run's result (a resume must not change them).
+fn options_digest(o: &TrainOptions) -> String {
+    let mut o = o.clone();
+    o.resume = false;
+    o.eval_every = 0;
+    o.save_every = 0;
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(serde_json::to_vec(&o).unwrap_or_default())[..8])
+}
+
+/// Number of optimizer steps of the run.
+pub fn total_steps(o: &TrainOptions, num_sequences: usize) -> usize {
+    let micro_per_epoch = num_sequences.div_ceil(o.batch_size);
+    match o.max_steps {
+        Some(s) => s,
+        None => (o.epochs * micro_per_epoch).div_ceil(o.grad_accum),
+    }
+}
+
+fn snapshot_params(params: &[Param]) -> Result<BTreeMap<String, Tensor>> {
+    params
+        .iter()
+        .map(|p| Ok((p.name.clone(), p.var.as_tensor().copy()?)))
+        .collect()
+}
+
+/// Mean loss over `data` in batches, without updating anything.
+fn evaluate(
+    data: &[Sequence],
+    batch_size: usize,
+    pad: u32,
+    device: &Device,
+    loss: &dyn Fn(&Batch) -> candle_core::Result<Tensor>,
+) -> Result<f64> {
+    let (mut sum, mut count) = (0.0, 0usize);
+    for chunk in data.chunks(batch_size) {
+        let refs: Vec<&Sequence> = chunk.iter().collect();
+        let batch = Batch::new(&refs, pad, device)?;
+        let l = loss(&batch)?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+        sum += l * batch.num_targets as f64;
+        count += batch.num_targets;
+    }
+    Ok(sum / count.max(1) as f64)
+}
+
+/// Appends JSON lines to the metrics log.
+struct MetricsLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    /// Opens the log; on resume, keeps only the lines up to `keep_until` (the checkpoint's step),
+    /// so a crashed run's later lines do not appear twice.
+    fn open(path: PathBuf, keep_until: Option<usize>) -> Result<Self> {
+        let mut kept = String::new();
+        if let (Some(step), Ok(text)) = (keep_until, std::fs::read_to_string(&path)) {
+            for line in text.lines() {
+                let s = serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64());
+                if s.is_some_and(|s| s as usize <= step) {
+                    kept.push_str(line);
+                    kept.push('\n');
+                }
+            }
+        }
+        crate::io::atomic::write_bytes(&path, kept.as_bytes())?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(MetricsLog { file, path })
+    }
+
+    fn write(&mut self, value: serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{value}").map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Trains `job.params` to lower `loss` over `job.train`.
+pub fn train(
+    job: TrainJob<'_>,
+    loss: &dyn Fn(&Batch) -> candle_core::Result<Tensor>,
+) -> Result<TrainOutcome> {
+    let o = &job.options;
+    o.validate()?;
+    if job.train.is_empty() {
+        return Err(Error::Invalid("no training data".into()));
+    }
+    let trainable: usize = job.params.iter().map(|p| p.var.elem_count()).sum();
+    eprintln!(
+        "{}: {} trainable parameters ({:.2}% of {}), {} training sequences",
+        job.label,
+        trainable,
+        100.0 * trainable as f64 / job.total_params.max(1) as f64,
+        job.total_params,
+        job.train.len()
+    );
+    let total = total_steps(o, job.train.len());
+    let digest = options_digest(o);
+    let mut opt = AdamW::new(&job.params, o.weight_decay)?;
+    let mut state = LoopState {
+        step: 0,
+        epoch: 0,
+        micro: 0,
+        tokens: 0,
+        best: None,
+        seed: o.seed,
+        options_digest: digest.clone(),
+    };
+    let mut best: Option<BTreeMap<String, Tensor>> = None;
+
+    let resumed = if o.resume {
+        checkpoint::load_latest(&job.checkpoint_dir)?
+    } else {
+        None
+    };
+    if let Some(snap) = resumed {
+        if snap.state.options_digest != digest {
+            return Err(Error::format(
+                &job.checkpoint_dir,
+                "the checkpoint was written with other training options; resume with the same ones",
+            ));
+        }
+        for (i, p) in job.params.iter().enumerate() {
+            let missing =
+                || Error::format(&job.checkpoint_dir, format!("no state for `{}`", p.name));
+            p.var.set(snap.params.get(&p.name).ok_or_else(missing)?)?;
+            opt.m[i] = snap.m.get(&p.name).ok_or_else(missing)?.clone();
+            opt.v[i] = snap.v.get(&p.name).ok_or_else(missing)?.clone();
+        }
+        opt.t = snap.state.step;
+        best = snap.best;
+        state = snap.state;
+        eprintln!("{}: resumed at step {} of {total}", job.label, state.step);
+    } else if o.resume {
+        eprintln!(
+            "{}: no checkpoint in {}, starting from scratch",
+            job.label,
+            job.checkpoint_dir.display()
+        );
+    }
+    let mut log = MetricsLog::open(job.metrics_log.clone(), o.resume.then_some(state.step))?;
+
+    let pb = ProgressBar::new(total as u64).with_position(state.step as u64);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg} (ETA {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_prefix(job.label.clone());
+
+    let micro_per_epoch = job.train.len().div_ceil(o.batch_size);
+    let mut order = epoch_order(job.train.len(), o.seed, state.epoch);
+    let started = Instant::now();
+    let tokens_at_start = state.tokens;
+    let mut window = Vec::new();
+    let mut last_eval_step = None;
+    let do_eval = |state: &mut LoopState,
+                   best: &mut Option<BTreeMap<String, Tensor>>,
+                   log: &mut MetricsLog|
+     -> Result<()> {
+        let Some(val) = job.val else { return Ok(()) };
+        let v = evaluate(val, o.batch_size, job.pad, &job.device, loss)?;
+        let improved = state.best.is_none_or(|(b, _)| v < b);
+        if improved {
+            state.best = Some((v, state.step));
+            *best = Some(snapshot_params(&job.params)?);
+        }
+        log.write(serde_json::json!({
+            "step": state.step, "val_loss": v, "val_ppl": v.exp(), "best": improved,
+        }))?;
+        pb.println(format!(
+            "{}: step {} validation loss {v:.4} (ppl {:.2}){}",
+            job.label,
+            state.step,
+            v.exp(),
+            if improved { " *best*" } else { "" }
+        ));
+        Ok(())
+    };
+
+    while state.step < total {
+        let step_start = Instant::now();
+        let mut grads: Vec<Option<Tensor>> = vec![None; job.params.len()];
+        let mut step_loss = 0.0;
+        let mut step_tokens = 0;
+        for _ in 0..o.grad_accum {
+            if state.micro >= micro_per_epoch {
+                state.epoch += 1;
+                state.micro = 0;
+                order = epoch_order(job.train.len(), o.seed, state.epoch);
+            }
+            let idx = &order
+                [state.micro * o.batch_size..((state.micro + 1) * o.batch_size).min(order.len())];
+            let seqs: Vec<&Sequence> = idx.iter().map(|&i| &job.train[i]).collect();
+            let batch = Batch::new(&seqs, job.pad, &job.device)?;
+            let l = loss(&batch)?;
+            step_loss +=
+                l.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()? / o.grad_accum as f64;
+            let g = (l / o.grad_accum as f64)?.backward()?;
+            for (acc, p) in grads.iter_mut().zip(&job.params) {
+                if let Some(gp) = g.get(&p.var) {
+                    *acc = Some(match acc.take() {
+                        Some(a) => (a + gp)?,
+                        None => gp.clone(),
+                    });
+                }
+            }
+            state.micro += 1;
+            step_tokens += batch.num_tokens;
+        }
+        let grads: Vec<Tensor> = grads
+            .into_iter()
+            .zip(&job.params)
+            .map(|(g, p)| g.map_or_else(|| p.var.as_tensor().zeros_like(), Ok))
+            .collect::<candle_core::Result<_>>()?;
+        let mut sq = 0.0;
+        for g in &grads {
+            sq += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
+        }
+        let norm = sq.sqrt();
+        let grads = if o.clip > 0.0 && norm > o.clip {
+            let scale = o.clip / (norm + 1e-6);
+            grads
+                .iter()
+                .map(|g| g * scale)
+                .collect::<candle_core::Result<Vec<_>>>()?
+        } else {
+            grads
+        };
+        let lr = learning_rate(o.schedule, o.lr, o.warmup_steps, state.step, total);
+        opt.step(&job.params, &grads, lr)?;
+        state.step += 1;
+        state.tokens += step_tokens;
+        let dt = step_start.elapsed().as_secs_f64();
+        window.push(step_loss);
+        if window.len() > 10 {
+            window.remove(0);
+        }
+        log.write(serde_json::json!({
+            "step": state.step, "epoch": state.epoch, "loss": step_loss, "lr": lr,
+            "grad_norm": norm, "tokens": state.tokens, "tokens_per_s": step_tokens as f64 / dt,
+            "elapsed_s": started.elapsed().as_secs_f64(),
+        }))?;
+        pb.set_position(state.step as u64);
+        pb.set_message(format!(
+            "loss {step_loss:.4} lr {lr:.2e} {:.0} tok/s",
+            step_tokens as f64 / dt
+        ));
+        if pb.is_hidden() && (state.step.is_multiple_of(10) || state.step == total) {
+            eprintln!(
+                "{}: step {}/{total} loss {step_loss:.4} lr {lr:.2e} {:.0} tok/s",
+                job.label,
+                state.step,
+                step_tokens as f64 / dt
+            );
+        }
+        if o.eval_every > 0 && state.step.is_multiple_of(o.eval_every) {
+            do_eval(&mut state, &mut best, &mut log)?;
+            last_eval_step = Some(state.step);
+        }
+        if o.save_every > 0 && state.step.is_multiple_of(o.save_every) {
+            checkpoint::save(
+                &job.checkpoint_dir,
+                &Snapshot {
+                    state: state.clone(),
+                    params: snapshot_params(&job.params)?,
+                    m: job
+                        .params
+                        .iter()
+                        .map(|p| p.name.clone())
+                        .zip(opt.m.iter().cloned())
+                        .collect(),
+                    v: job
+                        .params
+                        .iter()
+                        .map(|p| p.name.clone())
+                        .zip(opt.v.iter().cloned())
+                        .collect(),
+                    best: best.clone(),
+                },
+            )?;
+        }
+        if job.stop_at == Some(state.step) {
+            pb.abandon();
+            return Err(Error::Interrupted(state.step));
+        }
+    }
+    if job.val.is_some() && last_eval_step != Some(state.step) {
+        do_eval(&mut state, &mut best, &mut log)?;
+    }
+    pb.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let tokens = state.tokens - tokens_at_start;
+    let params = match best {
+        Some(b) => b,
+        None => snapshot_params(&job.params)?,
+    };
+    Ok(TrainOutcome {
+        params,
+        summary: TrainSummary {
+            steps: state.step,
+            tokens: state.tokens,
+            final_train_loss: (!window.is_empty())
+                .then(|| window.iter().sum::<f64>() / window.len() as f64),
+            best_val_loss: state.best.map(|b| b.0),
+            best_step: state.best.map(|b| b.1),
+            trainable_params: trainable,
+            seconds,
+            tokens_per_s: tokens as f64 / seconds.max(1e-9),
+        },
+    })
+}
