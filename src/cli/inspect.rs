@@ -2,7 +2,142 @@
 
 use super::ModelSpec;
 use anyhow::Result;
+use offsite::emulator::adapter::ADAPTER_FORMAT;
+use offsite::emulator::fingerprint::short;
+use offsite::emulator::package::{offsite_format, PACKAGE_FORMAT};
+use offsite::emulator::{Adapter, Package};
 use serde_json::json;
+use std::path::Path;
+
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Describes an emulator package.
+fn inspect_package(path: &Path, as_json: bool) -> Result<()> {
+    let pkg = Package::load(path, &candle_core::Device::Cpu)?;
+    let m = &pkg.meta;
+    let params = pkg.num_parameters();
+    let share = 100.0 * params as f64 / m.source_parameters as f64;
+    let layer_map: Vec<_> = m
+        .split
+        .layer_order()
+        .iter()
+        .enumerate()
+        .map(|(i, &orig)| {
+            json!({"position": i, "original_layer": orig,
+                   "role": if m.split.is_adapter(orig) { "adapter" } else { "emulator" }})
+        })
+        .collect();
+    let report = json!({
+        "path": path,
+        "kind": "emulator package",
+        "format": m.format,
+        "format_version": m.format_version,
+        "file_bytes": file_size(path),
+        "family": m.config.family.name(),
+        "num_layers": m.config.num_layers,
+        "adapter_layers": m.split.adapter(),
+        "emulator_layers": m.split.emulator,
+        "layer_map": layer_map,
+        "options": m.options,
+        "compression": "layer drop",
+        "parameters": params,
+        "source_parameters": m.source_parameters,
+        "percent_of_full": share,
+        "fingerprint": m.source_fingerprint,
+        "package_fingerprint": m.package_fingerprint,
+        "has_tokenizer": m.tokenizer.is_some(),
+        "created_by": m.created_by,
+    });
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{}  (emulator package, format v{}, {:.1} MB)",
+        path.display(),
+        m.format_version,
+        file_size(path) as f64 / 1e6
+    );
+    println!(
+        "model         {} with {} layers",
+        m.config.family.name(),
+        m.config.num_layers
+    );
+    println!(
+        "adapter       layers {:?} (trainable by the data owner)",
+        m.split.adapter()
+    );
+    println!(
+        "emulator      layers {:?} ({} of {} middle layers, layer drop)",
+        m.split.emulator,
+        m.split.emulator.len(),
+        m.config.num_layers - m.split.bottom.len() - m.split.top.len()
+    );
+    println!(
+        "parameters    {params} ({share:.1}% of the full model's {})",
+        m.source_parameters
+    );
+    println!("source model  {}", m.source_fingerprint);
+    println!("package       {}", m.package_fingerprint);
+    println!(
+        "tokenizer     {}",
+        if m.tokenizer.is_some() {
+            "included"
+        } else {
+            "none"
+        }
+    );
+    Ok(())
+}
+
+/// Describes a tuned adapter.
+fn inspect_adapter(path: &Path, as_json: bool) -> Result<()> {
+    let a = Adapter::load(path, &candle_core::Device::Cpu)?;
+    let params: usize = a.tensors.iter().map(|(_, t)| t.elem_count()).sum();
+    let report = json!({
+        "path": path,
+        "kind": "adapter",
+        "format": a.meta.format,
+        "format_version": a.meta.format_version,
+        "file_bytes": file_size(path),
+        "adapter_layers": a.meta.adapter_layers,
+        "parameters": params,
+        "package_fingerprint": a.meta.package_fingerprint,
+        "fingerprint": a.meta.source_fingerprint,
+        "training": a.meta.training,
+        "metrics": a.meta.metrics,
+    });
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{}  (tuned adapter, {:.1} MB)",
+        path.display(),
+        file_size(path) as f64 / 1e6
+    );
+    println!(
+        "layers        {:?}, {params} parameters",
+        a.meta.adapter_layers
+    );
+    println!(
+        "tuned through package {}… of model {}…",
+        short(&a.meta.package_fingerprint),
+        short(&a.meta.source_fingerprint)
+    );
+    if let Some(s) = &a.meta.metrics {
+        println!(
+            "training      {} steps, {} tokens, final loss {}, best validation loss {}",
+            s.steps,
+            s.tokens,
+            s.final_train_loss.map_or("-".into(), |l| format!("{l:.4}")),
+            s.best_val_loss.map_or("-".into(), |l| format!("{l:.4}"))
+        );
+    }
+    Ok(())
+}
 
 /// Arguments of `offsite inspect`.
 #[derive(clap::Args)]
@@ -14,8 +149,14 @@ pub struct Args {
     json: bool,
 }
 
-/// Describes the model.
+/// Describes the model, package or adapter.
 pub fn run(args: Args) -> Result<()> {
+    let path = args.model.path()?;
+    match offsite_format(&path).as_deref() {
+        Some(PACKAGE_FORMAT) => return inspect_package(&path, args.json),
+        Some(ADAPTER_FORMAT) => return inspect_adapter(&path, args.json),
+        _ => {}
+    }
     let ckpt = args.model.load()?;
     let model = ckpt.model()?;
     let c = &ckpt.config;

@@ -1,9 +1,14 @@
 //! Command-line interface: one file per command, each a clap `Args` struct with a `run`.
 
+mod demo;
+mod emulator;
+mod eval;
 mod fetch;
 mod generate;
 mod inspect;
+mod plug;
 mod score;
+mod tune;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -29,6 +34,16 @@ enum Command {
     Generate(generate::Args),
     /// Per-token log-probabilities and mean cross-entropy of a text.
     Score(score::Args),
+    /// Model owner: split a model into adapter + emulator and write the package to ship.
+    Emulator(emulator::Args),
+    /// Data owner: tune the adapter through the emulator on private data.
+    Tune(tune::Args),
+    /// Model owner: plug a tuned adapter into the full model, write a Hugging Face directory.
+    Plug(plug::Args),
+    /// Measure a model, an emulator, or either with a tuned adapter.
+    Eval(eval::Args),
+    /// The whole exchange on the demo model: emulator → tune → plug → eval.
+    Demo(demo::Args),
 }
 
 /// Runs the command line and turns errors into a message and exit code 1.
@@ -39,6 +54,11 @@ pub fn main() -> std::process::ExitCode {
         Command::Inspect(a) => inspect::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Score(a) => score::run(a),
+        Command::Emulator(a) => emulator::run(a),
+        Command::Tune(a) => tune::run(a),
+        Command::Plug(a) => plug::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Demo(a) => demo::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -237,6 +237,26 @@ pub fn safetensors_with_meta(
     safetensors_bytes(tensors, &[(METADATA_KEY, meta_json)], path)
 }
 
+/// The `format` recorded in an offsite file's metadata (`offsite-emulator`, `offsite-adapter`),
+/// or `None` for any other file (a model checkpoint, a plain safetensors file). Reads the header
+/// only.
+pub fn offsite_format(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).ok()?;
+    let len = u64::from_le_bytes(len);
+    if len > 100_000_000 {
+        return None;
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    let meta = header.get("__metadata__")?.get(METADATA_KEY)?.as_str()?;
+    let meta: serde_json::Value = serde_json::from_str(meta).ok()?;
+    Some(meta.get("format")?.as_str()?.to_string())
+}
+
 /// Reads a safetensors file with our metadata: the parsed metadata and the tensors (as f32).
 pub fn read_with_meta<M: serde::de::DeserializeOwned>(
     path: &Path,

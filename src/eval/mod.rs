@@ -3,5 +3,6 @@
 
 pub mod perplexity;
 pub mod score;
+pub mod target;
 
 pub use perplexity::{perplexity, PerplexityReport};

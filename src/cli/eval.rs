@@ -1,0 +1,86 @@
+//! `offsite eval MODEL|EMU.offsite [--adapter ADAPTER] --data TEST --metric ppl [--limit N] [--json]`.
+
+use anyhow::{bail, Result};
+use offsite::data::read_texts;
+use offsite::eval::perplexity;
+use offsite::eval::target::load_evaluable;
+use std::path::PathBuf;
+
+/// Which measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Metric {
+    /// Perplexity (token-level and lm-eval's document-level measures).
+    Ppl,
+}
+
+/// Arguments of `offsite eval`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A model (.gguf, HF directory, `smollm2`) or an emulator package (.offsite).
+    model: super::ModelSpec,
+    /// A tuned adapter: with a package, evaluates the emulator fine-tuned; with a model, the
+    /// plug-in (without writing it to disk).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Evaluation data: JSONL {"text"} or a .txt file.
+    #[arg(long)]
+    data: PathBuf,
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Metric::Ppl)]
+    metric: Metric,
+    /// Evaluate only the first N records.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Block size of the token-level perplexity (and window of the document-level one).
+    #[arg(long, default_value_t = 512)]
+    block_size: usize,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Evaluates and prints the report.
+pub fn run(args: Args) -> Result<()> {
+    if args.block_size < 2 {
+        bail!("--block-size must be at least 2");
+    }
+    let path = args.model.path()?;
+    let target = load_evaluable(&path, args.adapter.as_deref(), &candle_core::Device::Cpu)?;
+    match args.metric {
+        Metric::Ppl => {
+            let mut docs = read_texts(&args.data)?;
+            docs.truncate(args.limit.unwrap_or(usize::MAX));
+            let r = perplexity(
+                &target.model,
+                &target.tokenizer,
+                &docs,
+                args.block_size,
+                args.batch_size,
+            )?;
+            if args.json {
+                let mut v = serde_json::to_value(&r)?;
+                v["model"] = target.kind.into();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{} on {} ({} documents)",
+                    target.kind,
+                    args.data.display(),
+                    r.n
+                );
+                println!(
+                    "token perplexity {:.3} (mean CE {:.4} over {} tokens, blocks of {})",
+                    r.token_perplexity, r.token_ce, r.tokens, r.block_size
+                );
+                println!(
+                    "lm-eval: word perplexity {:.3}, byte perplexity {:.4}, bits per byte {:.4}",
+                    r.word_perplexity, r.byte_perplexity, r.bits_per_byte
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! `offsite tune EMU.offsite --data TRAIN [--val VAL] -o ADAPTER.safetensors` (the data owner).
+
+use anyhow::Result;
+use offsite::data::load_training_data;
+use offsite::emulator::{tune::tune, Package};
+use offsite::train::TrainOptions;
+use std::path::PathBuf;
+
+/// Arguments of `offsite tune`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The emulator package received from the model owner.
+    package: PathBuf,
+    /// Training data: JSONL {"text"} or .txt (language modelling), or JSONL
+    /// {"context","choices","label"} / {"prompt","completion"} (loss on the answer only).
+    #[arg(long)]
+    data: PathBuf,
+    /// Validation data (same formats); the adapter with the lowest validation loss is kept.
+    #[arg(long)]
+    val: Option<PathBuf>,
+    /// Use only the first N documents/records of each file.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// The adapter file to write.
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    train: TrainOptions,
+}
+
+/// Tunes the adapter and writes it.
+pub fn run(args: Args) -> Result<()> {
+    let device = candle_core::Device::Cpu;
+    let package = Package::load(&args.package, &device)?;
+    let tok = package.tokenizer()?;
+    let block = args.train.block_size;
+    let train = load_training_data(&args.data, &tok, block, args.limit)?;
+    let val = args
+        .val
+        .as_ref()
+        .map(|v| load_training_data(v, &tok, block, args.limit))
+        .transpose()?;
+    for (name, d) in [("training", Some(&train)), ("validation", val.as_ref())] {
+        if let Some(d) = d {
+            eprintln!(
+                "{name} data: {} sequences, {} target tokens{}",
+                d.sequences.len(),
+                d.num_targets(),
+                if d.truncated > 0 {
+                    format!(
+                        ", {} records cut from the left to fit {block} tokens",
+                        d.truncated
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
+    let adapter = tune(
+        &package,
+        &train.sequences,
+        val.as_ref().map(|v| v.sequences.as_slice()),
+        &args.train,
+        pad,
+        &args.output,
+    )?;
+    let s = adapter.meta.metrics.as_ref();
+    println!(
+        "wrote {} (adapter layers {:?}); {} steps, final training loss {}, best validation loss {}",
+        args.output.display(),
+        adapter.meta.adapter_layers,
+        s.map_or(0, |s| s.steps),
+        s.and_then(|s| s.final_train_loss)
+            .map_or("-".into(), |l| format!("{l:.4}")),
+        s.and_then(|s| s.best_val_loss)
+            .map_or("-".into(), |l| format!("{l:.4}")),
+    );
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! The offsite-tuning exchange through the command line, on a tiny random model with a tiny
+//! byte-level tokenizer: emulator → inspect → tune → plug → eval, and the refusals.
+
+use candle_core::{DType, Device, Tensor};
+use offsite::io::tokenizer::Tokenizer;
+use offsite::model::{Model, ModelConfig};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn offsite(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_offsite"))
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+fn ok(o: Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "failed: {err}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn fails(o: Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected failure");
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks `{n}`: {err}");
+    }
+}
+
+fn tiny_model_dir(dir: &Path, seed: u64) -> PathBuf {
+    let config = ModelConfig {
+        vocab_size: 263,
+        num_layers: 5,
+        ..ModelConfig::tiny()
+    };
+    let model = Model::random(&config, seed, DType::F32).unwrap();
+    let path = dir.join(format!("model{seed}"));
+    offsite::io::hf_dir::save(&path, &model, Some(&Tokenizer::tiny_byte_level())).unwrap();
+    path
+}
+
+fn write_texts(path: &Path, n: usize) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            serde_json::json!({"text": format!("hello world {i}, hello again and again.")})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn emulator_tune_plug_eval_round() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(d.path(), 1);
+    let (train, val, test) = (
+        d.path().join("train.jsonl"),
+        d.path().join("val.jsonl"),
+        d.path().join("test.jsonl"),
+    );
+    write_texts(&train, 12);
+    write_texts(&val, 3);
+    write_texts(&test, 4);
+    let emu = d.path().join("e.offsite");
+    ok(offsite(&[
+        "emulator",
+        s(&model),
+        "--bottom",
+        "1",
+        "--top",
+        "1",
+        "--keep",
+        "2",
+        "-o",
+        s(&emu),
+    ]));
+
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(offsite(&["inspect", s(&emu), "--json"]))).unwrap();
+    assert_eq!(v["adapter_layers"], serde_json::json!([0, 4]));
+    assert_eq!(v["emulator_layers"], serde_json::json!([1, 3]));
+    assert_eq!(v["fingerprint"].as_str().unwrap().len(), 64);
+    assert!(v["parameters"].as_u64().unwrap() > 0);
+    assert!(v["percent_of_full"].as_f64().unwrap() < 100.0);
+
+    let adapter = d.path().join("a.safetensors");
+    ok(offsite(&[
+        "tune",
+        s(&emu),
+        "--data",
+        s(&train),
+        "--val",
+        s(&val),
+        "-o",
+        s(&adapter),
+        "--max-steps",
+        "4",
+        "--block-size",
+        "16",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-2",
+        "--eval-every",
+        "2",
+        "--save-every",
+        "2",
+    ]));
+    assert!(d.path().join("a.safetensors.metrics.jsonl").is_file());
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(offsite(&["inspect", s(&adapter), "--json"]))).unwrap();
+    assert_eq!(v["adapter_layers"], serde_json::json!([0, 4]));
+    assert_eq!(v["metrics"]["steps"], 4);
+
+    let plugged = d.path().join("plugged");
+    ok(offsite(&[
+        "plug",
+        s(&model),
+        s(&adapter),
+        "-o",
+        s(&plugged),
+    ]));
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(plugged.join(f).is_file(), "{f}");
+    }
+
+    let eval = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["eval"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[
+            "--data",
+            s(&test),
+            "--metric",
+            "ppl",
+            "--block-size",
+            "16",
+            "--json",
+        ]);
+        serde_json::from_str(&ok(offsite(&all))).unwrap()
+    };
+    let in_memory = eval(&[s(&model), "--adapter", s(&adapter)]);
+    let on_disk = eval(&[s(&plugged)]);
+    for key in [
+        "token_perplexity",
+        "word_perplexity",
+        "byte_perplexity",
+        "bits_per_byte",
+        "n",
+    ] {
+        assert_eq!(in_memory[key], on_disk[key], "{key}");
+    }
+    assert_eq!(in_memory["model"], "plug-in");
+    assert_eq!(
+        eval(&[s(&emu), "--adapter", s(&adapter)])["model"],
+        "emulator + adapter"
+    );
+    assert_eq!(eval(&[s(&emu), "--limit", "1"])["n"], 1);
+
+    // The plugged directory differs from the original only in the adapter layers.
+    let a = offsite::io::checkpoint::load(&model, &Device::Cpu).unwrap();
+    let b = offsite::io::checkpoint::load(&plugged, &Device::Cpu).unwrap();
+    for (name, t) in a.tensors.iter() {
+        let u = b.tensors.get(name, t.dims()).unwrap();
+        let same = t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            == u.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let adapter_layer =
+            name.starts_with("model.layers.0.") || name.starts_with("model.layers.4.");
+        assert_eq!(same, !adapter_layer, "{name}");
+    }
+    let _ = Tensor::zeros(1, DType::F32, &Device::Cpu);
+}
+
+#[test]
+fn plug_refuses_a_foreign_adapter_and_bad_data_is_reported() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(d.path(), 1);
+    let other = tiny_model_dir(d.path(), 2);
+    let emu = d.path().join("e.offsite");
+    ok(offsite(&[
+        "emulator",
+        s(&model),
+        "--keep",
+        "1",
+        "--bottom",
+        "1",
+        "--top",
+        "1",
+        "-o",
+        s(&emu),
+    ]));
+    let train = d.path().join("train.jsonl");
+    write_texts(&train, 4);
+    let adapter = d.path().join("a.safetensors");
+    ok(offsite(&[
+        "tune",
+        s(&emu),
+        "--data",
+        s(&train),
+        "-o",
+        s(&adapter),
+        "--max-steps",
+        "1",
+        "--block-size",
+        "16",
+    ]));
+    let out = d.path().join("out");
+    fails(
+        offsite(&["plug", s(&other), s(&adapter), "-o", s(&out)]),
+        &["another model", "model2"],
+    );
+    assert!(!out.exists(), "nothing written for a refused adapter");
+    fails(
+        offsite(&[
+            "eval",
+            s(&other),
+            "--adapter",
+            s(&adapter),
+            "--data",
+            s(&train),
+        ]),
+        &["another model"],
+    );
+
+    let bad = d.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"text\": \"fine\"}\n{\"text\": 5}\n").unwrap();
+    fails(
+        offsite(&["tune", s(&emu), "--data", s(&bad), "-o", s(&adapter)]),
+        &["bad.jsonl", "line 2"],
+    );
+    fails(offsite(&["inspect", s(&train)]), &["train.jsonl"]);
+    fails(
+        offsite(&["emulator", s(&model), "--keep", "9", "-o", s(&emu)]),
+        &["cannot keep 9"],
+    );
+}
