@@ -239,3 +239,37 @@ fn plug_refuses_a_foreign_adapter_and_bad_data_is_reported() {
         &["cannot keep 9"],
     );
 }
+
+#[test]
+fn finetune_trains_every_weight_and_writes_a_loadable_directory() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(d.path(), 3);
+    let train = d.path().join("train.jsonl");
+    write_texts(&train, 6);
+    let out = d.path().join("ft");
+    ok(offsite(&[
+        "finetune",
+        s(&model),
+        "--data",
+        s(&train),
+        "--val",
+        s(&train),
+        "-o",
+        s(&out),
+        "--max-steps",
+        "2",
+        "--block-size",
+        "16",
+        "--lr",
+        "1e-2",
+    ]));
+    assert!(out.join("training.json").is_file());
+    let a = offsite::io::checkpoint::load(&model, &Device::Cpu).unwrap();
+    let b = offsite::io::checkpoint::load(&out, &Device::Cpu).unwrap();
+    for (name, t) in a.tensors.iter() {
+        let u = b.tensors.get(name, t.dims()).unwrap();
+        let same = t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            == u.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(!same, "{name} was not trained");
+    }
+}

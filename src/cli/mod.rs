@@ -4,6 +4,7 @@ mod demo;
 mod emulator;
 mod eval;
 mod fetch;
+mod finetune;
 mod generate;
 mod inspect;
 mod plug;
@@ -42,6 +43,8 @@ enum Command {
     Plug(plug::Args),
     /// Measure a model, an emulator, or either with a tuned adapter.
     Eval(eval::Args),
+    /// Baseline: fine-tune every weight of the full model, write a Hugging Face directory.
+    Finetune(finetune::Args),
     /// The whole exchange on the demo model: emulator → tune → plug → eval.
     Demo(demo::Args),
 }
@@ -58,6 +61,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Tune(a) => tune::run(a),
         Command::Plug(a) => plug::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Finetune(a) => finetune::run(a),
         Command::Demo(a) => demo::run(a),
     };
     match result {

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod records;
 pub mod sequences;
+pub mod tasks;
 
 pub use batch::Batch;
 pub use records::{read_records, read_texts, Record};

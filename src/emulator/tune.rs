@@ -3,21 +3,9 @@
 use super::adapter::Adapter;
 use super::package::{layer_index, Package};
 use crate::data::Sequence;
-use crate::train::{self, loss::lm_loss, Param, TrainJob, TrainOptions};
+use crate::train::{self, loss::lm_loss, run_files, Param, TrainJob, TrainOptions};
 use crate::Result;
-use std::path::{Path, PathBuf};
-
-/// Where a training run that writes `output` keeps its checkpoints and metrics log.
-pub fn run_files(output: &Path) -> (PathBuf, PathBuf) {
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "run".into());
-    (
-        output.with_file_name(format!("{name}.ckpt")),
-        output.with_file_name(format!("{name}.metrics.jsonl")),
-    )
-}
+use std::path::Path;
 
 /// Tunes the adapter of `package` on `train` (validating on `val`) and writes it to `output`.
 /// Embeddings, head and emulator layers stay frozen.

@@ -45,6 +45,33 @@ impl ModelCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// The cache of a batch-1 prefix repeated for `batch` sequences that continue it (e.g. the
+    /// choices of a multiple-choice question after their shared context).
+    pub fn repeat_batch(&self, batch: usize) -> Result<ModelCache> {
+        let rep = |t: &Option<Tensor>| -> Result<Option<Tensor>> {
+            t.as_ref()
+                .map(|t| {
+                    let mut dims = t.dims().to_vec();
+                    dims[0] = batch;
+                    t.broadcast_as(dims)?.contiguous()
+                })
+                .transpose()
+        };
+        Ok(ModelCache {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| {
+                    Ok(LayerCache {
+                        k: rep(&l.k)?,
+                        v: rep(&l.v)?,
+                    })
+                })
+                .collect::<Result<_>>()?,
+            len: self.len,
+        })
+    }
 }
 
 impl Clone for Model {

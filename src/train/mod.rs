@@ -2,6 +2,7 @@
 //! language-modelling loss.
 
 pub mod checkpoint;
+pub mod finetune;
 pub mod loss;
 pub mod optimizer;
 pub mod options;
@@ -10,4 +11,4 @@ pub mod trainer;
 
 pub use optimizer::{AdamW, Param};
 pub use options::{Schedule, TrainOptions};
-pub use trainer::{train, TrainJob, TrainOutcome, TrainSummary};
+pub use trainer::{run_files, train, TrainJob, TrainOutcome, TrainSummary};

@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// What to train and where to keep the run's files.
@@ -72,6 +72,19 @@ pub struct TrainOutcome {
     pub params: BTreeMap<String, Tensor>,
     /// Run summary.
     pub summary: TrainSummary,
+}
+
+/// Where a training run that writes `output` keeps its checkpoints (`OUTPUT.ckpt/`) and its
+/// metrics log (`OUTPUT.metrics.jsonl`), beside the output.
+pub fn run_files(output: &Path) -> (PathBuf, PathBuf) {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
+    (
+        output.with_file_name(format!("{name}.ckpt")),
+        output.with_file_name(format!("{name}.metrics.jsonl")),
+    )
 }
 
 /// The order of the sequences in epoch `epoch`: a permutation fixed by the seed and the epoch.

@@ -1,0 +1,62 @@
+//! `offsite finetune MODEL --data TRAIN [--val VAL] -o DIR`: the full fine-tuning baseline.
+
+use super::ModelSpec;
+use anyhow::Result;
+use offsite::data::load_training_data;
+use offsite::train::{finetune::finetune, TrainOptions};
+use std::path::PathBuf;
+
+/// Arguments of `offsite finetune`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model to fine-tune: a .gguf file, a Hugging Face directory, or `smollm2`.
+    model: ModelSpec,
+    /// Training data (same formats as `tune`).
+    #[arg(long)]
+    data: PathBuf,
+    /// Validation data; the weights with the lowest validation loss are kept.
+    #[arg(long)]
+    val: Option<PathBuf>,
+    /// Use only the first N documents/records of each file.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// The Hugging Face directory to write.
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    train: TrainOptions,
+}
+
+/// Fine-tunes every weight and writes the model.
+pub fn run(args: Args) -> Result<()> {
+    let ckpt = args.model.load()?;
+    let tok = ckpt.tokenizer()?;
+    let block = args.train.block_size;
+    let train = load_training_data(&args.data, tok, block, args.limit)?;
+    let val = args
+        .val
+        .as_ref()
+        .map(|v| load_training_data(v, tok, block, args.limit))
+        .transpose()?;
+    let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
+    let (_, summary) = finetune(
+        &ckpt,
+        &train.sequences,
+        val.as_ref().map(|v| v.sequences.as_slice()),
+        &args.train,
+        pad,
+        &args.output,
+    )?;
+    println!(
+        "wrote {}; {} steps, final training loss {}, best validation loss {}",
+        args.output.display(),
+        summary.steps,
+        summary
+            .final_train_loss
+            .map_or("-".into(), |l| format!("{l:.4}")),
+        summary
+            .best_val_loss
+            .map_or("-".into(), |l| format!("{l:.4}")),
+    );
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! Multiple-choice scoring with lm-evaluation-harness semantics: each choice's summed
+//! log-likelihood as a continuation of the context; `acc` takes the argmax of the sums,
+//! `acc_norm` of the sums divided by the choice's length in characters; both with lm-eval's
+//! standard error (sample standard deviation / √n).
+//!
+//! Tokenization follows lm-eval's `_encode_pair`: trailing spaces of the context move to the
+//! continuation, the context is encoded alone, and the continuation's tokens are those of
+//! `encode(context + continuation)` after the context's token count — so a choice that merges
+//! with the context at the boundary is scored on the tokens lm-eval scores.
+//!
+//! The context is run once per question; its KV cache is shared by all the choices, which are
+//! scored together as one batch.
+
+use crate::io::tokenizer::Tokenizer;
+use crate::model::{log_softmax, Model, ModelCache};
+use crate::{Error, Result};
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// lm-eval's `_encode_pair`: (context tokens, continuation tokens).
+pub fn encode_pair(
+    tok: &Tokenizer,
+    context: &str,
+    continuation: &str,
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    let trimmed = context.trim_end_matches(' ');
+    let n_spaces = context.len() - trimmed.len();
+    let (context, continuation) = if n_spaces > 0 {
+        (
+            trimmed,
+            format!("{}{continuation}", &context[trimmed.len()..]),
+        )
+    } else {
+        (context, continuation.to_string())
+    };
+    let whole = tok.encode(&format!("{context}{continuation}"))?;
+    let ctx = tok.encode(context)?;
+    let cont = whole.get(ctx.len()..).unwrap_or_default().to_vec();
+    Ok((ctx, cont))
+}
+
+/// The summed log-likelihood of each choice given the context.
+pub fn choice_logliks(
+    model: &Model,
+    tok: &Tokenizer,
+    context: &str,
+    choices: &[String],
+    max_len: usize,
+    prefix: u32,
+) -> Result<Vec<f64>> {
+    let mut pairs = Vec::with_capacity(choices.len());
+    for c in choices {
+        let (ctx, cont) = if context.is_empty() {
+            // lm-eval: an empty context is the prefix token.
+            (vec![prefix], tok.encode(c)?)
+        } else {
+            encode_pair(tok, context, c)?
+        };
+        pairs.push((ctx, cont));
+    }
+    let ctx = pairs[0].0.clone();
+    let max_cont = pairs.iter().map(|p| p.1.len()).max().unwrap_or(0);
+    if max_cont == 0 {
+        return Err(Error::Invalid(format!(
+            "a choice has no tokens of its own after the context {context:?}"
+        )));
+    }
+    // Left-truncate the context so that context + longest continuation fits (as lm-eval does).
+    let keep = max_len.saturating_sub(max_cont).max(1);
+    let ctx = &ctx[ctx.len().saturating_sub(keep)..];
+    if ctx.is_empty() {
+        return Err(Error::Invalid("empty context after tokenization".into()));
+    }
+    let device = model.device();
+    let mut cache = ModelCache::default();
+    let ctx_logits = model.forward_cached(&Tensor::new(ctx, device)?.unsqueeze(0)?, &mut cache)?;
+    // Log-probabilities of the first continuation token, from the context's last position.
+    let first = log_softmax(
+        &ctx_logits
+            .get(0)?
+            .get(ctx.len() - 1)?
+            .to_dtype(DType::F64)?,
+    )?
+    .to_vec1::<f64>()?;
+    let mut out: Vec<f64> = pairs.iter().map(|(_, c)| first[c[0] as usize]).collect();
+    if max_cont > 1 {
+        // The rest of each continuation, all choices in one batch after the shared context.
+        let n = choices.len();
+        let len = max_cont - 1;
+        let mut ids = vec![0u32; n * len];
+        for (row, (_, c)) in pairs.iter().enumerate() {
+            for (i, &t) in c[..c.len() - 1].iter().enumerate() {
+                ids[row * len + i] = t;
+            }
+        }
+        let mut batch_cache = cache.repeat_batch(n)?;
+        let logits =
+            model.forward_cached(&Tensor::from_vec(ids, (n, len), device)?, &mut batch_cache)?;
+        let logp = log_softmax(&logits.to_dtype(DType::F64)?)?;
+        for (row, (_, c)) in pairs.iter().enumerate() {
+            if c.len() < 2 {
+                continue;
+            }
+            let targets = Tensor::new(&c[1..], device)?.unsqueeze(1)?;
+            let lp = logp
+                .get(row)?
+                .narrow(0, 0, c.len() - 1)?
+                .gather(&targets, 1)?;
+            out[row] += lp.sum_all()?.to_scalar::<f64>()?;
+        }
+    }
+    Ok(out)
+}
+
+/// Accuracy of a multiple-choice evaluation, with lm-eval's keys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct McReport {
+    /// Fraction of questions whose highest-likelihood choice is right.
+    pub acc: f64,
+    /// Standard error of `acc`.
+    pub acc_stderr: f64,
+    /// Same with likelihoods divided by the choice's length in characters.
+    pub acc_norm: f64,
+    /// Standard error of `acc_norm`.
+    pub acc_norm_stderr: f64,
+    /// Questions scored.
+    pub n: usize,
+}
+
+/// Index of the largest value (first on ties, as numpy's argmax).
+fn argmax(v: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// lm-eval's `mean` and `mean_stderr` (sample standard deviation over √n).
+fn mean_and_stderr(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    if xs.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (var / n).sqrt())
+}
+
+/// The choice's length for `acc_norm`: characters of the choice as lm-eval's `doc_to_choice`
+/// gives it, i.e. without the single leading space our records carry as lm-eval's target
+/// delimiter.
+pub fn choice_chars(choice: &str) -> usize {
+    choice.strip_prefix(' ').unwrap_or(choice).chars().count()
+}
+
+/// acc / acc_norm from per-question log-likelihoods, choice strings and gold labels.
+pub fn mc_metrics(scored: &[(Vec<f64>, Vec<String>, usize)]) -> McReport {
+    let mut acc = Vec::with_capacity(scored.len());
+    let mut acc_norm = Vec::with_capacity(scored.len());
+    for (ll, choices, label) in scored {
+        acc.push((argmax(ll) == *label) as u8 as f64);
+        let normed: Vec<f64> = ll
+            .iter()
+            .zip(choices)
+            .map(|(l, c)| l / choice_chars(c).max(1) as f64)
+            .collect();
+        acc_norm.push((argmax(&normed) == *label) as u8 as f64);
+    }
+    let (a, ae) = mean_and_stderr(&acc);
+    let (an, ane) = mean_and_stderr(&acc_norm);
+    McReport {
+        acc: a,
+        acc_stderr: ae,
+        acc_norm: an,
+        acc_norm_stderr: ane,
+        n: scored.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelConfig;
+
+    fn tiny() -> (Model, Tokenizer) {
+        let config = ModelConfig {
+            vocab_size: 263,
+            ..ModelConfig::tiny()
+        };
+        (
+            Model::random(&config, 11, DType::F32).unwrap(),
+            Tokenizer::tiny_byte_level(),
+        )
+    }
+
+    /// Σ log p(cont | ctx) by scoring the whole sequence at once, by hand.
+    fn by_hand(model: &Model, ctx: &[u32], cont: &[u32]) -> f64 {
+        let ids: Vec<u32> = ctx.iter().chain(cont).copied().collect();
+        let t = Tensor::new(ids.as_slice(), model.device())
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logp = log_softmax(
+            &model
+                .forward(&t)
+                .unwrap()
+                .get(0)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap(),
+        )
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
+        (0..cont.len())
+            .map(|i| logp[ctx.len() + i - 1][cont[i] as usize])
+            .sum()
+    }
+
+    #[test]
+    fn shared_context_scoring_matches_hand_computed_sums() {
+        let (model, tok) = tiny();
+        let choices = vec![
+            " hello".to_string(),
+            " world again".to_string(),
+            " w".to_string(),
+        ];
+        let got = choice_logliks(&model, &tok, "Say it:", &choices, 64, 0).unwrap();
+        for (c, g) in choices.iter().zip(&got) {
+            let (ctx, cont) = encode_pair(&tok, "Say it:", c).unwrap();
+            let want = by_hand(&model, &ctx, &cont);
+            assert!((g - want).abs() < 1e-4, "{c}: {g} vs {want}");
+        }
+    }
+
+    #[test]
+    fn boundary_merges_are_scored_on_lm_evals_continuation_tokens() {
+        let (_, tok) = tiny();
+        // The tiny vocabulary merges h+e, l+l, he+ll, hell+o and Ġ+w. "x hell" encodes as
+        // [x, Ġ, hell]; "x hello w" as [x, Ġ, hello, Ġw]: the choice "o w" merges into the
+        // context's last token, and lm-eval scores only what follows the context's 3 tokens.
+        let (ctx, cont) = encode_pair(&tok, "x hell", "o w").unwrap();
+        let whole = tok.encode("x hello w").unwrap();
+        assert_eq!(ctx.len(), 3);
+        assert_eq!(cont, whole[3..].to_vec());
+        assert_eq!(cont, vec![tok.token_to_id("Ġw").unwrap()]);
+        assert_ne!(
+            cont,
+            tok.encode("o w").unwrap(),
+            "the boundary merge changes the tokens"
+        );
+        // Trailing spaces of the context move to the continuation.
+        let (ctx2, cont2) = encode_pair(&tok, "x ", "hello").unwrap();
+        assert_eq!(ctx2, tok.encode("x").unwrap());
+        assert_eq!(cont2, tok.encode("x hello").unwrap()[ctx2.len()..].to_vec());
+    }
+
+    #[test]
+    fn acc_and_acc_norm_by_hand() {
+        // Question 1: sums favour choice 0, per-char favours choice 1 (gold 1).
+        // Question 2: both pick choice 0 (gold 0).
+        let scored = vec![
+            (
+                vec![-4.0, -5.0],
+                vec![" ab".into(), " abcdefghij".into()],
+                1,
+            ),
+            (vec![-1.0, -3.0], vec![" x".into(), " y".into()], 0),
+        ];
+        let r = mc_metrics(&scored);
+        assert_eq!((r.acc, r.acc_norm, r.n), (0.5, 1.0, 2));
+        // Sample std of [0, 1] is √0.5; / √2 = 0.5.
+        assert!((r.acc_stderr - 0.5).abs() < 1e-12);
+        assert_eq!(r.acc_norm_stderr, 0.0);
+        assert_eq!(choice_chars(" yes"), 3);
+    }
+}
