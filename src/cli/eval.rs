@@ -2,6 +2,8 @@
 
 use anyhow::{bail, Result};
 use offsite::data::read_texts;
+use offsite::data::tasks::{load_mc, load_task, Task};
+use offsite::eval::multiple_choice::evaluate_mc;
 use offsite::eval::perplexity;
 use offsite::eval::target::load_evaluable;
 use std::path::PathBuf;
@@ -11,6 +13,8 @@ use std::path::PathBuf;
 pub enum Metric {
     /// Perplexity (token-level and lm-eval's document-level measures).
     Ppl,
+    /// Multiple-choice accuracy (acc, acc_norm) with lm-eval's semantics.
+    Mc,
 }
 
 /// Arguments of `offsite eval`.
@@ -22,16 +26,21 @@ pub struct Args {
     /// plug-in (without writing it to disk).
     #[arg(long)]
     adapter: Option<PathBuf>,
-    /// Evaluation data: JSONL {"text"} or a .txt file.
+    /// Evaluation data: for ppl, JSONL {"text"} or a .txt file; for mc, JSONL
+    /// {"context", "choices", "label"}, or a task's Hugging Face export with --task.
     #[arg(long)]
     data: PathBuf,
+    /// Read --data as this task's Hugging Face records, with lm-eval's prompts (mc only).
+    #[arg(long, value_enum)]
+    task: Option<Task>,
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Metric::Ppl)]
     metric: Metric,
     /// Evaluate only the first N records.
     #[arg(long)]
     limit: Option<usize>,
-    /// Block size of the token-level perplexity (and window of the document-level one).
+    /// Block size of the token-level perplexity (and window of the document-level one); for mc,
+    /// the longest context + choice scored (longer contexts are cut from the left).
     #[arg(long, default_value_t = 512)]
     block_size: usize,
     /// Sequences per forward pass.
@@ -48,8 +57,33 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--block-size must be at least 2");
     }
     let path = args.model.path()?;
+    if args.task.is_some() && args.metric != Metric::Mc {
+        bail!("--task applies to --metric mc");
+    }
     let target = load_evaluable(&path, args.adapter.as_deref(), &candle_core::Device::Cpu)?;
     match args.metric {
+        Metric::Mc => {
+            let mut records = match args.task {
+                Some(task) => load_task(task, &args.data)?,
+                None => load_mc(&args.data)?,
+            };
+            records.truncate(args.limit.unwrap_or(usize::MAX));
+            let r = evaluate_mc(&target.model, &target.tokenizer, &records, args.block_size)?;
+            if args.json {
+                let mut v = serde_json::to_value(&r)?;
+                v["model"] = target.kind.into();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{} on {} ({} questions)",
+                    target.kind,
+                    args.data.display(),
+                    r.n
+                );
+                println!("acc      {:.4} ± {:.4}", r.acc, r.acc_stderr);
+                println!("acc_norm {:.4} ± {:.4}", r.acc_norm, r.acc_norm_stderr);
+            }
+        }
         Metric::Ppl => {
             let mut docs = read_texts(&args.data)?;
             docs.truncate(args.limit.unwrap_or(usize::MAX));

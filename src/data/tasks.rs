@@ -24,29 +24,31 @@
 //! where HellaSwag's `pre(t)` strips `t`, replaces `" [title]"` with `". "`, deletes every
 //! `[...]` tag (a `[`, the fewest characters other than a newline, a `]`) and replaces `"  "`
 //! with `" "` (one left-to-right pass, like Python's `str.replace`), and `capitalize` is
-//! Python's `str.capitalize` (first character title-cased, **the rest lower-cased**).
+//! Python's `str.capitalize` (first character title-cased, **the rest lower-cased**). "Strip"
+//! uses Python's whitespace (Unicode White_Space plus U+001C–U+001F).
 //!
 //! Notes on the tasks that do not map one row to one plain record:
 //!
 //! * **webqs** has several accepted answers. lm-eval makes them all choices and all gold
 //!   (`doc_to_target` returns every index) and reports only `exact_match`: 1 when the model's
 //!   greedy continuation equals *any* of the choices. [`McRecord::golds`] holds those indices
-//!   (`label` is 0, the first of them); `acc` over such records is trivially 1, which is why lm-eval
-//!   does not report it. [`Task::metrics`] gives each task's lm-eval metrics.
+//!   (`label` is 0, the first of them); `acc` over such records is trivially 1, which is why
+//!   lm-eval does not report it. [`Task::metrics`] gives each task's lm-eval metrics.
 //! * **race**: lm-eval's dataset `EleutherAI/race` (config `high`, split `test`) has one row per
 //!   *article* with a `problems` list; the public HF dataset `race` (`ehovy/race`) has one row per
 //!   *question* (`example_id`, `article`, `answer`, `question`, `options`). [`load_task`] regroups
 //!   the per-question rows the way lm-eval's former `race.py` built its per-article documents
 //!   (`_collate_data`: rows grouped by identical `article` text, articles in order of first
-//!   appearance, questions in file order), which is what `EleutherAI/race` holds. Each article
-//!   makes one record: the context is `"Article: " + article + "\n\n"`, then every question but
-//!   the last with its answer — a question ending in `"  _  ."` (fill-in-the-blank) as
-//!   `question[:-5] + answer + "\n"` (the answer fills the blank), any other as
-//!   `"Question: " + question + "\n" + "Answer: " + answer + "\n"` — then the **last** question
-//!   appended as is (no `"Question: "` prefix, no `"Answer:"` suffix, blank marker kept even for a
-//!   fill-in-the-blank question: the choice is scored after `"…  _  ."`). The choices are that last
-//!   question's four options. [`Task::convert`] on a single row builds the record of an article
-//!   holding only that question: `"Article: " + article + "\n\n" + question`.
+//!   appearance, questions in file order) — evidently how `EleutherAI/race` was made, though not
+//!   checked against that dataset's files. Each article makes one record: the context is
+//!   `"Article: " + article + "\n\n"`, then every question but the last with its answer — a
+//!   question ending in `"  _  ."` (fill-in-the-blank) as `question[:-5] + answer + "\n"` (the
+//!   answer fills the blank), any other as `"Question: " + question + "\nAnswer: " + answer +
+//!   "\n"` — then the **last** question appended as is (no `"Question: "` prefix, no `"Answer:"`
+//!   suffix, and the blank marker kept even for a fill-in-the-blank question: the choice is
+//!   scored after `"…  _  ."`). The choices are that last question's four options.
+//!   [`Task::convert`] on a single row builds the record of an article holding only that
+//!   question: `"Article: " + article + "\n\n" + question`.
 //!   `EleutherAI/race`'s own `problems` column (a Python `repr` string) is not read.
 
 use crate::data::records::{read_records, Record};
@@ -145,7 +147,8 @@ impl Task {
         }
     }
 
-    /// Converts one HF-schema JSON row. Errors are `crate::Error::format(path, format!("line {lineno}: ..."))` naming the missing/ill-typed field.
+    /// Converts one HF-schema JSON row. Errors are `Error::format(path, "line {lineno}: …")`
+    /// naming the missing or ill-typed field (or the out-of-range label).
     ///
     /// A RACE row becomes the record of an article holding only that question; [`load_task`]
     /// groups a file's questions by article as lm-eval does.
@@ -233,7 +236,8 @@ impl Task {
     }
 }
 
-/// Reads a JSONL export of a task's HF dataset and converts every line (errors name file and line; empty lines are errors).
+/// Reads a JSONL export of a task's HF dataset and converts every line (errors name file and
+/// line; empty lines are errors).
 ///
 /// For [`Task::Race`] the per-question rows are grouped into one record per article (see the
 /// module documentation).
@@ -267,7 +271,8 @@ pub fn load_task(task: Task, path: &Path) -> Result<Vec<McRecord>> {
         .collect())
 }
 
-/// Reads our own format: JSONL {"context", "choices", "label"} (choices used as given, i.e. they already carry their leading space if any).
+/// Reads our own format: JSONL `{"context", "choices", "label"}` (choices used as given, i.e.
+/// they already carry their leading space if any). A `{"prompt", "completion"}` line is an error.
 ///
 /// An optional `"golds"` list of indices (as [`McRecord`] serializes for webqs) is read too.
 pub fn load_mc(path: &Path) -> Result<Vec<McRecord>> {
@@ -528,34 +533,61 @@ fn py_isspace(c: char) -> bool {
 }
 
 /// Python's `str.capitalize`: the first character title-cased, the rest lower-cased.
-///
-/// Title case differs from upper case only for a few characters; the Latin digraphs and `ﬀ`-type
-/// ligatures are handled, Greek letters with iota subscript and Armenian ligatures are
-/// upper-cased instead (they do not occur in HellaSwag).
 fn py_capitalize(s: &str) -> String {
     let mut chars = s.chars();
     let Some(first) = chars.next() else {
         return String::new();
     };
-    let mut out = match first {
-        '\u{1c4}'..='\u{1c6}' => "\u{1c5}".to_string(),
-        '\u{1c7}'..='\u{1c9}' => "\u{1c8}".to_string(),
-        '\u{1ca}'..='\u{1cc}' => "\u{1cb}".to_string(),
-        '\u{1f1}'..='\u{1f3}' => "\u{1f2}".to_string(),
-        '\u{fb00}' => "Ff".to_string(),
-        '\u{fb01}' => "Fi".to_string(),
-        '\u{fb02}' => "Fl".to_string(),
-        '\u{fb03}' => "Ffi".to_string(),
-        '\u{fb04}' => "Ffl".to_string(),
-        '\u{fb05}' | '\u{fb06}' => "St".to_string(),
-        c => c.to_uppercase().collect(),
-    };
+    let mut out = py_title(first);
     // Lower-case the whole string so the rest is cased in context (final sigma), then drop the
     // first character's lower-case form, which the whole string's lower-casing starts with.
     let lower = s.to_lowercase();
     let first_lower_len: usize = first.to_lowercase().map(char::len_utf8).sum();
     out.push_str(&lower[first_lower_len..]);
     out
+}
+
+/// Python's title case of one character. It is the upper case but for the characters handled
+/// here (Unicode's SpecialCasing and the few letters with a distinct title-case form).
+fn py_title(c: char) -> String {
+    let code = c as u32;
+    let one = |v: u32| char::from_u32(v).map_or_else(String::new, String::from);
+    match code {
+        // Latin digraphs: DŽ/Dž/dž, LJ/Lj/lj, NJ/Nj/nj, DZ/Dz/dz all title-case to the middle form.
+        0x1c4..=0x1c6 => one(0x1c5),
+        0x1c7..=0x1c9 => one(0x1c8),
+        0x1ca..=0x1cc => one(0x1cb),
+        0x1f1..=0x1f3 => one(0x1f2),
+        // Georgian Mkhedruli letters are their own title case (their upper case is Mtavruli).
+        0x10d0..=0x10ff => c.to_string(),
+        // Greek with iota subscript: title case keeps the subscript (ᾀ → ᾈ, ᾳ → ᾼ), where upper
+        // case spells it as a capital iota.
+        0x1f80..=0x1faf => one(code | 0x8),
+        0x1fb3 | 0x1fbc => one(0x1fbc),
+        0x1fc3 | 0x1fcc => one(0x1fcc),
+        0x1ff3 | 0x1ffc => one(0x1ffc),
+        // ŉ → ʼN, as in upper case.
+        0x149 => c.to_uppercase().collect(),
+        _ => {
+            let upper: Vec<char> = c.to_uppercase().collect();
+            match upper.split_last() {
+                // ᾲ, ᾴ, ᾷ, ῂ, ῄ, ῇ, ῲ, ῴ, ῷ: the capital iota becomes a combining ypogegrammeni.
+                Some((&'\u{399}', init))
+                    if (0x1fb2..=0x1ff7).contains(&code) && !init.is_empty() =>
+                {
+                    init.iter().chain(['\u{345}'].iter()).collect()
+                }
+                // Multi-letter expansions (ß → Ss, ﬁ → Fi, և → Եւ): the rest lower-cased.
+                _ => match upper.split_first() {
+                    Some((head, rest)) => {
+                        let rest: String = rest.iter().collect();
+                        format!("{head}{}", rest.to_lowercase())
+                    }
+                    None => c.to_string(),
+                },
+            }
+        }
+    }
 }
 
 /// HellaSwag's `utils.preprocess`.
@@ -689,6 +721,10 @@ mod tests {
         assert_eq!(hellaswag_preprocess("\u{1f} a \u{a0}"), "a");
         assert_eq!(py_capitalize("the NBA game"), "The nba game");
         assert_eq!(py_capitalize("ǆemal"), "ǅemal");
+        assert_eq!(py_capitalize("ßIG"), "Ssig");
+        assert_eq!(py_capitalize("ﬁNE"), "Fine");
+        assert_eq!(py_capitalize("ᾳΣ"), "ᾼς");
+        assert_eq!(py_capitalize("ᾷ"), "\u{391}\u{342}\u{345}");
         assert_eq!(py_capitalize("ΣΑΣ"), "Σας");
         assert_eq!(py_capitalize(""), "");
         // An integer label is also accepted (lm-eval renders `{{label}}` either way).

@@ -11,6 +11,7 @@
 //! The context is run once per question; its KV cache is shared by all the choices, which are
 //! scored together as one batch.
 
+use crate::data::tasks::McRecord;
 use crate::io::tokenizer::Tokenizer;
 use crate::model::{log_softmax, Model, ModelCache};
 use crate::{Error, Result};
@@ -156,18 +157,19 @@ pub fn choice_chars(choice: &str) -> usize {
     choice.strip_prefix(' ').unwrap_or(choice).chars().count()
 }
 
-/// acc / acc_norm from per-question log-likelihoods, choice strings and gold labels.
-pub fn mc_metrics(scored: &[(Vec<f64>, Vec<String>, usize)]) -> McReport {
+/// acc / acc_norm from per-question log-likelihoods and their records (a question counts as
+/// right when the argmax is one of its gold choices).
+pub fn mc_metrics(scored: &[(Vec<f64>, &McRecord)]) -> McReport {
     let mut acc = Vec::with_capacity(scored.len());
     let mut acc_norm = Vec::with_capacity(scored.len());
-    for (ll, choices, label) in scored {
-        acc.push((argmax(ll) == *label) as u8 as f64);
+    for (ll, record) in scored {
+        acc.push(record.is_gold(argmax(ll)) as u8 as f64);
         let normed: Vec<f64> = ll
             .iter()
-            .zip(choices)
+            .zip(&record.choices)
             .map(|(l, c)| l / choice_chars(c).max(1) as f64)
             .collect();
-        acc_norm.push((argmax(&normed) == *label) as u8 as f64);
+        acc_norm.push(record.is_gold(argmax(&normed)) as u8 as f64);
     }
     let (a, ae) = mean_and_stderr(&acc);
     let (an, ane) = mean_and_stderr(&acc_norm);
@@ -178,6 +180,35 @@ pub fn mc_metrics(scored: &[(Vec<f64>, Vec<String>, usize)]) -> McReport {
         acc_norm_stderr: ane,
         n: scored.len(),
     }
+}
+
+/// Scores every record with `model` (a progress bar on stderr) and computes acc / acc_norm.
+pub fn evaluate_mc(
+    model: &Model,
+    tok: &Tokenizer,
+    records: &[McRecord],
+    max_len: usize,
+) -> Result<McReport> {
+    if records.is_empty() {
+        return Err(Error::Invalid("no records to evaluate".into()));
+    }
+    let prefix = tok.bos_id().or(tok.eos_id()).unwrap_or(0);
+    let pb = indicatif::ProgressBar::new(records.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "scoring [{elapsed_precise}] {wide_bar} {pos}/{len} (ETA {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut scored = Vec::with_capacity(records.len());
+    for r in records {
+        scored.push((
+            choice_logliks(model, tok, &r.context, &r.choices, max_len, prefix)?,
+            r,
+        ));
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(mc_metrics(&scored))
 }
 
 #[cfg(test)]
@@ -262,14 +293,14 @@ mod tests {
     fn acc_and_acc_norm_by_hand() {
         // Question 1: sums favour choice 0, per-char favours choice 1 (gold 1).
         // Question 2: both pick choice 0 (gold 0).
-        let scored = vec![
-            (
-                vec![-4.0, -5.0],
-                vec![" ab".into(), " abcdefghij".into()],
-                1,
-            ),
-            (vec![-1.0, -3.0], vec![" x".into(), " y".into()], 0),
-        ];
+        let rec = |choices: [&str; 2], label| McRecord {
+            context: "Q:".into(),
+            choices: choices.iter().map(|c| c.to_string()).collect(),
+            label,
+            golds: vec![],
+        };
+        let (q1, q2) = (rec([" ab", " abcdefghij"], 1), rec([" x", " y"], 0));
+        let scored = vec![(vec![-4.0, -5.0], &q1), (vec![-1.0, -3.0], &q2)];
         let r = mc_metrics(&scored);
         assert_eq!((r.acc, r.acc_norm, r.n), (0.5, 1.0, 2));
         // Sample std of [0, 1] is √0.5; / √2 = 0.5.
