@@ -11,6 +11,7 @@ pub mod data;
 pub mod emulator;
 pub mod error;
 pub mod eval;
+pub mod experiment;
 pub mod io;
 pub mod model;
 pub mod ops;

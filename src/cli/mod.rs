@@ -3,6 +3,7 @@
 mod demo;
 mod emulator;
 mod eval;
+mod experiment;
 mod fetch;
 mod finetune;
 mod generate;
@@ -45,6 +46,9 @@ enum Command {
     Eval(eval::Args),
     /// Baseline: fine-tune every weight of the full model, write a Hugging Face directory.
     Finetune(finetune::Args),
+    /// The paper's five-row table (zero-shot, emulator zero-shot, emulator fine-tuned, plug-in,
+    /// full fine-tuning) for one model and task: report.md, report.json and chart.svg.
+    Experiment(experiment::Args),
     /// The whole exchange on the demo model: emulator → tune → plug → eval.
     Demo(demo::Args),
 }
@@ -62,6 +66,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Plug(a) => plug::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Finetune(a) => finetune::run(a),
+        Command::Experiment(a) => experiment::run_cmd(a),
         Command::Demo(a) => demo::run(a),
     };
     match result {

@@ -1,0 +1,404 @@
+//! The paper's comparison table for one model and task, in one resumable run: full model
+//! zero-shot, emulator zero-shot, emulator fine-tuned, plug-in and full fine-tuning. Every step
+//! goes through the same library calls as the separate commands (`emulator`, `tune`, `plug`,
+//! `finetune`, `eval`); each finished artifact and row is kept on disk and not recomputed.
+
+pub mod chart;
+
+use crate::data::records::{data_kind, DataKind};
+use crate::data::sequences::record_sequence;
+use crate::data::tasks::{load_mc, load_task, McRecord, Task};
+use crate::data::{load_training_data, read_texts, Dataset, Sequence};
+use crate::emulator::{plug, tune::tune, Adapter, EmulatorOptions, Package};
+use crate::eval::multiple_choice::evaluate_mc;
+use crate::eval::perplexity;
+use crate::io::tokenizer::Tokenizer;
+use crate::io::{atomic, checkpoint};
+use crate::model::Model;
+use crate::train::{finetune::finetune, TrainOptions};
+use crate::{Error, Result};
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The rows of the table, in the paper's order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Row {
+    /// The full model, untrained.
+    #[value(name = "zero-shot")]
+    ZeroShot,
+    /// The emulator package, untrained.
+    #[value(name = "emulator-zero-shot")]
+    EmulatorZeroShot,
+    /// The emulator with the tuned adapter.
+    #[value(name = "emulator-ft")]
+    EmulatorFt,
+    /// The full model with the tuned adapter plugged in.
+    #[value(name = "plug-in")]
+    PlugIn,
+    /// The full model with every weight fine-tuned.
+    #[value(name = "full-ft")]
+    FullFt,
+}
+
+impl Row {
+    /// All rows.
+    pub const ALL: [Row; 5] = [
+        Row::ZeroShot,
+        Row::EmulatorZeroShot,
+        Row::EmulatorFt,
+        Row::PlugIn,
+        Row::FullFt,
+    ];
+
+    /// The row's name in `report.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Row::ZeroShot => "zero_shot",
+            Row::EmulatorZeroShot => "emulator_zero_shot",
+            Row::EmulatorFt => "emulator_ft",
+            Row::PlugIn => "plug_in",
+            Row::FullFt => "full_ft",
+        }
+    }
+
+    /// A human label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Row::ZeroShot => "full model, zero-shot",
+            Row::EmulatorZeroShot => "emulator, zero-shot",
+            Row::EmulatorFt => "emulator, fine-tuned",
+            Row::PlugIn => "plug-in",
+            Row::FullFt => "full fine-tuning",
+        }
+    }
+}
+
+/// What to run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExperimentConfig {
+    /// The full model.
+    pub model: PathBuf,
+    /// Training data.
+    pub train: PathBuf,
+    /// Validation data (best adapter / model kept).
+    pub val: Option<PathBuf>,
+    /// Test data.
+    pub test: PathBuf,
+    /// Read train/val/test as this task's Hugging Face records.
+    pub task: Option<Task>,
+    /// How the emulator is made.
+    pub emulator: EmulatorOptions,
+    /// Training options of both the adapter tuning and full fine-tuning.
+    pub training: TrainOptions,
+    /// Rows not to run.
+    pub skip: Vec<Row>,
+    /// First N training records/documents only.
+    pub limit_train: Option<usize>,
+    /// First N validation records/documents only.
+    pub limit_val: Option<usize>,
+    /// First N test records/documents only.
+    pub limit_test: Option<usize>,
+    /// Evaluation block size (perplexity) / longest scored sequence (multiple choice).
+    pub eval_block_size: usize,
+}
+
+/// One row of the report: its name and metrics under `eval --json`'s keys.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RowResult {
+    /// `zero_shot`, `emulator_zero_shot`, `emulator_ft`, `plug_in` or `full_ft`.
+    pub name: String,
+    /// The metrics (acc, acc_stderr, … or token_perplexity, …).
+    #[serde(flatten)]
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// Seconds the evaluation took.
+    pub seconds: f64,
+}
+
+/// Multiple choice or perplexity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// acc / acc_norm.
+    Mc,
+    /// Perplexities.
+    Ppl,
+}
+
+/// The test data, loaded once.
+enum TestSet {
+    Mc(Vec<McRecord>),
+    Text(Vec<String>),
+}
+
+fn limit<T>(mut v: Vec<T>, n: Option<usize>) -> Vec<T> {
+    v.truncate(n.unwrap_or(usize::MAX));
+    v
+}
+
+/// Training sequences of a file: a task's records (context → gold choice), our records, or text.
+fn training_data(
+    cfg: &ExperimentConfig,
+    path: &Path,
+    tok: &Tokenizer,
+    n: Option<usize>,
+) -> Result<Dataset> {
+    let block = cfg.training.block_size;
+    let Some(task) = cfg.task else {
+        return load_training_data(path, tok, block, n);
+    };
+    let eos = tok.eos_id().unwrap_or(0);
+    let mut sequences: Vec<Sequence> = Vec::new();
+    let mut truncated = 0;
+    for r in limit(load_task(task, path)?, n) {
+        let answer = &r.choices[r.gold_indices()[0]];
+        if let Some((s, cut)) =
+            record_sequence(&tok.encode(&r.context)?, &tok.encode(answer)?, eos, block)
+        {
+            truncated += cut as usize;
+            sequences.push(s);
+        }
+    }
+    Ok(Dataset {
+        sequences,
+        kind: DataKind::Records,
+        truncated,
+    })
+}
+
+fn validation_data(cfg: &ExperimentConfig, tok: &Tokenizer) -> Result<Option<Dataset>> {
+    cfg.val
+        .as_ref()
+        .map(|v| training_data(cfg, v, tok, cfg.limit_val))
+        .transpose()
+}
+
+/// The emulator package in `out` (built by the same code as `offsite emulator` when missing).
+fn emulator_package(
+    cfg: &ExperimentConfig,
+    ckpt: &checkpoint::Checkpoint,
+    tok: &Tokenizer,
+    out: &Path,
+) -> Result<Package> {
+    let path = out.join("emulator.offsite");
+    if !path.is_file() {
+        eprintln!("experiment: building the emulator");
+        Package::build(&ckpt.model()?, Some(tok), cfg.emulator.clone(), &path)?.save(&path)?;
+    }
+    let package = Package::load(&path, &Device::Cpu)?;
+    if package.meta.options != cfg.emulator {
+        return Err(Error::format(
+            &path,
+            "was built with other emulator options; use another output folder",
+        ));
+    }
+    Ok(package)
+}
+
+/// The adapter tuned through `package` (by the same code as `offsite tune`), resumed or made.
+fn tuned_adapter(
+    cfg: &ExperimentConfig,
+    package: &Package,
+    options: &TrainOptions,
+    pad: u32,
+    out: &Path,
+) -> Result<Adapter> {
+    let path = out.join("adapter.safetensors");
+    if !path.is_file() {
+        eprintln!("experiment: tuning the adapter through the emulator");
+        let tok = package.tokenizer()?;
+        let train = training_data(cfg, &cfg.train, &tok, cfg.limit_train)?;
+        let val = validation_data(cfg, &tok)?;
+        let val = val.as_ref().map(|v| v.sequences.as_slice());
+        tune(package, &train.sequences, val, options, pad, &path)?;
+    }
+    Adapter::load(&path, &Device::Cpu)
+}
+
+/// Runs (or resumes) the experiment into `out`; returns the rows in order.
+pub fn run(cfg: &ExperimentConfig, out: &Path) -> Result<Vec<RowResult>> {
+    let device = Device::Cpu;
+    std::fs::create_dir_all(out.join("rows")).map_err(|e| Error::io(out, e))?;
+    atomic::write_json(&out.join("config.json"), cfg)?;
+    let ckpt = checkpoint::load(&cfg.model, &device)?;
+    let tok = ckpt.tokenizer()?.clone();
+    let metric = if cfg.task.is_some() || data_kind(&cfg.test)? == DataKind::Records {
+        Metric::Mc
+    } else {
+        Metric::Ppl
+    };
+    let test = match (metric, cfg.task) {
+        (Metric::Mc, Some(task)) => TestSet::Mc(limit(load_task(task, &cfg.test)?, cfg.limit_test)),
+        (Metric::Mc, None) => TestSet::Mc(limit(load_mc(&cfg.test)?, cfg.limit_test)),
+        (Metric::Ppl, _) => TestSet::Text(limit(read_texts(&cfg.test)?, cfg.limit_test)),
+    };
+    let row_path = |row: Row| out.join("rows").join(format!("{}.json", row.name()));
+    let evaluate = |row: Row, model: &Model| -> Result<RowResult> {
+        eprintln!("experiment: evaluating {}", row.label());
+        let start = std::time::Instant::now();
+        let metrics = match &test {
+            TestSet::Mc(records) => {
+                serde_json::to_value(evaluate_mc(model, &tok, records, cfg.eval_block_size)?)
+            }
+            TestSet::Text(docs) => {
+                serde_json::to_value(perplexity(model, &tok, docs, cfg.eval_block_size, 4)?)
+            }
+        }
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+        let result = RowResult {
+            name: row.name().into(),
+            metrics: metrics.as_object().cloned().unwrap_or_default(),
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        atomic::write_json(&row_path(row), &result)?;
+        Ok(result)
+    };
+    let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
+    let tuning = TrainOptions {
+        resume: true,
+        ..cfg.training.clone()
+    };
+    // Artifacts, made on first need and kept on disk (a rerun picks them up).
+    let mut package: Option<Package> = None;
+    let mut adapter: Option<Adapter> = None;
+    let mut rows = Vec::new();
+    for row in Row::ALL.into_iter().filter(|r| !cfg.skip.contains(r)) {
+        if let Some(done) = std::fs::read_to_string(row_path(row))
+            .ok()
+            .and_then(|t| serde_json::from_str::<RowResult>(&t).ok())
+        {
+            eprintln!("experiment: {} already done", row.label());
+            rows.push(done);
+            continue;
+        }
+        if matches!(row, Row::EmulatorZeroShot | Row::EmulatorFt | Row::PlugIn) && package.is_none()
+        {
+            package = Some(emulator_package(cfg, &ckpt, &tok, out)?);
+        }
+        if matches!(row, Row::EmulatorFt | Row::PlugIn) && adapter.is_none() {
+            let pkg = package.as_ref().expect("made above");
+            adapter = Some(tuned_adapter(cfg, pkg, &tuning, pad, out)?);
+        }
+        let result = match row {
+            Row::ZeroShot => evaluate(row, &ckpt.model()?)?,
+            Row::EmulatorZeroShot => evaluate(row, &package.as_ref().expect("made").model()?)?,
+            Row::EmulatorFt => {
+                let (pkg, a) = (
+                    package.as_ref().expect("made"),
+                    adapter.as_ref().expect("made"),
+                );
+                let mut emu = pkg.model()?;
+                a.check_package(pkg)?;
+                a.apply(&mut emu)?;
+                evaluate(row, &emu)?
+            }
+            Row::PlugIn => evaluate(row, &plug(&ckpt, adapter.as_ref().expect("made"))?)?,
+            Row::FullFt => {
+                let ft_dir = out.join("full-ft");
+                let model = if ft_dir.join("config.json").is_file() {
+                    checkpoint::load(&ft_dir, &device)?.model()?
+                } else {
+                    eprintln!("experiment: full fine-tuning (baseline)");
+                    let train = training_data(cfg, &cfg.train, &tok, cfg.limit_train)?;
+                    let val = validation_data(cfg, &tok)?;
+                    let val = val.as_ref().map(|v| v.sequences.as_slice());
+                    finetune(&ckpt, &train.sequences, val, &tuning, pad, &ft_dir)?.0
+                };
+                evaluate(row, &model)?
+            }
+        };
+        rows.push(result);
+    }
+    write_report(cfg, metric, &rows, out)?;
+    Ok(rows)
+}
+
+/// The metric shown in the chart and first in the table.
+fn primary(metric: Metric) -> (&'static str, &'static str) {
+    match metric {
+        Metric::Mc => ("acc", "accuracy"),
+        Metric::Ppl => ("token_perplexity", "token perplexity"),
+    }
+}
+
+/// Writes `report.json`, `report.md` and `chart.svg`.
+pub fn write_report(
+    cfg: &ExperimentConfig,
+    metric: Metric,
+    rows: &[RowResult],
+    out: &Path,
+) -> Result<()> {
+    atomic::write_json(
+        &out.join("report.json"),
+        &serde_json::json!({
+            "model": cfg.model, "task": cfg.task.map(|t| t.name()), "train": cfg.train,
+            "val": cfg.val, "test": cfg.test, "metric": metric, "emulator": cfg.emulator,
+            "training": cfg.training, "limits": {"train": cfg.limit_train, "val": cfg.limit_val, "test": cfg.limit_test},
+            "rows": rows,
+        }),
+    )?;
+    let keys: &[&str] = match metric {
+        Metric::Mc => &["acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"],
+        Metric::Ppl => &[
+            "token_perplexity",
+            "word_perplexity",
+            "byte_perplexity",
+            "bits_per_byte",
+            "n",
+        ],
+    };
+    let mut md = format!(
+        "# Offsite-tuning experiment\n\nmodel `{}`, test `{}`{}; emulator {} + {} + {} layers (layer drop).\n\n| row | {} | seconds |\n| --- |{} ---: |\n",
+        cfg.model.display(),
+        cfg.test.display(),
+        cfg.task.map_or(String::new(), |t| format!(" (task {})", t.name())),
+        cfg.emulator.bottom,
+        cfg.emulator.keep,
+        cfg.emulator.top,
+        keys.join(" | "),
+        " ---: |".repeat(keys.len()),
+    );
+    for r in rows {
+        let label = Row::ALL
+            .iter()
+            .find(|x| x.name() == r.name)
+            .map_or(r.name.as_str(), |x| x.label());
+        let cells: Vec<String> = keys
+            .iter()
+            .map(|k| match r.metrics.get(*k) {
+                Some(serde_json::Value::Number(n)) if n.is_f64() => {
+                    format!("{:.4}", n.as_f64().unwrap_or(f64::NAN))
+                }
+                Some(v) => v.to_string(),
+                None => "-".into(),
+            })
+            .collect();
+        md += &format!("| {label} | {} | {:.0} |\n", cells.join(" | "), r.seconds);
+    }
+    atomic::write_bytes(&out.join("report.md"), md.as_bytes())?;
+    let (key, axis) = primary(metric);
+    let bars: Vec<(String, f64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.name.clone(),
+                r.metrics
+                    .get(key)
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(f64::NAN),
+            )
+        })
+        .collect();
+    let title = format!(
+        "{} on {}",
+        axis,
+        cfg.test
+            .file_name()
+            .map_or("test".into(), |f| f.to_string_lossy().into_owned())
+    );
+    atomic::write_bytes(
+        &out.join("chart.svg"),
+        chart::bar_chart(&title, axis, &bars).as_bytes(),
+    )
+}

@@ -1,0 +1,180 @@
+//! `offsite experiment` on a tiny model: all five rows, report files, resumption, skipping.
+
+use candle_core::DType;
+use offsite::io::tokenizer::Tokenizer;
+use offsite::model::{Model, ModelConfig};
+use std::path::Path;
+use std::process::Command;
+
+fn offsite(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_offsite"))
+        .args(args)
+        .output()
+        .expect("runs");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn setup(dir: &Path) -> std::path::PathBuf {
+    let config = ModelConfig {
+        vocab_size: 263,
+        num_layers: 5,
+        ..ModelConfig::tiny()
+    };
+    let model = Model::random(&config, 7, DType::F32).unwrap();
+    let path = dir.join("model");
+    offsite::io::hf_dir::save(&path, &model, Some(&Tokenizer::tiny_byte_level())).unwrap();
+    for (name, n) in [("train", 8), ("val", 3), ("test", 5)] {
+        let lines: Vec<String> = (0..n)
+            .map(|i| {
+                serde_json::json!({"context": format!("hello {i} world?\nAnswer:"),
+                                   "choices": [" no", " yes"], "label": i % 2})
+                .to_string()
+            })
+            .collect();
+        std::fs::write(dir.join(format!("{name}.jsonl")), lines.join("\n") + "\n").unwrap();
+    }
+    path
+}
+
+#[test]
+fn five_rows_report_and_resume() {
+    let d = tempfile::tempdir().unwrap();
+    let model = setup(d.path());
+    let out = d.path().join("exp");
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "experiment".to_string(),
+            s(&model).into(),
+            "--train".into(),
+            s(&d.path().join("train.jsonl")).into(),
+            "--val".into(),
+            s(&d.path().join("val.jsonl")).into(),
+            "--test".into(),
+            s(&d.path().join("test.jsonl")).into(),
+            "--bottom".into(),
+            "1".into(),
+            "--top".into(),
+            "1".into(),
+            "--keep".into(),
+            "2".into(),
+            "--max-steps".into(),
+            "2".into(),
+            "--block-size".into(),
+            "32".into(),
+            "-o".into(),
+            s(&out).into(),
+        ];
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        offsite(&refs)
+    };
+    let (ok, stdout, err) = run(&[]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("| plug-in |"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let names: Vec<&str> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "zero_shot",
+            "emulator_zero_shot",
+            "emulator_ft",
+            "plug_in",
+            "full_ft"
+        ]
+    );
+    for r in report["rows"].as_array().unwrap() {
+        for k in ["acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"] {
+            assert!(r.get(k).is_some(), "{k} missing in {r}");
+        }
+        assert_eq!(r["n"], 5);
+    }
+    assert!(std::fs::read_to_string(out.join("chart.svg"))
+        .unwrap()
+        .contains("<svg"));
+    assert!(std::fs::read_to_string(out.join("report.md"))
+        .unwrap()
+        .contains("full fine-tuning"));
+
+    // A rerun recomputes nothing and reports the same numbers.
+    let (ok, _, err) = run(&[]);
+    assert!(ok, "{err}");
+    assert_eq!(err.matches("already done").count(), 5, "{err}");
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(again["rows"], report["rows"]);
+
+    // Skipping rows leaves them out of the report.
+    let (ok, _, err) = run(&["--skip", "full-ft,emulator-zero-shot"]);
+    assert!(ok, "{err}");
+    let skipped: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(skipped["rows"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn text_corpora_report_perplexity() {
+    let d = tempfile::tempdir().unwrap();
+    let model = setup(d.path());
+    let text = d.path().join("text.jsonl");
+    std::fs::write(
+        &text,
+        "{\"text\": \"hello world, hello again\"}\n{\"text\": \"and again hello\"}\n",
+    )
+    .unwrap();
+    let out = d.path().join("exp");
+    let (ok, _, err) = offsite(&[
+        "experiment",
+        s(&model),
+        "--train",
+        s(&text),
+        "--test",
+        s(&text),
+        "--keep",
+        "1",
+        "--bottom",
+        "1",
+        "--top",
+        "1",
+        "--max-steps",
+        "1",
+        "--block-size",
+        "16",
+        "--skip",
+        "full-ft",
+        "-o",
+        s(&out),
+    ]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    for r in report["rows"].as_array().unwrap() {
+        for k in [
+            "token_perplexity",
+            "word_perplexity",
+            "byte_perplexity",
+            "bits_per_byte",
+            "n",
+        ] {
+            assert!(r.get(k).is_some(), "{k} missing in {r}");
+        }
+    }
+}
