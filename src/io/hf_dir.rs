@@ -156,3 +156,84 @@ pub fn save(dir: &Path, model: &Model, tokenizer: Option<&Tokenizer>) -> Result<
     // config.json last: a directory with a config is a complete model.
     atomic::write_json(&dir.join("config.json"), &config.to_hf_json())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelConfig;
+
+    #[test]
+    fn sharded_checkpoint_loads_like_a_single_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = Model::random(&ModelConfig::tiny(), 3, DType::F32).unwrap();
+        save(dir.path(), &model, None).unwrap();
+        let single = load(dir.path(), &Device::Cpu).unwrap();
+
+        // Re-save the same tensors as two shards with an index, as transformers does.
+        let sharded = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            dir.path().join("config.json"),
+            sharded.path().join("config.json"),
+        )
+        .unwrap();
+        let names: Vec<String> = single.tensors.names().map(str::to_string).collect();
+        let (a, b) = names.split_at(names.len() / 2);
+        let mut weight_map = serde_json::Map::new();
+        for (i, part) in [a, b].iter().enumerate() {
+            let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+            let tensors: BTreeMap<String, Tensor> = part
+                .iter()
+                .map(|n| {
+                    (
+                        n.clone(),
+                        single
+                            .tensors
+                            .iter()
+                            .find(|(k, _)| k == n)
+                            .unwrap()
+                            .1
+                            .clone(),
+                    )
+                })
+                .collect();
+            let path = sharded.path().join(&file);
+            std::fs::write(&path, safetensors_bytes(&tensors, &[], &path).unwrap()).unwrap();
+            for n in part.iter() {
+                weight_map.insert(n.clone(), file.clone().into());
+            }
+        }
+        let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+        std::fs::write(
+            sharded.path().join("model.safetensors.index.json"),
+            index.to_string(),
+        )
+        .unwrap();
+        let back = load(sharded.path(), &Device::Cpu).unwrap();
+        assert_eq!(back.tensors.len(), single.tensors.len());
+        let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
+        let x = single
+            .model()
+            .unwrap()
+            .forward(&ids)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let y = back
+            .model()
+            .unwrap()
+            .forward(&ids)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(x, y);
+
+        // A missing shard is reported by name.
+        std::fs::remove_file(sharded.path().join("model-00002-of-00002.safetensors")).unwrap();
+        let err = load(sharded.path(), &Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
+    }
+}
