@@ -272,13 +272,19 @@ pub fn train(
         log.write(serde_json::json!({
             "step": state.step, "val_loss": v, "val_ppl": v.exp(), "best": improved,
         }))?;
-        pb.println(format!(
+        let line = format!(
             "{}: step {} validation loss {v:.4} (ppl {:.2}){}",
             job.label,
             state.step,
             v.exp(),
             if improved { " *best*" } else { "" }
-        ));
+        );
+        // A hidden bar (stderr not a terminal) swallows `println`.
+        if pb.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            pb.println(line);
+        }
         Ok(())
     };
 
