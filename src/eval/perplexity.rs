@@ -6,9 +6,10 @@
 
 use crate::data::{pack_blocks, Batch, Sequence};
 use crate::io::tokenizer::Tokenizer;
-use crate::model::{log_softmax, Model};
+use crate::model::Model;
+use crate::ops::lm_head_nll;
 use crate::{Error, Result};
-use candle_core::{DType, D};
+use candle_core::D;
 use serde::{Deserialize, Serialize};
 
 /// Perplexity of a model on a corpus.
@@ -60,19 +61,17 @@ pub fn sequence_nll(
     for chunk in order.chunks(batch_size.max(1)) {
         let refs: Vec<&Sequence> = chunk.iter().map(|&i| &seqs[i]).collect();
         let batch = Batch::new(&refs, pad, model.device())?;
-        let logits = model.forward(&batch.inputs)?;
-        let (b, t, v) = logits.dims3()?;
-        let logp = log_softmax(&logits.reshape((b * t, v))?)?;
-        let picked = logp
-            .gather(&batch.targets.flatten_all()?.unsqueeze(1)?, 1)?
-            .squeeze(1)?;
-        let rows = (picked * batch.weights.flatten_all()?)?
-            .reshape((b, t))?
-            .to_dtype(DType::F64)?
-            .sum(D::Minus1)?
-            .to_vec1::<f64>()?;
-        for (&i, nll) in chunk.iter().zip(rows) {
-            out[i] = -nll;
+        let (b, t) = batch.inputs.dims2()?;
+        let h = model.hidden(&batch.inputs)?;
+        let h = h.reshape((b * t, h.dim(D::Minus1)?))?;
+        let targets = batch.targets.flatten_all()?.to_vec1::<u32>()?;
+        let weights = batch.weights.flatten_all()?.to_vec1::<f32>()?;
+        // The fused head: per-position NLL without the [tokens × vocab] logits.
+        let nll = lm_head_nll(&h, model.head_weight().tensor(), &targets)?;
+        for (row, &i) in chunk.iter().enumerate() {
+            out[i] = (0..t)
+                .map(|j| nll[row * t + j] * weights[row * t + j] as f64)
+                .sum();
         }
     }
     Ok(out)
@@ -145,8 +144,8 @@ pub fn perplexity(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ModelConfig;
-    use candle_core::{Device, Tensor};
+    use crate::model::{log_softmax, ModelConfig};
+    use candle_core::{DType, Device, Tensor};
 
     #[test]
     fn words_as_python_re_split() {

@@ -275,8 +275,21 @@ impl Model {
     /// Final norm + LM head: `[batch, seq, hidden]` → logits `[batch, seq, vocab]`.
     pub fn head(&self, h: &Tensor) -> Result<Tensor> {
         let h = self.norm.forward(h)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        super::weight::Linear::new(head.clone()).forward(&h)
+        super::weight::Linear::new(self.head_weight().clone()).forward(&h)
+    }
+
+    /// The LM head's weight `[vocab, hidden]` (the embedding when tied).
+    pub fn head_weight(&self) -> &Weight {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// The final norm's output for token ids `[batch, seq]`: what the LM head reads. Losses use
+    /// it with the fused head + cross-entropy op instead of materialising the logits.
+    pub fn hidden(&self, ids: &Tensor) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        let ctx = self.layer_context(0, t)?;
+        let h = self.forward_layers(self.embed(ids)?, &ctx, 0..self.layers.len())?;
+        self.norm.forward(&h)
     }
 
     /// The final norm's output, `[batch, seq, hidden]`.

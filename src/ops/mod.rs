@@ -5,6 +5,7 @@
 
 mod cpu;
 pub mod frozen_linear;
+pub mod lm_head_loss;
 pub mod rms_norm;
 pub mod rope;
 pub mod softmax;
@@ -12,6 +13,7 @@ pub mod softmax;
 pub(crate) mod testing;
 
 pub use frozen_linear::frozen_linear;
+pub use lm_head_loss::{lm_head_loss, lm_head_nll};
 pub use rms_norm::rms_norm;
 pub use rope::rope;
 pub use softmax::causal_softmax;

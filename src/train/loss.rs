@@ -2,6 +2,7 @@
 
 use crate::data::Batch;
 use crate::model::{log_softmax, Model};
+use crate::ops::lm_head_loss;
 use candle_core::{Result, Tensor, D};
 
 /// Sum over counted positions of `-log p(target)`, from logits `[batch, len, vocab]`.
@@ -14,8 +15,25 @@ pub fn masked_nll_sum(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> Re
     (picked * weights.flatten_all()?)?.sum_all()?.neg()
 }
 
-/// Mean cross-entropy of `model` on the counted targets of `batch`.
+/// Mean cross-entropy of `model` on the counted targets of `batch`. On the CPU the LM head and
+/// the cross-entropy run fused (no `[tokens × vocab]` logits); elsewhere as plain candle ops.
 pub fn lm_loss(model: &Model, batch: &Batch) -> Result<Tensor> {
-    let logits = model.forward(&batch.inputs)?;
-    masked_nll_sum(&logits, &batch.targets, &batch.weights)? / batch.num_targets.max(1) as f64
+    let n = batch.num_targets.max(1) as f64;
+    if !model.device().is_cpu() {
+        let logits = model.forward(&batch.inputs)?;
+        return masked_nll_sum(&logits, &batch.targets, &batch.weights)? / n;
+    }
+    let h = model.hidden(&batch.inputs)?;
+    let d = h.dim(D::Minus1)?;
+    let targets = batch.targets.flatten_all()?.to_vec1::<u32>()?;
+    let weights: Vec<f64> = batch
+        .weights
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(|w| w as f64 / n)
+        .collect();
+    let head = model.head_weight();
+    let h = h.reshape(((), d))?.to_dtype(head.tensor().dtype())?;
+    lm_head_loss(&h, head.tensor(), head.is_trainable(), &targets, &weights)
 }

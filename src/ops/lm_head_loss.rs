@@ -1,0 +1,267 @@
+//! LM head + cross-entropy in one op that never holds the `[tokens × vocab]` logits or their
+//! gradient: rows are processed in chunks, each chunk's logits turned into its loss and, during
+//! training, straight into the gradient of the hidden states (and of the head when trained).
+//!
+//! The loss weights (and their normaliser) are known up front, so the gradients are computed in
+//! the forward pass while the chunk's logits are at hand; the backward only scales them by the
+//! incoming scalar gradient. Memory is one chunk of logits instead of several full copies
+//! (logits, log-softmax, their gradients), and there is no extra pass over the vocabulary.
+
+use super::cpu::{dispatch_float, matmul_into, slice, storage, Float, MatRef};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+use std::sync::Mutex;
+
+/// Rows per chunk: 128 × 49,152 logits of f32 is 25 MB.
+const CHUNK: usize = 128;
+
+/// Per-row negative log-likelihoods (and, with `grad`, the gradients of `Σ wᵢ·nllᵢ`).
+struct Pass<T> {
+    nll: Vec<T>,
+    dh: Vec<T>,
+    dw: Vec<T>,
+}
+
+/// Runs the chunked head over `h` (`n × d`) with head `w` (`v × d`).
+fn run<T: Float>(
+    h: &[T],
+    w: &[T],
+    d: usize,
+    targets: &[u32],
+    weights: Option<&[f64]>,
+    head_grad: bool,
+) -> Pass<T> {
+    let n = targets.len();
+    let v = w.len() / d;
+    let mut nll = vec![T::zero(); n];
+    let mut dh = if weights.is_some() {
+        vec![T::zero(); n * d]
+    } else {
+        Vec::new()
+    };
+    let mut dw = if weights.is_some() && head_grad {
+        vec![T::zero(); v * d]
+    } else {
+        Vec::new()
+    };
+    let mut logits = vec![T::zero(); CHUNK.min(n) * v];
+    let wt = MatRef::row_major(w, v, d).t();
+    for start in (0..n).step_by(CHUNK) {
+        let rows = CHUNK.min(n - start);
+        let hc = MatRef::row_major(&h[start * d..(start + rows) * d], rows, d);
+        let lc = &mut logits[..rows * v];
+        matmul_into(lc, hc, wt, false);
+        for r in 0..rows {
+            let row = &mut lc[r * v..(r + 1) * v];
+            let target = targets[start + r] as usize;
+            let max = row
+                .iter()
+                .fold(T::neg_infinity(), |a, &b| num_traits::Float::max(a, b));
+            let sum: T = row.iter().map(|&x| (x - max).exp()).sum();
+            let lse = max + sum.ln();
+            nll[start + r] = lse - row[target];
+            if let Some(wts) = weights {
+                // d(wᵢ·nllᵢ)/dlogits = wᵢ·(softmax − onehot), kept in place of the logits.
+                let wi = <T as WithDType>::from_f64(wts[start + r]);
+                for x in row.iter_mut() {
+                    *x = (*x - lse).exp() * wi;
+                }
+                row[target] = row[target] - wi;
+            }
+        }
+        if weights.is_some() {
+            let dl = MatRef::row_major(&lc[..], rows, v);
+            matmul_into(
+                &mut dh[start * d..(start + rows) * d],
+                dl,
+                MatRef::row_major(w, v, d),
+                false,
+            );
+            if head_grad {
+                matmul_into(&mut dw, dl.t(), hc, true);
+            }
+        }
+    }
+    Pass { nll, dh, dw }
+}
+
+/// The op: `Σᵢ wᵢ · nllᵢ` of hidden states `h` (`[n, d]`) under head `w` (`[v, d]`).
+struct LmHeadLoss {
+    targets: Vec<u32>,
+    weights: Vec<f64>,
+    head_grad: bool,
+    need_grad: bool,
+    grads: Mutex<Option<(Tensor, Option<Tensor>)>>,
+}
+
+impl CustomOp2 for LmHeadLoss {
+    fn name(&self) -> &'static str {
+        "lm-head-loss"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, d) = l1.shape().dims2()?;
+        let (_, d2) = l2.shape().dims2()?;
+        if d != d2 || n != self.targets.len() {
+            candle_core::bail!(
+                "lm_head_loss: hidden {:?}, head {:?}, {} targets",
+                l1.dims(),
+                l2.dims(),
+                self.targets.len()
+            );
+        }
+        dispatch_float!(s1, self.name(), T => {
+            let (h, w) = (slice::<T>(s1, l1)?, slice::<T>(s2, l2)?);
+            let weights = self.need_grad.then_some(self.weights.as_slice());
+            let pass = run(h, w, d, &self.targets, weights, self.head_grad);
+            let loss: f64 = pass.nll.iter().zip(&self.weights).map(|(&l, &wt)| l.to_f64() * wt).sum();
+            if self.need_grad {
+                let dev = candle_core::Device::Cpu;
+                let dh = Tensor::from_vec(pass.dh, (n, d), &dev)?;
+                let dw = self.head_grad.then(|| Tensor::from_vec(pass.dw, l2.dims(), &dev)).transpose()?;
+                *self.grads.lock().expect("not poisoned") = Some((dh, dw));
+            }
+            Ok((storage(vec![<T as WithDType>::from_f64(loss)]), Shape::from(())))
+        })
+    }
+
+    fn bwd(
+        &self,
+        _h: &Tensor,
+        _w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let Some((dh, dw)) = self.grads.lock().expect("not poisoned").take() else {
+            candle_core::bail!("lm_head_loss: backward without gradients from the forward pass");
+        };
+        let g = grad.to_dtype(dh.dtype())?;
+        let dh = dh.broadcast_mul(&g)?;
+        let dw = dw.map(|dw| dw.broadcast_mul(&g)).transpose()?;
+        Ok((Some(dh), dw))
+    }
+}
+
+/// `Σᵢ weightsᵢ · (−log softmax(h·wᵀ)ᵢ[targetsᵢ])` as a scalar tensor, differentiable in `h` and,
+/// when `head_trainable`, in `w`. `h` is `[n, d]`, `w` is `[v, d]`.
+pub fn lm_head_loss(
+    h: &Tensor,
+    w: &Tensor,
+    head_trainable: bool,
+    targets: &[u32],
+    weights: &[f64],
+) -> Result<Tensor> {
+    if !h.device().is_cpu() {
+        candle_core::bail!(
+            "lm_head_loss: only the CPU kernel exists; use the unfused loss elsewhere"
+        );
+    }
+    let op = LmHeadLoss {
+        targets: targets.to_vec(),
+        weights: weights.to_vec(),
+        head_grad: head_trainable,
+        need_grad: h.track_op() || head_trainable,
+        grads: Mutex::new(None),
+    };
+    let w = if head_trainable {
+        w.clone()
+    } else {
+        w.detach()
+    };
+    h.contiguous()?.apply_op2(&w.contiguous()?, op)
+}
+
+/// Per-row `−log p(targetᵢ)` of hidden states `h` (`[n, d]`) under head `w`, without autograd.
+pub fn lm_head_nll(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Vec<f64>> {
+    let h = h.contiguous()?;
+    let w = w.contiguous()?;
+    let (n, d) = h.dims2()?;
+    if n != targets.len() || w.dim(1)? != d {
+        candle_core::bail!(
+            "lm_head_nll: hidden {:?}, head {:?}, {} targets",
+            h.dims(),
+            w.dims(),
+            targets.len()
+        );
+    }
+    let hv = h.flatten_all()?.to_vec1::<f32>()?;
+    let wv = w.flatten_all()?.to_vec1::<f32>()?;
+    Ok(run(&hv, &wv, d, targets, None, false)
+        .nll
+        .into_iter()
+        .map(f64::from)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::log_softmax;
+    use crate::ops::testing::{assert_close, check_gradients, rand_tensor};
+    use candle_core::{DType, Device, Var};
+
+    /// The unfused reference: logits, log-softmax, gather, weighted sum.
+    fn reference(h: &Tensor, w: &Tensor, targets: &[u32], weights: &[f64]) -> Result<Tensor> {
+        let logp = log_softmax(&h.matmul(&w.t()?)?)?;
+        let t = Tensor::new(targets, &Device::Cpu)?.unsqueeze(1)?;
+        let picked = logp.gather(&t, 1)?.squeeze(1)?;
+        let wt = Tensor::new(weights, &Device::Cpu)?.to_dtype(h.dtype())?;
+        (picked * wt)?.sum_all()?.neg()
+    }
+
+    fn case(n: usize) -> (Vec<u32>, Vec<f64>) {
+        let targets = (0..n).map(|i| (i * 7 % 300) as u32).collect();
+        let weights = (0..n)
+            .map(|i| if i % 5 == 0 { 0.0 } else { 1.0 / n as f64 })
+            .collect();
+        (targets, weights)
+    }
+
+    #[test]
+    fn loss_and_gradients_match_the_unfused_composition() -> Result<()> {
+        // More rows than a chunk, so chunk boundaries are crossed.
+        let n = CHUNK + 37;
+        let (targets, weights) = case(n);
+        let h = Var::from_tensor(&rand_tensor(&[n, 16], DType::F32, 1)?)?;
+        let w = Var::from_tensor(&rand_tensor(&[300, 16], DType::F32, 2)?)?;
+        let fused = lm_head_loss(&h, &w, true, &targets, &weights)?;
+        let plain = reference(&h, &w, &targets, &weights)?;
+        assert_close(&fused, &plain, 1e-5)?;
+        let (gf, gp) = (fused.backward()?, plain.backward()?);
+        assert_close(gf.get(&h).unwrap(), gp.get(&h).unwrap(), 1e-6)?;
+        assert_close(gf.get(&w).unwrap(), gp.get(&w).unwrap(), 1e-6)?;
+        let nll = lm_head_nll(&h, &w, &targets)?;
+        let ones = vec![1.0; n];
+        let total = reference(&h, &w, &targets, &ones)?.to_scalar::<f32>()? as f64;
+        assert!((nll.iter().sum::<f64>() - total).abs() < 1e-2);
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        let (targets, weights) = case(5);
+        let targets: Vec<u32> = targets.iter().map(|t| t % 7).collect();
+        let h = rand_tensor(&[5, 4], DType::F64, 3)?;
+        let w = rand_tensor(&[7, 4], DType::F64, 4)?;
+        check_gradients(&[h.clone(), w], |t| {
+            lm_head_loss(&t[0], &t[1], true, &targets, &weights)
+        })?;
+        let w = rand_tensor(&[7, 4], DType::F64, 5)?;
+        check_gradients(&[h], |t| lm_head_loss(&t[0], &w, false, &targets, &weights))
+    }
+
+    #[test]
+    fn frozen_head_gets_no_gradient() -> Result<()> {
+        let (targets, weights) = case(6);
+        let h = Var::from_tensor(&rand_tensor(&[6, 8], DType::F32, 6)?)?;
+        let w = rand_tensor(&[300, 8], DType::F32, 7)?;
+        let g = lm_head_loss(&h, &w, false, &targets, &weights)?.backward()?;
+        assert!(g.get(&w).is_none() && g.get(&h).is_some());
+        Ok(())
+    }
+}
