@@ -6,7 +6,12 @@ use candle_core::{CpuStorage, DType, Layout, Result, Tensor, WithDType};
 
 /// Element types our CPU kernels are written for.
 pub trait Float:
-    WithDType + num_traits::Float + std::iter::Sum + std::ops::AddAssign + std::ops::MulAssign
+    WithDType
+    + num_traits::Float
+    + std::iter::Sum
+    + std::ops::AddAssign
+    + std::ops::SubAssign
+    + std::ops::MulAssign
 {
 }
 impl Float for f32 {}

@@ -65,7 +65,7 @@ fn run<T: Float>(
                 for x in row.iter_mut() {
                     *x = (*x - lse).exp() * wi;
                 }
-                row[target] = row[target] - wi;
+                row[target] -= wi;
             }
         }
         if weights.is_some() {
