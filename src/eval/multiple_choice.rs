@@ -74,15 +74,10 @@ pub fn choice_logliks(
     }
     let device = model.device();
     let mut cache = ModelCache::default();
-    let ctx_logits = model.forward_cached(&Tensor::new(ctx, device)?.unsqueeze(0)?, &mut cache)?;
+    let ctx_logits =
+        model.forward_cached_last(&Tensor::new(ctx, device)?.unsqueeze(0)?, &mut cache)?;
     // Log-probabilities of the first continuation token, from the context's last position.
-    let first = log_softmax(
-        &ctx_logits
-            .get(0)?
-            .get(ctx.len() - 1)?
-            .to_dtype(DType::F64)?,
-    )?
-    .to_vec1::<f64>()?;
+    let first = log_softmax(&ctx_logits.get(0)?.to_dtype(DType::F64)?)?.to_vec1::<f64>()?;
     let mut out: Vec<f64> = pairs.iter().map(|(_, c)| first[c[0] as usize]).collect();
     if max_cont > 1 {
         // The rest of each continuation, all choices in one batch after the shared context.

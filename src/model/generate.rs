@@ -84,10 +84,9 @@ pub fn generate(
     let mut out = Vec::new();
     while out.len() < max_tokens {
         let ids = Tensor::new(input.as_slice(), model.device())?.unsqueeze(0)?;
-        let logits = model.forward_cached(&ids, &mut cache)?;
-        let last = logits
+        let last = model
+            .forward_cached_last(&ids, &mut cache)?
             .squeeze(0)?
-            .get(input.len() - 1)?
             .to_dtype(candle_core::DType::F32)?
             .to_vec1::<f32>()?;
         let next = match sampling {

@@ -274,8 +274,7 @@ impl Model {
 
     /// Final norm + LM head: `[batch, seq, hidden]` → logits `[batch, seq, vocab]`.
     pub fn head(&self, h: &Tensor) -> Result<Tensor> {
-        let h = self.norm.forward(h)?;
-        super::weight::Linear::new(self.head_weight().clone()).forward(&h)
+        self.logits(&self.norm.forward(h)?)
     }
 
     /// The LM head's weight `[vocab, hidden]` (the embedding when tied).
@@ -320,6 +319,24 @@ impl Model {
 
     /// Logits for `ids` (`[batch, seq]`) continuing the cached positions; extends the cache.
     pub fn forward_cached(&self, ids: &Tensor, cache: &mut ModelCache) -> Result<Tensor> {
+        self.logits(&self.hidden_cached(ids, cache)?)
+    }
+
+    /// Logits of the last position only, `[batch, vocab]`, continuing the cache: what decoding
+    /// and the context pass of multiple-choice scoring need, without the head on every position.
+    pub fn forward_cached_last(&self, ids: &Tensor, cache: &mut ModelCache) -> Result<Tensor> {
+        let h = self.hidden_cached(ids, cache)?;
+        let t = h.dim(1)?;
+        self.logits(&h.narrow(1, t - 1, 1)?)?.squeeze(1)
+    }
+
+    /// The LM head alone over final-normed hidden states.
+    pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        super::weight::Linear::new(self.head_weight().clone()).forward(h)
+    }
+
+    /// Final-normed hidden states for `ids` continuing the cached positions; extends the cache.
+    pub fn hidden_cached(&self, ids: &Tensor, cache: &mut ModelCache) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
         if cache.layers.len() != self.layers.len() {
             cache.layers = vec![LayerCache::default(); self.layers.len()];
@@ -331,7 +348,7 @@ impl Model {
             h = layer.forward(&h, &ctx, Some(lc))?;
         }
         cache.len += t;
-        self.head(&h)
+        self.norm.forward(&h)
     }
 
     /// Mean next-token cross-entropy of `ids` (`[batch, seq]`), each position predicting the next.
