@@ -61,7 +61,7 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--task applies to --metric mc");
     }
     let target = load_evaluable(&path, args.adapter.as_deref(), &candle_core::Device::Cpu)?;
-    match args.metric {
+    let (report, lines) = match args.metric {
         Metric::Mc => {
             let mut records = match args.task {
                 Some(task) => load_task(task, &args.data)?,
@@ -69,51 +69,40 @@ pub fn run(args: Args) -> Result<()> {
             };
             records.truncate(args.limit.unwrap_or(usize::MAX));
             let r = evaluate_mc(&target.model, &target.tokenizer, &records, args.block_size)?;
-            if args.json {
-                let mut v = serde_json::to_value(&r)?;
-                v["model"] = target.kind.into();
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                println!(
-                    "{} on {} ({} questions)",
-                    target.kind,
-                    args.data.display(),
-                    r.n
-                );
-                println!("acc      {:.4} ± {:.4}", r.acc, r.acc_stderr);
-                println!("acc_norm {:.4} ± {:.4}", r.acc_norm, r.acc_norm_stderr);
-            }
+            let lines = vec![
+                format!("{} questions", r.n),
+                format!("acc      {:.4} ± {:.4}", r.acc, r.acc_stderr),
+                format!("acc_norm {:.4} ± {:.4}", r.acc_norm, r.acc_norm_stderr),
+            ];
+            (serde_json::to_value(&r)?, lines)
         }
         Metric::Ppl => {
             let mut docs = read_texts(&args.data)?;
             docs.truncate(args.limit.unwrap_or(usize::MAX));
-            let r = perplexity(
-                &target.model,
-                &target.tokenizer,
-                &docs,
-                args.block_size,
-                args.batch_size,
-            )?;
-            if args.json {
-                let mut v = serde_json::to_value(&r)?;
-                v["model"] = target.kind.into();
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                println!(
-                    "{} on {} ({} documents)",
-                    target.kind,
-                    args.data.display(),
-                    r.n
-                );
-                println!(
+            let (model, tok) = (&target.model, &target.tokenizer);
+            let r = perplexity(model, tok, &docs, args.block_size, args.batch_size)?;
+            let lines = vec![
+                format!("{} documents", r.n),
+                format!(
                     "token perplexity {:.3} (mean CE {:.4} over {} tokens, blocks of {})",
                     r.token_perplexity, r.token_ce, r.tokens, r.block_size
-                );
-                println!(
+                ),
+                format!(
                     "lm-eval: word perplexity {:.3}, byte perplexity {:.4}, bits per byte {:.4}",
                     r.word_perplexity, r.byte_perplexity, r.bits_per_byte
-                );
-            }
+                ),
+            ];
+            (serde_json::to_value(&r)?, lines)
+        }
+    };
+    if args.json {
+        let mut v = report;
+        v["model"] = target.kind.into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("{} on {}: {}", target.kind, args.data.display(), lines[0]);
+        for line in &lines[1..] {
+            println!("{line}");
         }
     }
     Ok(())

@@ -2,7 +2,6 @@
 
 use super::ModelSpec;
 use anyhow::Result;
-use offsite::data::load_training_data;
 use offsite::train::{finetune::finetune, TrainOptions};
 use std::path::PathBuf;
 
@@ -31,13 +30,13 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let ckpt = args.model.load()?;
     let tok = ckpt.tokenizer()?;
-    let block = args.train.block_size;
-    let train = load_training_data(&args.data, tok, block, args.limit)?;
-    let val = args
-        .val
-        .as_ref()
-        .map(|v| load_training_data(v, tok, block, args.limit))
-        .transpose()?;
+    let (train, val) = super::load_train_val(
+        &args.data,
+        args.val.as_deref(),
+        tok,
+        args.train.block_size,
+        args.limit,
+    )?;
     let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
     let (_, summary) = finetune(
         &ckpt,

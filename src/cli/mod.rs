@@ -78,6 +78,35 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
+/// Loads training and (optionally) validation data and says what was loaded.
+pub fn load_train_val(
+    train: &std::path::Path,
+    val: Option<&std::path::Path>,
+    tok: &offsite::io::tokenizer::Tokenizer,
+    block: usize,
+    limit: Option<usize>,
+) -> Result<(offsite::data::Dataset, Option<offsite::data::Dataset>)> {
+    use offsite::data::load_training_data;
+    let train = load_training_data(train, tok, block, limit)?;
+    let val = val
+        .map(|v| load_training_data(v, tok, block, limit))
+        .transpose()?;
+    for (name, d) in [("training", Some(&train)), ("validation", val.as_ref())] {
+        if let Some(d) = d {
+            let cut = match d.truncated {
+                0 => String::new(),
+                n => format!(", {n} records cut from the left to fit {block} tokens"),
+            };
+            eprintln!(
+                "{name} data: {} sequences, {} target tokens{cut}",
+                d.sequences.len(),
+                d.num_targets()
+            );
+        }
+    }
+    Ok((train, val))
+}
+
 /// A MODEL argument: a `.gguf` file, a Hugging Face directory, or a known model's name
 /// (`smollm2`), which is fetched on first use.
 #[derive(Clone, Debug)]

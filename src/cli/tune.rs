@@ -1,7 +1,6 @@
 //! `offsite tune EMU.offsite --data TRAIN [--val VAL] -o ADAPTER.safetensors` (the data owner).
 
 use anyhow::Result;
-use offsite::data::load_training_data;
 use offsite::emulator::{tune::tune, Package};
 use offsite::train::TrainOptions;
 use std::path::PathBuf;
@@ -33,30 +32,13 @@ pub fn run(args: Args) -> Result<()> {
     let device = candle_core::Device::Cpu;
     let package = Package::load(&args.package, &device)?;
     let tok = package.tokenizer()?;
-    let block = args.train.block_size;
-    let train = load_training_data(&args.data, &tok, block, args.limit)?;
-    let val = args
-        .val
-        .as_ref()
-        .map(|v| load_training_data(v, &tok, block, args.limit))
-        .transpose()?;
-    for (name, d) in [("training", Some(&train)), ("validation", val.as_ref())] {
-        if let Some(d) = d {
-            eprintln!(
-                "{name} data: {} sequences, {} target tokens{}",
-                d.sequences.len(),
-                d.num_targets(),
-                if d.truncated > 0 {
-                    format!(
-                        ", {} records cut from the left to fit {block} tokens",
-                        d.truncated
-                    )
-                } else {
-                    String::new()
-                }
-            );
-        }
-    }
+    let (train, val) = super::load_train_val(
+        &args.data,
+        args.val.as_deref(),
+        &tok,
+        args.train.block_size,
+        args.limit,
+    )?;
     let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
     let adapter = tune(
         &package,

@@ -3,8 +3,7 @@
 //! training options and the final metrics.
 
 use super::fingerprint::short;
-use super::package::{layer_index, read_with_meta, safetensors_with_meta, Package};
-use crate::io::atomic;
+use super::package::{layer_index, read_with_meta, write_with_meta, Package};
 use crate::model::{Model, TensorMap};
 use crate::train::{TrainOptions, TrainSummary};
 use crate::{Error, Result};
@@ -85,13 +84,7 @@ impl Adapter {
 
     /// Writes the adapter atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let tensors: BTreeMap<String, Tensor> = self
-            .tensors
-            .iter()
-            .map(|(n, t)| (n.to_string(), t.clone()))
-            .collect();
-        let meta = serde_json::to_string(&self.meta).map_err(|e| Error::format(path, e))?;
-        atomic::write_bytes(path, &safetensors_with_meta(&tensors, &meta, path)?)
+        write_with_meta(path, &self.tensors, &self.meta)
     }
 
     /// Reads an adapter file.

@@ -161,14 +161,7 @@ impl Package {
 
     /// Writes the package atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let tensors: BTreeMap<String, Tensor> = self
-            .tensors
-            .iter()
-            .map(|(n, t)| (n.to_string(), t.clone()))
-            .collect();
-        let meta = serde_json::to_string(&self.meta).map_err(|e| Error::format(path, e))?;
-        let bytes = safetensors_with_meta(&tensors, &meta, path)?;
-        atomic::write_bytes(path, &bytes)
+        write_with_meta(path, &self.tensors, &self.meta)
     }
 
     /// Reads a package, checking its format, version and that it holds exactly the tensors its
@@ -228,13 +221,17 @@ impl Package {
     }
 }
 
-/// Safetensors bytes with our JSON metadata in the header.
-pub fn safetensors_with_meta(
-    tensors: &BTreeMap<String, Tensor>,
-    meta_json: &str,
-    path: &Path,
-) -> Result<Vec<u8>> {
-    safetensors_bytes(tensors, &[(METADATA_KEY, meta_json)], path)
+/// Writes `tensors` as a safetensors file with `meta` as our JSON metadata, atomically.
+pub fn write_with_meta(path: &Path, tensors: &TensorMap, meta: &impl Serialize) -> Result<()> {
+    let tensors: BTreeMap<String, Tensor> = tensors
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.clone()))
+        .collect();
+    let meta = serde_json::to_string(meta).map_err(|e| Error::format(path, e))?;
+    atomic::write_bytes(
+        path,
+        &safetensors_bytes(&tensors, &[(METADATA_KEY, &meta)], path)?,
+    )
 }
 
 /// The `format` recorded in an offsite file's metadata (`offsite-emulator`, `offsite-adapter`),

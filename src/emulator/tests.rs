@@ -4,7 +4,7 @@
 use super::*;
 use crate::data::Sequence;
 use crate::model::{Model, ModelConfig};
-use crate::train::{self, loss::lm_loss, Param, TrainJob, TrainOptions};
+use crate::train::{self, loss::lm_loss, TrainJob, TrainOptions};
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
 
@@ -135,14 +135,9 @@ fn run(
 ) -> crate::Result<Adapter> {
     let mut model = pkg.model()?;
     let adapter_layers = pkg.meta.split.adapter();
-    let mut params = Vec::new();
-    for (name, w) in model.named_weights_mut() {
-        let t = package::layer_index(&name).is_some_and(|i| adapter_layers.contains(&i));
-        w.set_trainable(t)?;
-        if let Some(v) = w.var() {
-            params.push(Param::new(name, v.clone()));
-        }
-    }
+    let params = train::trainable_params(&mut model, |name| {
+        package::layer_index(name).is_some_and(|i| adapter_layers.contains(&i))
+    })?;
     let (train_data, val) = (data(10, 0), data(3, 5));
     let job = TrainJob {
         params,

@@ -3,7 +3,7 @@
 use super::adapter::Adapter;
 use super::package::{layer_index, Package};
 use crate::data::Sequence;
-use crate::train::{self, loss::lm_loss, run_files, Param, TrainJob, TrainOptions};
+use crate::train::{self, loss::lm_loss, trainable_params, TrainJob, TrainOptions};
 use crate::Result;
 use std::path::Path;
 
@@ -19,28 +19,13 @@ pub fn tune(
 ) -> Result<Adapter> {
     let mut model = package.model()?;
     let adapter_layers = package.meta.split.adapter();
-    let mut params = Vec::new();
-    for (name, w) in model.named_weights_mut() {
-        let trainable = layer_index(&name).is_some_and(|i| adapter_layers.contains(&i));
-        w.set_trainable(trainable)?;
-        if let Some(var) = w.var() {
-            params.push(Param::new(name, var.clone()));
-        }
-    }
-    let (checkpoint_dir, metrics_log) = run_files(output);
-    let job = TrainJob {
-        params,
-        train: train_data,
-        val,
-        pad,
-        device: model.device().clone(),
-        options: options.clone(),
-        checkpoint_dir: checkpoint_dir.clone(),
-        metrics_log,
-        total_params: package.num_parameters(),
-        label: "tune".into(),
-        stop_at: None,
-    };
+    let params = trainable_params(&mut model, |name| {
+        layer_index(name).is_some_and(|i| adapter_layers.contains(&i))
+    })?;
+    let total = package.num_parameters();
+    let mut job = TrainJob::beside(output, "tune", params, train_data, val, pad, options, total);
+    job.device = model.device().clone();
+    let checkpoint_dir = job.checkpoint_dir.clone();
     let outcome = train::train(job, &|batch| lm_loss(&model, batch))?;
     let adapter = Adapter::from_weights(
         package,

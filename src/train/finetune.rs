@@ -2,7 +2,7 @@
 //! same trainer, written as a Hugging Face directory.
 
 use super::loss::lm_loss;
-use super::{run_files, train, Param, TrainJob, TrainOptions, TrainSummary};
+use super::{train, trainable_params, TrainJob, TrainOptions, TrainSummary};
 use crate::data::Sequence;
 use crate::io::{atomic, checkpoint::Checkpoint, hf_dir};
 use crate::model::{Model, Weight};
@@ -20,27 +20,13 @@ pub fn finetune(
     output: &Path,
 ) -> Result<(Model, TrainSummary)> {
     let mut model = ckpt.model()?;
-    let mut params = Vec::new();
-    for (name, w) in model.named_weights_mut() {
-        w.set_trainable(true)?;
-        if let Some(var) = w.var() {
-            params.push(Param::new(name, var.clone()));
-        }
-    }
-    let (checkpoint_dir, metrics_log) = run_files(output);
-    let job = TrainJob {
-        params,
-        train: train_data,
-        val,
-        pad,
-        device: model.device().clone(),
-        options: options.clone(),
-        checkpoint_dir: checkpoint_dir.clone(),
-        metrics_log,
-        total_params: model.num_parameters(),
-        label: "finetune".into(),
-        stop_at: None,
-    };
+    let params = trainable_params(&mut model, |_| true)?;
+    let total = model.num_parameters();
+    let mut job = TrainJob::beside(
+        output, "finetune", params, train_data, val, pad, options, total,
+    );
+    job.device = model.device().clone();
+    let checkpoint_dir = job.checkpoint_dir.clone();
     let outcome = train(job, &|batch| lm_loss(&model, batch))?;
     for (name, w) in model.named_weights_mut() {
         if let Some(t) = outcome.params.get(&name) {

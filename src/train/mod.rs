@@ -11,4 +11,4 @@ pub mod trainer;
 
 pub use optimizer::{AdamW, Param};
 pub use options::{Schedule, TrainOptions};
-pub use trainer::{run_files, train, TrainJob, TrainOutcome, TrainSummary};
+pub use trainer::{run_files, train, trainable_params, TrainJob, TrainOutcome, TrainSummary};

@@ -74,6 +74,52 @@ pub struct TrainOutcome {
     pub summary: TrainSummary,
 }
 
+/// Makes the weights of `model` whose names `pick` accepts trainable (all others frozen) and
+/// returns them as the parameters to train.
+pub fn trainable_params(
+    model: &mut crate::model::Model,
+    pick: impl Fn(&str) -> bool,
+) -> Result<Vec<Param>> {
+    let mut params = Vec::new();
+    for (name, w) in model.named_weights_mut() {
+        w.set_trainable(pick(&name))?;
+        if let Some(var) = w.var() {
+            params.push(Param::new(name, var.clone()));
+        }
+    }
+    Ok(params)
+}
+
+impl<'a> TrainJob<'a> {
+    /// A job whose checkpoints and metrics log sit beside `output` (see [`run_files`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn beside(
+        output: &Path,
+        label: &str,
+        params: Vec<Param>,
+        train: &'a [Sequence],
+        val: Option<&'a [Sequence]>,
+        pad: u32,
+        options: &TrainOptions,
+        total_params: usize,
+    ) -> Self {
+        let (checkpoint_dir, metrics_log) = run_files(output);
+        TrainJob {
+            params,
+            train,
+            val,
+            pad,
+            device: Device::Cpu,
+            options: options.clone(),
+            checkpoint_dir,
+            metrics_log,
+            total_params,
+            label: label.into(),
+            stop_at: None,
+        }
+    }
+}
+
 /// Where a training run that writes `output` keeps its checkpoints (`OUTPUT.ckpt/`) and its
 /// metrics log (`OUTPUT.metrics.jsonl`), beside the output.
 pub fn run_files(output: &Path) -> (PathBuf, PathBuf) {
