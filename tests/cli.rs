@@ -173,3 +173,43 @@ fn fetch_is_idempotent_and_generate_score_work_on_the_demo_model() {
     assert_eq!(v["tokenizer"]["eos_id"], 2);
     assert_eq!(v["stored_dtypes"]["Q4_1"], 210);
 }
+
+#[test]
+fn bench_reports_every_mode_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_hf_dir(dir.path());
+    let o = offsite(&[
+        "bench",
+        dir.path().to_str().unwrap(),
+        "--modes",
+        "ft,ot,infer",
+        "--bottom",
+        "1",
+        "--top",
+        "1",
+        "--keep",
+        "1",
+        "--batch",
+        "2",
+        "--seq",
+        "8",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let modes: Vec<&str> = rows.iter().map(|r| r["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["ft", "ot", "infer"]);
+    for r in &rows {
+        assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert!(r["peak_rss_mb"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(rows[2]["trainable_params"], 0);
+    assert!(rows[1]["trainable_params"].as_u64() < rows[0]["trainable_params"].as_u64());
+}

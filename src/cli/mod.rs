@@ -1,5 +1,6 @@
 //! Command-line interface: one file per command, each a clap `Args` struct with a `run`.
 
+mod bench;
 mod demo;
 mod emulator;
 mod eval;
@@ -51,6 +52,11 @@ enum Command {
     Experiment(experiment::Args),
     /// The whole exchange on the demo model: emulator → tune → plug → eval.
     Demo(demo::Args),
+    /// Training and inference throughput and peak memory per mode (ft, ot, infer).
+    Bench(bench::Args),
+    /// One bench mode in this process (used by `bench`).
+    #[command(hide = true)]
+    BenchWorker(bench::WorkerArgs),
 }
 
 /// Runs the command line and turns errors into a message and exit code 1.
@@ -68,6 +74,8 @@ pub fn main() -> std::process::ExitCode {
         Command::Finetune(a) => finetune::run(a),
         Command::Experiment(a) => experiment::run_cmd(a),
         Command::Demo(a) => demo::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::BenchWorker(a) => bench::worker(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,232 @@
+//! `offsite bench MODEL [--modes ft,ot,infer] [--bottom 2 --top 2 --keep 13] [--batch 4 --seq 128]
+//! [--steps N] [--json]`: training and inference throughput and peak memory, as the paper's
+//! Table 6. Each mode runs in its own process so that memory peaks do not mix.
+
+use super::ModelSpec;
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use offsite::data::{Batch, Sequence};
+use offsite::emulator::plan;
+use offsite::model::Model;
+use offsite::train::{loss::lm_loss, trainable_params, AdamW};
+use std::time::Instant;
+
+/// What a mode measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Full fine-tuning: every weight trained.
+    Ft,
+    /// Offsite-tuning: the adapter trained through the frozen emulator.
+    Ot,
+    /// Forward only, full model.
+    Infer,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Ft => "ft",
+            Mode::Ot => "ot",
+            Mode::Infer => "infer",
+        }
+    }
+}
+
+/// Shared measurement settings.
+#[derive(clap::Args, Clone)]
+pub struct Settings {
+    /// Adapter layers at the bottom (ot).
+    #[arg(long, default_value_t = 2)]
+    bottom: usize,
+    /// Adapter layers at the top (ot).
+    #[arg(long, default_value_t = 2)]
+    top: usize,
+    /// Middle layers the emulator keeps (ot).
+    #[arg(long, default_value_t = 13)]
+    keep: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    /// Timed steps (after the warm-up).
+    #[arg(long, default_value_t = 6)]
+    steps: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+}
+
+/// Arguments of `offsite bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model: a .gguf file, a Hugging Face directory, or `smollm2`.
+    model: ModelSpec,
+    /// Modes to run, each in its own process.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "ft,ot,infer")]
+    modes: Vec<Mode>,
+    #[command(flatten)]
+    settings: Settings,
+    /// One JSON object per mode.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of the hidden per-mode worker.
+#[derive(clap::Args)]
+pub struct WorkerArgs {
+    model: ModelSpec,
+    #[arg(long, value_enum)]
+    mode: Mode,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// Runs each mode in a child process and reports.
+pub fn run(args: Args) -> Result<()> {
+    let exe = std::env::current_exe().context("locating the offsite binary")?;
+    let path = args.model.path()?;
+    let s = &args.settings;
+    let mut rows = Vec::new();
+    for mode in &args.modes {
+        eprintln!("bench: {} …", mode.name());
+        let out = std::process::Command::new(&exe)
+            .arg("bench-worker")
+            .arg(&path)
+            .args(["--mode", mode.name()])
+            .args([
+                "--bottom",
+                &s.bottom.to_string(),
+                "--top",
+                &s.top.to_string(),
+            ])
+            .args([
+                "--keep",
+                &s.keep.to_string(),
+                "--batch",
+                &s.batch.to_string(),
+            ])
+            .args(["--seq", &s.seq.to_string(), "--steps", &s.steps.to_string()])
+            .args(["--warmup", &s.warmup.to_string()])
+            .output()
+            .context("running a bench worker")?;
+        if !out.status.success() {
+            bail!(
+                "bench mode {} failed: {}",
+                mode.name(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let row: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("bench mode {} printed no JSON", mode.name()))?;
+        rows.push(row);
+    }
+    if args.json {
+        for r in &rows {
+            println!("{r}");
+        }
+        return Ok(());
+    }
+    println!("| mode | tokens/s | peak RSS (MB) | trainable parameters |");
+    println!("| --- | ---: | ---: | ---: |");
+    for r in &rows {
+        println!(
+            "| {} | {:.1} | {:.0} | {} |",
+            r["mode"].as_str().unwrap_or("?"),
+            r["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+            r["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
+            r["trainable_params"]
+        );
+    }
+    Ok(())
+}
+
+/// Peak resident memory of this process since the last reset, from /proc (MB).
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Measures one mode in this process and prints one JSON line.
+pub fn worker(args: WorkerArgs) -> Result<()> {
+    let s = &args.settings;
+    let ckpt = args.model.load()?;
+    let config = ckpt.config.clone();
+    let mut model = match args.mode {
+        Mode::Ot => {
+            let split = plan(config.num_layers, s.bottom, s.top, s.keep)?;
+            Model::from_tensors(&config, &ckpt.tensors, Some(&split.layer_order()))?
+        }
+        Mode::Ft | Mode::Infer => ckpt.model()?,
+    };
+    drop(ckpt);
+    let params = match args.mode {
+        Mode::Infer => Vec::new(),
+        Mode::Ft => trainable_params(&mut model, |_| true)?,
+        Mode::Ot => {
+            let split = plan(config.num_layers, s.bottom, s.top, s.keep)?;
+            let adapter = split.adapter();
+            trainable_params(&mut model, |n| {
+                offsite::emulator::package::layer_index(n).is_some_and(|i| adapter.contains(&i))
+            })?
+        }
+    };
+    let trainable: usize = params.iter().map(|p| p.var.elem_count()).sum();
+    let mut opt = AdamW::new(&params, 0.0)?;
+    let seqs: Vec<Sequence> = (0..s.batch)
+        .map(|b| Sequence {
+            ids: (0..=s.seq)
+                .map(|i| ((b * 7919 + i * 104_729) % config.vocab_size) as u32)
+                .collect(),
+            loss_from: 1,
+        })
+        .collect();
+    let refs: Vec<&Sequence> = seqs.iter().collect();
+    let batch = Batch::new(&refs, 0, &Device::Cpu)?;
+    // Peak memory of the loop only, not of loading (as the PyTorch peer measures it).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let mut times = Vec::new();
+    for step in 0..s.warmup + s.steps {
+        let start = Instant::now();
+        if args.mode == Mode::Infer {
+            let _: Tensor = model.forward(&batch.inputs)?;
+        } else {
+            let grads = lm_loss(&model, &batch)?.backward()?;
+            let g: Vec<Tensor> = params
+                .iter()
+                .map(|p| {
+                    grads
+                        .get(&p.var)
+                        .cloned()
+                        .map_or_else(|| p.var.as_tensor().zeros_like(), Ok)
+                })
+                .collect::<candle_core::Result<_>>()?;
+            opt.step(&params, &g, 1e-4)?;
+        }
+        if step >= s.warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": args.mode.name(),
+            "tokens_per_s": (s.batch * s.seq) as f64 / median,
+            "median_step_s": median,
+            "peak_rss_mb": peak_rss_mb(),
+            "trainable_params": trainable,
+            "batch": s.batch, "seq": s.seq, "steps": s.steps,
+            "threads": candle_core::utils::get_num_threads(),
+        })
+    );
+    Ok(())
+}
