@@ -14,6 +14,8 @@ pub struct LayerContext {
     pub cos: Tensor,
     /// RoPE sin table for the chunk's positions, `[seq, head_dim/2]`.
     pub sin: Tensor,
+    /// Training forward passes carry the seed of their dropout masks; `None` means no dropout.
+    pub dropout_seed: Option<u64>,
 }
 
 /// Keys and values of earlier positions, for incremental decoding.
@@ -41,6 +43,10 @@ pub trait DecoderLayer: Send + Sync + std::fmt::Debug {
 
     /// Mutable access to the same weights, same names and order.
     fn weights_mut(&mut self) -> Vec<(&'static str, &mut Weight)>;
+
+    /// The layer's linear maps by HF module path (`self_attn.q_proj`, …), for adapters that
+    /// wrap them (LoRA). Families name their own maps; callers match on the last component.
+    fn linears_mut(&mut self) -> Vec<(&'static str, &mut super::weight::Linear)>;
 
     /// An independent copy (weights share storage until one is changed).
     fn boxed_clone(&self) -> Box<dyn DecoderLayer>;

@@ -20,18 +20,51 @@ pub const WEIGHT_NAMES: [&str; 9] = [
     "mlp.down_proj.weight",
 ];
 
+/// The layer's linear maps (HF module paths), in the order of `LlamaLayer::linears`.
+pub const MODULES: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+const LORA_A: [&str; 7] = [
+    "self_attn.q_proj.lora_A.weight",
+    "self_attn.k_proj.lora_A.weight",
+    "self_attn.v_proj.lora_A.weight",
+    "self_attn.o_proj.lora_A.weight",
+    "mlp.gate_proj.lora_A.weight",
+    "mlp.up_proj.lora_A.weight",
+    "mlp.down_proj.lora_A.weight",
+];
+const LORA_B: [&str; 7] = [
+    "self_attn.q_proj.lora_B.weight",
+    "self_attn.k_proj.lora_B.weight",
+    "self_attn.v_proj.lora_B.weight",
+    "self_attn.o_proj.lora_B.weight",
+    "mlp.gate_proj.lora_B.weight",
+    "mlp.up_proj.lora_B.weight",
+    "mlp.down_proj.lora_B.weight",
+];
+const Q: usize = 0;
+const K: usize = 1;
+const V: usize = 2;
+const O: usize = 3;
+const GATE: usize = 4;
+const UP: usize = 5;
+const DOWN: usize = 6;
+
 /// One LLaMA decoder layer.
 #[derive(Clone, Debug)]
 pub struct LlamaLayer {
     input_norm: RmsNorm,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
     post_norm: RmsNorm,
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    /// q, k, v, o, gate, up, down (see [`MODULES`]).
+    linears: [Linear; 7],
+    /// Original index, so that dropout masks differ between layers.
+    index: usize,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -71,26 +104,33 @@ impl LlamaLayer {
             .into_iter();
         let mut next = || w.next().expect("nine weights");
         let eps = config.rms_norm_eps;
+        let input_norm = RmsNorm {
+            weight: next(),
+            eps,
+        };
+        let (q, k, v, o) = (next(), next(), next(), next());
+        let post_norm = RmsNorm {
+            weight: next(),
+            eps,
+        };
+        let (gate, up, down) = (next(), next(), next());
         Ok(LlamaLayer {
-            input_norm: RmsNorm {
-                weight: next(),
-                eps,
-            },
-            q_proj: Linear::new(next()),
-            k_proj: Linear::new(next()),
-            v_proj: Linear::new(next()),
-            o_proj: Linear::new(next()),
-            post_norm: RmsNorm {
-                weight: next(),
-                eps,
-            },
-            gate_proj: Linear::new(next()),
-            up_proj: Linear::new(next()),
-            down_proj: Linear::new(next()),
+            input_norm,
+            post_norm,
+            linears: [q, k, v, o, gate, up, down].map(Linear::new),
+            index,
             num_heads: config.num_heads,
             num_kv_heads: config.num_kv_heads,
             head_dim: config.head_dim,
         })
+    }
+
+    /// Applies linear map `i` (see [`MODULES`]) with this forward's dropout stream.
+    fn linear(&self, i: usize, x: &Tensor, ctx: &LayerContext) -> Result<Tensor> {
+        let seed = ctx
+            .dropout_seed
+            .map(|s| crate::peft::lora::mix_seed(s, (self.index * MODULES.len() + i) as u64));
+        self.linears[i].forward_seeded(x, seed)
     }
 
     fn attention(
@@ -101,9 +141,9 @@ impl LlamaLayer {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = self.q_proj.forward(x)?.reshape((b, t, nh, hd))?;
-        let k = self.k_proj.forward(x)?.reshape((b, t, nkv, hd))?;
-        let v = self.v_proj.forward(x)?.reshape((b, t, nkv, hd))?;
+        let q = self.linear(Q, x, ctx)?.reshape((b, t, nh, hd))?;
+        let k = self.linear(K, x, ctx)?.reshape((b, t, nkv, hd))?;
+        let v = self.linear(V, x, ctx)?.reshape((b, t, nkv, hd))?;
         let q = ops::rope(&q, &ctx.cos, &ctx.sin)?;
         let k = ops::rope(&k, &ctx.cos, &ctx.sin)?;
         // [b, heads, t, hd]
@@ -131,13 +171,13 @@ impl LlamaLayer {
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .reshape((b, t, nh * hd))?;
-        self.o_proj.forward(&out)
+        self.linear(O, &out, ctx)
     }
 
-    fn mlp(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.silu()?;
-        let up = self.up_proj.forward(x)?;
-        self.down_proj.forward(&(gate * up)?)
+    fn mlp(&self, x: &Tensor, ctx: &LayerContext) -> Result<Tensor> {
+        let gate = self.linear(GATE, x, ctx)?.silu()?;
+        let up = self.linear(UP, x, ctx)?;
+        self.linear(DOWN, &(gate * up)?, ctx)
     }
 }
 
@@ -149,37 +189,63 @@ impl DecoderLayer for LlamaLayer {
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
         let h = (x + self.attention(&self.input_norm.forward(x)?, ctx, cache)?)?;
-        &h + self.mlp(&self.post_norm.forward(&h)?)?
+        &h + self.mlp(&self.post_norm.forward(&h)?, ctx)?
     }
 
     fn weights(&self) -> Vec<(&'static str, &Weight)> {
-        let w = [
+        let [q, k, v, o, gate, up, down] = &self.linears;
+        let base = [
             &self.input_norm.weight,
-            &self.q_proj.weight,
-            &self.k_proj.weight,
-            &self.v_proj.weight,
-            &self.o_proj.weight,
+            &q.weight,
+            &k.weight,
+            &v.weight,
+            &o.weight,
             &self.post_norm.weight,
-            &self.gate_proj.weight,
-            &self.up_proj.weight,
-            &self.down_proj.weight,
+            &gate.weight,
+            &up.weight,
+            &down.weight,
         ];
-        WEIGHT_NAMES.into_iter().zip(w).collect()
+        let mut out: Vec<_> = WEIGHT_NAMES.into_iter().zip(base).collect();
+        for (i, l) in self.linears.iter().enumerate() {
+            if let Some(lora) = &l.lora {
+                out.push((LORA_A[i], &lora.a));
+                out.push((LORA_B[i], &lora.b));
+            }
+        }
+        out
     }
 
     fn weights_mut(&mut self) -> Vec<(&'static str, &mut Weight)> {
-        let w = [
-            &mut self.input_norm.weight,
-            &mut self.q_proj.weight,
-            &mut self.k_proj.weight,
-            &mut self.v_proj.weight,
-            &mut self.o_proj.weight,
-            &mut self.post_norm.weight,
-            &mut self.gate_proj.weight,
-            &mut self.up_proj.weight,
-            &mut self.down_proj.weight,
-        ];
-        WEIGHT_NAMES.into_iter().zip(w).collect()
+        let mut base = Vec::with_capacity(7);
+        let mut loras = Vec::new();
+        for (i, l) in self.linears.iter_mut().enumerate() {
+            let Linear { weight, lora } = l;
+            base.push(weight);
+            if let Some(lora) = lora {
+                loras.push((LORA_A[i], &mut lora.a));
+                loras.push((LORA_B[i], &mut lora.b));
+            }
+        }
+        // WEIGHT_NAMES order: input norm, q, k, v, o, post norm, gate, up, down.
+        let mut base = base.into_iter();
+        let mut out = vec![(WEIGHT_NAMES[0], &mut self.input_norm.weight)];
+        out.extend(
+            WEIGHT_NAMES[1..5]
+                .iter()
+                .map(|n| (*n, base.next().expect("q k v o"))),
+        );
+        out.push((WEIGHT_NAMES[5], &mut self.post_norm.weight));
+        out.extend(
+            WEIGHT_NAMES[6..]
+                .iter()
+                .map(|n| (*n, base.next().expect("gate up down"))),
+        );
+        out.extend(loras);
+        out
+    }
+
+    fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        MODULES.into_iter().zip(self.linears.iter_mut()).collect()
     }
 
     fn boxed_clone(&self) -> Box<dyn DecoderLayer> {

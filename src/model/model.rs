@@ -256,7 +256,12 @@ impl Model {
         let dtype = self.dtype();
         let cos = Tensor::from_vec(cos, (seq, half), &self.device)?.to_dtype(dtype)?;
         let sin = Tensor::from_vec(sin, (seq, half), &self.device)?.to_dtype(dtype)?;
-        Ok(LayerContext { offset, cos, sin })
+        Ok(LayerContext {
+            offset,
+            cos,
+            sin,
+            dropout_seed: None,
+        })
     }
 
     /// Runs the layers at positions `range` of this model's layer list over the residual stream.
@@ -285,8 +290,14 @@ impl Model {
     /// The final norm's output for token ids `[batch, seq]`: what the LM head reads. Losses use
     /// it with the fused head + cross-entropy op instead of materialising the logits.
     pub fn hidden(&self, ids: &Tensor) -> Result<Tensor> {
+        self.hidden_seeded(ids, None)
+    }
+
+    /// [`Model::hidden`] for training: `dropout_seed` draws this pass's dropout masks.
+    pub fn hidden_seeded(&self, ids: &Tensor, dropout_seed: Option<u64>) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
-        let ctx = self.layer_context(0, t)?;
+        let mut ctx = self.layer_context(0, t)?;
+        ctx.dropout_seed = dropout_seed;
         let h = self.forward_layers(self.embed(ids)?, &ctx, 0..self.layers.len())?;
         self.norm.forward(&h)
     }

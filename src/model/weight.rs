@@ -55,21 +55,47 @@ impl Weight {
     }
 }
 
-/// `y = x · Wᵀ` with `W` stored `[out, in]` as PyTorch's `nn.Linear` does.
+/// `y = x · Wᵀ` with `W` stored `[out, in]` as PyTorch's `nn.Linear` does, plus an optional
+/// LoRA update.
 #[derive(Clone, Debug)]
 pub struct Linear {
     /// `[out, in]`.
     pub weight: Weight,
+    /// A low-rank update added to the output, when the map is LoRA-adapted.
+    pub lora: Option<crate::peft::lora::Lora>,
 }
 
 impl Linear {
     /// A linear map over `weight` (`[out, in]`).
     pub fn new(weight: Weight) -> Self {
-        Linear { weight }
+        Linear { weight, lora: None }
     }
 
-    /// Applies the map to the last dimension of `x`.
+    /// Applies the map to the last dimension of `x` (LoRA without dropout).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_seeded(x, None)
+    }
+
+    /// Applies the map; `seed` (training) draws the LoRA dropout mask.
+    pub fn forward_seeded(&self, x: &Tensor, seed: Option<u64>) -> Result<Tensor> {
+        let y = self.base(x)?;
+        match &self.lora {
+            Some(lora) => y + lora.forward(x, seed)?,
+            None => Ok(y),
+        }
+    }
+
+    /// Folds the LoRA update into the weight (`W + scale·B·A`), leaving a plain, frozen map.
+    pub fn merge_lora(&mut self) -> Result<()> {
+        if let Some(lora) = self.lora.take() {
+            let merged =
+                (self.weight.tensor() + lora.delta()?.to_dtype(self.weight.tensor().dtype())?)?;
+            self.weight = Weight::Frozen(merged);
+        }
+        Ok(())
+    }
+
+    fn base(&self, x: &Tensor) -> Result<Tensor> {
         match &self.weight {
             Weight::Frozen(w) => ops::frozen_linear(x, w),
             Weight::Trainable(w) => {
