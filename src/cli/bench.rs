@@ -198,7 +198,7 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
         if args.mode == Mode::Infer {
             let _: Tensor = model.forward(&batch.inputs)?;
         } else {
-            let grads = lm_loss(&model, &batch)?.backward()?;
+            let grads = lm_loss(&model, &batch, Some(step as u64))?.backward()?;
             let g: Vec<Tensor> = params
                 .iter()
                 .map(|p| {

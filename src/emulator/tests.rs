@@ -152,7 +152,7 @@ fn run(
         label: "test".into(),
         stop_at,
     };
-    let out = train::train(job, &|b| lm_loss(&model, b))?;
+    let out = train::train(job, &|b, s| lm_loss(&model, b, s))?;
     Adapter::from_weights(pkg, &out.params, None, None)
 }
 

@@ -26,7 +26,7 @@ pub fn tune(
     let mut job = TrainJob::beside(output, "tune", params, train_data, val, pad, options, total);
     job.device = model.device().clone();
     let checkpoint_dir = job.checkpoint_dir.clone();
-    let outcome = train::train(job, &|batch| lm_loss(&model, batch))?;
+    let outcome = train::train(job, &|batch, seed| lm_loss(&model, batch, seed))?;
     let adapter = Adapter::from_weights(
         package,
         &outcome.params,

@@ -27,7 +27,7 @@ pub fn finetune(
     );
     job.device = model.device().clone();
     let checkpoint_dir = job.checkpoint_dir.clone();
-    let outcome = train(job, &|batch| lm_loss(&model, batch))?;
+    let outcome = train(job, &|batch, seed| lm_loss(&model, batch, seed))?;
     for (name, w) in model.named_weights_mut() {
         if let Some(t) = outcome.params.get(&name) {
             *w = Weight::Frozen(t.clone());

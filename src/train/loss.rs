@@ -15,15 +15,16 @@ pub fn masked_nll_sum(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> Re
     (picked * weights.flatten_all()?)?.sum_all()?.neg()
 }
 
-/// Mean cross-entropy of `model` on the counted targets of `batch`. On the CPU the LM head and
-/// the cross-entropy run fused (no `[tokens × vocab]` logits); elsewhere as plain candle ops.
-pub fn lm_loss(model: &Model, batch: &Batch) -> Result<Tensor> {
+/// Mean cross-entropy of `model` on the counted targets of `batch`; `dropout_seed` (training)
+/// draws the dropout masks. On the CPU the LM head and the cross-entropy run fused (no
+/// `[tokens × vocab]` logits); elsewhere as plain candle ops.
+pub fn lm_loss(model: &Model, batch: &Batch, dropout_seed: Option<u64>) -> Result<Tensor> {
     let n = batch.num_targets.max(1) as f64;
     if !model.device().is_cpu() {
         let logits = model.forward(&batch.inputs)?;
         return masked_nll_sum(&logits, &batch.targets, &batch.weights)? / n;
     }
-    let h = model.hidden(&batch.inputs)?;
+    let h = model.hidden_seeded(&batch.inputs, dropout_seed)?;
     let d = h.dim(D::Minus1)?;
     let targets = batch.targets.flatten_all()?.to_vec1::<u32>()?;
     let weights: Vec<f64> = batch

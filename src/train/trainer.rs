@@ -174,13 +174,13 @@ fn evaluate(
     batch_size: usize,
     pad: u32,
     device: &Device,
-    loss: &dyn Fn(&Batch) -> candle_core::Result<Tensor>,
+    loss: &dyn Fn(&Batch, Option<u64>) -> candle_core::Result<Tensor>,
 ) -> Result<f64> {
     let (mut sum, mut count) = (0.0, 0usize);
     for chunk in data.chunks(batch_size) {
         let refs: Vec<&Sequence> = chunk.iter().collect();
         let batch = Batch::new(&refs, pad, device)?;
-        let l = loss(&batch)?
+        let l = loss(&batch, None)?
             .to_dtype(candle_core::DType::F64)?
             .to_scalar::<f64>()?;
         sum += l * batch.num_targets as f64;
@@ -224,10 +224,11 @@ impl MetricsLog {
     }
 }
 
-/// Trains `job.params` to lower `loss` over `job.train`.
+/// Trains `job.params` to lower `loss` over `job.train`. `loss` gets a dropout seed during
+/// training and `None` when evaluating.
 pub fn train(
     job: TrainJob<'_>,
-    loss: &dyn Fn(&Batch) -> candle_core::Result<Tensor>,
+    loss: &dyn Fn(&Batch, Option<u64>) -> candle_core::Result<Tensor>,
 ) -> Result<TrainOutcome> {
     let o = &job.options;
     o.validate()?;
@@ -339,7 +340,7 @@ pub fn train(
         let mut grads: Vec<Option<Tensor>> = vec![None; job.params.len()];
         let mut step_loss = 0.0;
         let mut step_tokens = 0;
-        for _ in 0..o.grad_accum {
+        for k in 0..o.grad_accum {
             if state.micro >= micro_per_epoch {
                 state.epoch += 1;
                 state.micro = 0;
@@ -349,7 +350,11 @@ pub fn train(
                 [state.micro * o.batch_size..((state.micro + 1) * o.batch_size).min(order.len())];
             let seqs: Vec<&Sequence> = idx.iter().map(|&i| &job.train[i]).collect();
             let batch = Batch::new(&seqs, job.pad, &job.device)?;
-            let l = loss(&batch)?;
+            // Each micro-batch's dropout masks come from the seed and its position in the run,
+            // so a resumed run draws the same masks.
+            let step_seed = crate::peft::lora::mix_seed(o.seed, state.step as u64);
+            let micro_seed = crate::peft::lora::mix_seed(step_seed, k as u64);
+            let l = loss(&batch, Some(micro_seed))?;
             step_loss +=
                 l.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()? / o.grad_accum as f64;
             let g = (l / o.grad_accum as f64)?.backward()?;
