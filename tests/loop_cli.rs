@@ -273,3 +273,119 @@ fn finetune_trains_every_weight_and_writes_a_loadable_directory() {
         assert!(!same, "{name} was not trained");
     }
 }
+
+#[test]
+fn lora_adapter_is_saved_in_peft_layout_and_plugs_in() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(d.path(), 4);
+    let train = d.path().join("train.jsonl");
+    write_texts(&train, 6);
+    let emu = d.path().join("e.offsite");
+    ok(offsite(&[
+        "emulator",
+        s(&model),
+        "--bottom",
+        "1",
+        "--top",
+        "1",
+        "--keep",
+        "2",
+        "-o",
+        s(&emu),
+    ]));
+    let adapter = d.path().join("lora-adapter");
+    ok(offsite(&[
+        "tune",
+        s(&emu),
+        "--data",
+        s(&train),
+        "-o",
+        s(&adapter),
+        "--peft",
+        "lora",
+        "--lora-r",
+        "4",
+        "--lora-targets",
+        "q_proj,v_proj,down_proj",
+        "--max-steps",
+        "3",
+        "--block-size",
+        "16",
+        "--lr",
+        "5e-2",
+    ]));
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["task_type"], "CAUSAL_LM");
+    assert_eq!(config["r"], 4);
+    assert_eq!(config["lora_alpha"], 32.0);
+    assert_eq!(config["lora_dropout"], 0.1);
+    assert_eq!(
+        config["target_modules"],
+        serde_json::json!(["q_proj", "v_proj", "down_proj"])
+    );
+    assert_eq!(config["layers_to_transform"], serde_json::json!([0, 4]));
+    assert!(config["base_model_name_or_path"].is_string());
+
+    let weights =
+        candle_core::safetensors::load(adapter.join("adapter_model.safetensors"), &Device::Cpu)
+            .unwrap();
+    assert_eq!(weights.len(), 2 * 3 * 2, "A and B for 3 maps in 2 layers");
+    let a = &weights["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"];
+    let b = &weights["base_model.model.model.layers.4.mlp.down_proj.lora_B.weight"];
+    assert_eq!(a.dims(), [4, 16]);
+    assert_eq!(b.dims(), [16, 4]);
+    assert!(
+        b.abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0,
+        "B was trained"
+    );
+
+    let plugged = d.path().join("plugged");
+    ok(offsite(&[
+        "plug",
+        s(&model),
+        s(&adapter),
+        "-o",
+        s(&plugged),
+    ]));
+    let test = d.path().join("test.jsonl");
+    write_texts(&test, 2);
+    let eval = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["eval"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--data", s(&test), "--block-size", "16", "--json"]);
+        serde_json::from_str(&ok(offsite(&all))).unwrap()
+    };
+    let merged_on_disk = eval(&[s(&plugged)]);
+    let in_memory = eval(&[s(&model), "--adapter", s(&adapter)]);
+    assert_eq!(
+        merged_on_disk["token_perplexity"],
+        in_memory["token_perplexity"]
+    );
+    eval(&[s(&emu), "--adapter", s(&adapter)]);
+    // Only the adapted maps of the adapter layers changed.
+    let a = offsite::io::checkpoint::load(&model, &Device::Cpu).unwrap();
+    let b = offsite::io::checkpoint::load(&plugged, &Device::Cpu).unwrap();
+    for (name, t) in a.tensors.iter() {
+        let u = b.tensors.get(name, t.dims()).unwrap();
+        let same = t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            == u.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let adapted = (name.starts_with("model.layers.0.") || name.starts_with("model.layers.4."))
+            && ["q_proj", "v_proj", "down_proj"]
+                .iter()
+                .any(|m| name.contains(m));
+        assert_eq!(same, !adapted, "{name}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(offsite(&["inspect", s(&adapter), "--json"]))).unwrap();
+    assert_eq!(v["adapter_layers"], serde_json::json!([0, 4]));
+}

@@ -88,7 +88,15 @@ pub fn run(args: Args) -> Result<()> {
     let ptok = package.tokenizer()?;
     let train = load_training_data(&train_path, &ptok, args.block_size, None)?;
     let pad = ptok.pad_id().or(ptok.eos_id()).unwrap_or(0);
-    tune(&package, &train.sequences, None, &opts, pad, &adapter_path)?;
+    tune(
+        &package,
+        &train.sequences,
+        None,
+        &opts,
+        None,
+        pad,
+        &adapter_path,
+    )?;
 
     eprintln!("[4/5] model owner: plugging the adapter into the full model");
     let adapter = Adapter::load(&adapter_path, &device)?;

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use offsite::emulator::{tune::tune, Package};
+use offsite::peft::LoraConfig;
 use offsite::train::TrainOptions;
 use std::path::PathBuf;
 
@@ -20,11 +21,23 @@ pub struct Args {
     /// Use only the first N documents/records of each file.
     #[arg(long)]
     limit: Option<usize>,
-    /// The adapter file to write.
+    /// The adapter to write: a file, or for `--peft lora` a PEFT directory.
     #[arg(short, long)]
     output: PathBuf,
+    /// Train a parameter-efficient update of the adapter layers instead of all their weights.
+    #[arg(long, value_enum)]
+    peft: Option<Peft>,
+    #[command(flatten)]
+    lora: LoraConfig,
     #[command(flatten)]
     train: TrainOptions,
+}
+
+/// Parameter-efficient methods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Peft {
+    /// LoRA on the adapter layers' linear maps (`--lora-*` flags).
+    Lora,
 }
 
 /// Tunes the adapter and writes it.
@@ -45,6 +58,7 @@ pub fn run(args: Args) -> Result<()> {
         &train.sequences,
         val.as_ref().map(|v| v.sequences.as_slice()),
         &args.train,
+        (args.peft == Some(Peft::Lora)).then_some(&args.lora),
         pad,
         &args.output,
     )?;

@@ -5,6 +5,7 @@
 use super::fingerprint::short;
 use super::package::{layer_index, read_with_meta, write_with_meta, Package};
 use crate::model::{Model, TensorMap};
+use crate::peft::{is_lora_weight, LoraConfig};
 use crate::train::{TrainOptions, TrainSummary};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
@@ -34,7 +35,16 @@ pub struct AdapterMeta {
     pub training: Option<TrainOptions>,
     /// How training went.
     pub metrics: Option<TrainSummary>,
+    /// For a LoRA adapter, its configuration (the tensors are then the LoRA `A`/`B` matrices,
+    /// saved in Hugging Face PEFT's layout).
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
 }
+
+/// PEFT's key prefix for a causal LM's weights.
+const PEFT_PREFIX: &str = "base_model.model.";
+/// PEFT's weights file inside an adapter directory.
+const PEFT_WEIGHTS: &str = "adapter_model.safetensors";
 
 /// A tuned adapter in memory.
 #[derive(Debug)]
@@ -69,28 +79,124 @@ impl Adapter {
             )));
         }
         Ok(Adapter {
-            meta: AdapterMeta {
-                format: ADAPTER_FORMAT.into(),
-                format_version: ADAPTER_VERSION,
-                package_fingerprint: package.meta.package_fingerprint.clone(),
-                source_fingerprint: package.meta.source_fingerprint.clone(),
-                adapter_layers,
-                training,
-                metrics,
-            },
+            meta: Self::meta(package, adapter_layers, training, metrics, None),
             tensors,
         })
     }
 
-    /// Writes the adapter atomically.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        write_with_meta(path, &self.tensors, &self.meta)
+    /// A LoRA adapter of `package`: the trained LoRA matrices (`…lora_A.weight`,
+    /// `…lora_B.weight` of the adapter layers) and their configuration.
+    pub fn from_lora(
+        package: &Package,
+        config: &LoraConfig,
+        weights: &BTreeMap<String, Tensor>,
+        training: Option<TrainOptions>,
+        metrics: Option<TrainSummary>,
+    ) -> Result<Self> {
+        let adapter_layers = package.meta.split.adapter();
+        let origin = Path::new("<adapter>");
+        let mut tensors = TensorMap::new(origin);
+        for (name, t) in weights {
+            if !is_lora_weight(name)
+                || !layer_index(name).is_some_and(|i| adapter_layers.contains(&i))
+            {
+                return Err(Error::Invalid(format!(
+                    "`{name}` is not a LoRA weight of an adapter layer"
+                )));
+            }
+            tensors.insert(name.clone(), t.clone(), origin);
+        }
+        Ok(Adapter {
+            meta: Self::meta(
+                package,
+                adapter_layers,
+                training,
+                metrics,
+                Some(config.clone()),
+            ),
+            tensors,
+        })
     }
 
-    /// Reads an adapter file.
+    fn meta(
+        package: &Package,
+        adapter_layers: Vec<usize>,
+        training: Option<TrainOptions>,
+        metrics: Option<TrainSummary>,
+        lora: Option<LoraConfig>,
+    ) -> AdapterMeta {
+        AdapterMeta {
+            format: ADAPTER_FORMAT.into(),
+            format_version: ADAPTER_VERSION,
+            package_fingerprint: package.meta.package_fingerprint.clone(),
+            source_fingerprint: package.meta.source_fingerprint.clone(),
+            adapter_layers,
+            training,
+            metrics,
+            lora,
+        }
+    }
+
+    /// Writes the adapter atomically: one safetensors file, or for LoRA a directory in Hugging
+    /// Face PEFT's layout (`adapter_config.json`, `adapter_model.safetensors` with PEFT's key
+    /// names; our metadata rides in the safetensors header).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let Some(lora) = &self.meta.lora else {
+            return write_with_meta(path, &self.tensors, &self.meta);
+        };
+        std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+        let mut peft = TensorMap::new(path);
+        for (name, t) in self.tensors.iter() {
+            peft.insert(format!("{PEFT_PREFIX}{name}"), t.clone(), path);
+        }
+        write_with_meta(&path.join(PEFT_WEIGHTS), &peft, &self.meta)?;
+        let config = serde_json::json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "r": lora.r,
+            "lora_alpha": lora.alpha,
+            "lora_dropout": lora.dropout,
+            "target_modules": lora.targets,
+            "layers_to_transform": self.meta.adapter_layers,
+            "layers_pattern": null,
+            "base_model_name_or_path": self.meta.source_fingerprint,
+            "bias": "none",
+            "fan_in_fan_out": false,
+            "inference_mode": true,
+            "init_lora_weights": true,
+            "modules_to_save": null,
+            "revision": null,
+        });
+        crate::io::atomic::write_json(&path.join("adapter_config.json"), &config)
+    }
+
+    /// Reads an adapter file, or a LoRA adapter directory.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        if path.is_dir() {
+            let file = path.join(PEFT_WEIGHTS);
+            let (meta, peft): (AdapterMeta, TensorMap) =
+                read_with_meta(&file, ADAPTER_FORMAT, device)?;
+            if meta.lora.is_none() {
+                return Err(Error::format(
+                    &file,
+                    "an adapter directory must hold a LoRA adapter",
+                ));
+            }
+            let mut tensors = TensorMap::new(&file);
+            for (name, t) in peft.iter() {
+                let Some(ours) = name.strip_prefix(PEFT_PREFIX) else {
+                    return Err(Error::format(&file, format!("`{name}` is not a PEFT key")));
+                };
+                tensors.insert(ours, t.clone(), &file);
+            }
+            return Self::checked(meta, tensors, &file);
+        }
         let (meta, tensors): (AdapterMeta, TensorMap) =
             read_with_meta(path, ADAPTER_FORMAT, device)?;
+        Self::checked(meta, tensors, path)
+    }
+
+    fn checked(meta: AdapterMeta, tensors: TensorMap, path: &Path) -> Result<Self> {
         if meta.format_version > ADAPTER_VERSION {
             return Err(Error::format(
                 path,
@@ -115,6 +221,16 @@ impl Adapter {
     /// Replaces `model`'s adapter-layer weights with this adapter's. Every adapter tensor must
     /// match a weight of the model in name and shape.
     pub fn apply(&self, model: &mut Model) -> Result<()> {
+        if let Some(lora) = &self.meta.lora {
+            // Recreate the LoRA modules, load the trained matrices, and fold them in.
+            crate::peft::add_lora(model, &self.meta.adapter_layers, lora, 0)?;
+            self.replace_weights(model)?;
+            return crate::peft::merge_lora(model);
+        }
+        self.replace_weights(model)
+    }
+
+    fn replace_weights(&self, model: &mut Model) -> Result<()> {
         let origin = self.tensors.origin().to_path_buf();
         let mut weights = model.named_weights_mut();
         for (name, t) in self.tensors.iter() {

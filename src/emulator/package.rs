@@ -239,6 +239,14 @@ pub fn write_with_meta(path: &Path, tensors: &TensorMap, meta: &impl Serialize) 
 /// only.
 pub fn offsite_format(path: &Path) -> Option<String> {
     use std::io::Read;
+    if path.is_dir() {
+        // A LoRA adapter in PEFT's layout carries our metadata in its weights file.
+        let weights = path.join("adapter_model.safetensors");
+        return weights
+            .is_file()
+            .then(|| offsite_format(&weights))
+            .flatten();
+    }
     let mut f = std::fs::File::open(path).ok()?;
     let mut len = [0u8; 8];
     f.read_exact(&mut len).ok()?;

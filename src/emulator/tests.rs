@@ -234,7 +234,7 @@ fn tuning_lowers_the_loss_and_touches_only_adapter_layers() {
         ..TrainOptions::default()
     };
     let out = dir.path().join("adapter.safetensors");
-    let adapter = tune::tune(&pkg, &train_data, None, &opts, 0, &out).unwrap();
+    let adapter = tune::tune(&pkg, &train_data, None, &opts, None, 0, &out).unwrap();
     let summary = adapter.meta.metrics.clone().unwrap();
     let log =
         std::fs::read_to_string(dir.path().join("adapter.safetensors.metrics.jsonl")).unwrap();
@@ -270,4 +270,39 @@ impl AnyVec for Tensor {
     fn to_vec1_any(&self) -> Vec<f32> {
         self.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     }
+}
+
+#[test]
+fn lora_adapter_round_trips_and_untrained_plugs_back_exactly() {
+    let model = Model::random(&config(), 8, DType::F32).unwrap();
+    let pkg = package_of(&model);
+    let mut emu = pkg.model().unwrap();
+    let cfg = crate::peft::LoraConfig::default();
+    crate::peft::add_lora(&mut emu, &pkg.meta.split.adapter(), &cfg, 1).unwrap();
+    let weights: std::collections::BTreeMap<String, Tensor> = emu
+        .named_weights()
+        .into_iter()
+        .filter(|(n, _)| crate::peft::is_lora_weight(n))
+        .map(|(n, w)| (n, w.tensor().clone()))
+        .collect();
+    assert_eq!(weights.len(), 3 * 7 * 2);
+    let adapter = Adapter::from_lora(&pkg, &cfg, &weights, None, None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lora");
+    adapter.save(&path).unwrap();
+    let back = Adapter::load(&path, &Device::Cpu).unwrap();
+    assert_eq!(back.meta, adapter.meta);
+    for (name, t) in adapter.tensors.iter() {
+        let u = back.tensors.get(name, t.dims()).unwrap();
+        assert_eq!(t.to_vec1_any(), u.to_vec1_any(), "{name}");
+    }
+    let mut plugged = model.clone();
+    back.check_source(&plug::model_fingerprint(&model).unwrap(), Path::new("m"))
+        .unwrap();
+    back.apply(&mut plugged).unwrap();
+    let ids = Tensor::new(&[[2u32, 7, 1, 8, 2, 8]], &Device::Cpu).unwrap();
+    assert_eq!(
+        model.forward(&ids).unwrap().to_vec3::<f32>().unwrap(),
+        plugged.forward(&ids).unwrap().to_vec3::<f32>().unwrap()
+    );
 }

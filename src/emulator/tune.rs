@@ -1,38 +1,46 @@
-//! The data owner's step: train the adapter layers through the frozen emulator.
+//! The data owner's step: train the adapter layers through the frozen emulator — all their
+//! weights, or a LoRA update of them.
 
 use super::adapter::Adapter;
 use super::package::{layer_index, Package};
 use crate::data::Sequence;
+use crate::peft::{add_lora, is_lora_weight, LoraConfig};
 use crate::train::{self, loss::lm_loss, trainable_params, TrainJob, TrainOptions};
 use crate::Result;
 use std::path::Path;
 
-/// Tunes the adapter of `package` on `train` (validating on `val`) and writes it to `output`.
-/// Embeddings, head and emulator layers stay frozen.
+/// Tunes the adapter of `package` on `train` (validating on `val`) and writes it to `output`
+/// (a file; a PEFT directory for LoRA). Embeddings, head and emulator layers stay frozen; with
+/// `lora`, the adapter layers' own weights stay frozen too and only LoRA matrices train.
 pub fn tune(
     package: &Package,
     train_data: &[Sequence],
     val: Option<&[Sequence]>,
     options: &TrainOptions,
+    lora: Option<&LoraConfig>,
     pad: u32,
     output: &Path,
 ) -> Result<Adapter> {
     let mut model = package.model()?;
     let adapter_layers = package.meta.split.adapter();
-    let params = trainable_params(&mut model, |name| {
-        layer_index(name).is_some_and(|i| adapter_layers.contains(&i))
-    })?;
-    let total = package.num_parameters();
+    let in_adapter = |name: &str| layer_index(name).is_some_and(|i| adapter_layers.contains(&i));
+    let params = match lora {
+        Some(config) => {
+            add_lora(&mut model, &adapter_layers, config, options.seed)?;
+            trainable_params(&mut model, |n| in_adapter(n) && is_lora_weight(n))?
+        }
+        None => trainable_params(&mut model, in_adapter)?,
+    };
+    let total = model.num_parameters();
     let mut job = TrainJob::beside(output, "tune", params, train_data, val, pad, options, total);
     job.device = model.device().clone();
     let checkpoint_dir = job.checkpoint_dir.clone();
     let outcome = train::train(job, &|batch, seed| lm_loss(&model, batch, seed))?;
-    let adapter = Adapter::from_weights(
-        package,
-        &outcome.params,
-        Some(options.clone()),
-        Some(outcome.summary),
-    )?;
+    let (training, metrics) = (Some(options.clone()), Some(outcome.summary));
+    let adapter = match lora {
+        Some(config) => Adapter::from_lora(package, config, &outcome.params, training, metrics)?,
+        None => Adapter::from_weights(package, &outcome.params, training, metrics)?,
+    };
     adapter.save(output)?;
     // The adapter is written; the run's checkpoints are no longer needed.
     let _ = std::fs::remove_dir_all(&checkpoint_dir);

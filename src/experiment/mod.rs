@@ -211,7 +211,7 @@ fn tuned_adapter(
         let train = training_data(cfg, &cfg.train, &tok, cfg.limit_train)?;
         let val = validation_data(cfg, &tok)?;
         let val = val.as_ref().map(|v| v.sequences.as_slice());
-        tune(package, &train.sequences, val, options, pad, &path)?;
+        tune(package, &train.sequences, val, options, None, pad, &path)?;
     }
     Adapter::load(&path, &Device::Cpu)
 }

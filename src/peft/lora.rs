@@ -7,16 +7,24 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-/// LoRA hyper-parameters.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// LoRA hyper-parameters (also the `--lora-*` flags).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct LoraConfig {
-    /// Rank.
+    /// LoRA rank.
+    #[arg(long = "lora-r", default_value_t = 8)]
     pub r: usize,
-    /// Scale numerator: the update is `(alpha / r)·B·A`.
+    /// LoRA scale numerator: the update is `(alpha / r)·B·A`.
+    #[arg(long = "lora-alpha", default_value_t = 32.0)]
     pub alpha: f64,
     /// Dropout probability on the LoRA branch's input (training only).
+    #[arg(long = "lora-dropout", default_value_t = 0.1)]
     pub dropout: f64,
-    /// Linear maps to adapt, by module name (`q_proj`, `k_proj`, …).
+    /// Linear maps to adapt, by module name.
+    #[arg(
+        long = "lora-targets",
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
     pub targets: Vec<String>,
 }
 
