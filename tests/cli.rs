@@ -182,7 +182,7 @@ fn bench_reports_every_mode_in_json() {
         "bench",
         dir.path().to_str().unwrap(),
         "--modes",
-        "ft,ot,infer",
+        "ft,ft-lora,ot,ot-lora,infer",
         "--bottom",
         "1",
         "--top",
@@ -205,11 +205,21 @@ fn bench_reports_every_mode_in_json() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let modes: Vec<&str> = rows.iter().map(|r| r["mode"].as_str().unwrap()).collect();
-    assert_eq!(modes, ["ft", "ot", "infer"]);
+    assert_eq!(modes, ["ft", "ft-lora", "ot", "ot-lora", "infer"]);
     for r in &rows {
         assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0);
         assert!(r["peak_rss_mb"].as_f64().unwrap() > 0.0);
     }
-    assert_eq!(rows[2]["trainable_params"], 0);
-    assert!(rows[1]["trainable_params"].as_u64() < rows[0]["trainable_params"].as_u64());
+    let trainable: Vec<u64> = rows
+        .iter()
+        .map(|r| r["trainable_params"].as_u64().unwrap())
+        .collect();
+    let [ft, ft_lora, ot, ot_lora, infer] = trainable[..] else {
+        panic!("five modes")
+    };
+    assert_eq!(infer, 0);
+    assert!(
+        ot < ft && ft_lora < ft && ot_lora < ft_lora && ot_lora < ot,
+        "{trainable:?}"
+    );
 }

@@ -264,6 +264,28 @@ fn finetune_trains_every_weight_and_writes_a_loadable_directory() {
         "1e-2",
     ]));
     assert!(out.join("training.json").is_file());
+    let lora_out = d.path().join("ft-lora");
+    ok(offsite(&[
+        "finetune",
+        s(&model),
+        "--data",
+        s(&train),
+        "-o",
+        s(&lora_out),
+        "--peft",
+        "lora",
+        "--max-steps",
+        "2",
+        "--block-size",
+        "16",
+        "--lr",
+        "1e-2",
+    ]));
+    let merged = offsite::io::checkpoint::load(&lora_out, &Device::Cpu).unwrap();
+    assert!(
+        !merged.tensors.names().any(|n| n.contains("lora")),
+        "LoRA is merged"
+    );
     let a = offsite::io::checkpoint::load(&model, &Device::Cpu).unwrap();
     let b = offsite::io::checkpoint::load(&out, &Device::Cpu).unwrap();
     for (name, t) in a.tensors.iter() {

@@ -6,8 +6,9 @@ use super::ModelSpec;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use offsite::data::{Batch, Sequence};
-use offsite::emulator::plan;
+use offsite::emulator::{package::layer_index, plan};
 use offsite::model::Model;
+use offsite::peft::{add_lora, is_lora_weight, LoraConfig};
 use offsite::train::{loss::lm_loss, trainable_params, AdamW};
 use std::time::Instant;
 
@@ -18,6 +19,10 @@ pub enum Mode {
     Ft,
     /// Offsite-tuning: the adapter trained through the frozen emulator.
     Ot,
+    /// Full-model LoRA (r 8, alpha 32, all linear maps of every layer).
+    FtLora,
+    /// Offsite-tuning with LoRA on the adapter layers only.
+    OtLora,
     /// Forward only, full model.
     Infer,
 }
@@ -27,6 +32,8 @@ impl Mode {
         match self {
             Mode::Ft => "ft",
             Mode::Ot => "ot",
+            Mode::FtLora => "ft-lora",
+            Mode::OtLora => "ot-lora",
             Mode::Infer => "infer",
         }
     }
@@ -64,7 +71,12 @@ pub struct Args {
     /// The model: a .gguf file, a Hugging Face directory, or `smollm2`.
     model: ModelSpec,
     /// Modes to run, each in its own process.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "ft,ot,infer")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "ft,ft-lora,ot,ot-lora,infer"
+    )]
     modes: Vec<Mode>,
     #[command(flatten)]
     settings: Settings,
@@ -159,23 +171,29 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
     let s = &args.settings;
     let ckpt = args.model.load()?;
     let config = ckpt.config.clone();
+    let split = plan(config.num_layers, s.bottom, s.top, s.keep)?;
+    let adapter = split.adapter();
     let mut model = match args.mode {
-        Mode::Ot => {
-            let split = plan(config.num_layers, s.bottom, s.top, s.keep)?;
+        Mode::Ot | Mode::OtLora => {
             Model::from_tensors(&config, &ckpt.tensors, Some(&split.layer_order()))?
         }
-        Mode::Ft | Mode::Infer => ckpt.model()?,
+        Mode::Ft | Mode::FtLora | Mode::Infer => ckpt.model()?,
     };
     drop(ckpt);
+    let lora = LoraConfig::default();
+    let in_adapter = |n: &str| layer_index(n).is_some_and(|i| adapter.contains(&i));
     let params = match args.mode {
         Mode::Infer => Vec::new(),
         Mode::Ft => trainable_params(&mut model, |_| true)?,
-        Mode::Ot => {
-            let split = plan(config.num_layers, s.bottom, s.top, s.keep)?;
-            let adapter = split.adapter();
-            trainable_params(&mut model, |n| {
-                offsite::emulator::package::layer_index(n).is_some_and(|i| adapter.contains(&i))
-            })?
+        Mode::Ot => trainable_params(&mut model, in_adapter)?,
+        Mode::FtLora => {
+            let all: Vec<usize> = model.layer_ids().to_vec();
+            add_lora(&mut model, &all, &lora, 0)?;
+            trainable_params(&mut model, is_lora_weight)?
+        }
+        Mode::OtLora => {
+            add_lora(&mut model, &adapter, &lora, 0)?;
+            trainable_params(&mut model, is_lora_weight)?
         }
     };
     let trainable: usize = params.iter().map(|p| p.var.elem_count()).sum();

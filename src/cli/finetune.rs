@@ -22,6 +22,11 @@ pub struct Args {
     /// The Hugging Face directory to write.
     #[arg(short, long)]
     output: PathBuf,
+    /// Train a LoRA update of every layer instead of all weights (merged into the output).
+    #[arg(long, value_enum)]
+    peft: Option<super::tune::Peft>,
+    #[command(flatten)]
+    lora: offsite::peft::LoraConfig,
     #[command(flatten)]
     train: TrainOptions,
 }
@@ -43,6 +48,7 @@ pub fn run(args: Args) -> Result<()> {
         &train.sequences,
         val.as_ref().map(|v| v.sequences.as_slice()),
         &args.train,
+        (args.peft == Some(super::tune::Peft::Lora)).then_some(&args.lora),
         pad,
         &args.output,
     )?;

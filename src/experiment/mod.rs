@@ -303,7 +303,7 @@ pub fn run(cfg: &ExperimentConfig, out: &Path) -> Result<Vec<RowResult>> {
                     let train = training_data(cfg, &cfg.train, &tok, cfg.limit_train)?;
                     let val = validation_data(cfg, &tok)?;
                     let val = val.as_ref().map(|v| v.sequences.as_slice());
-                    finetune(&ckpt, &train.sequences, val, &tuning, pad, &ft_dir)?.0
+                    finetune(&ckpt, &train.sequences, val, &tuning, None, pad, &ft_dir)?.0
                 };
                 evaluate(row, &model)?
             }
