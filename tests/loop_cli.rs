@@ -411,3 +411,65 @@ fn lora_adapter_is_saved_in_peft_layout_and_plugs_in() {
         serde_json::from_str(&ok(offsite(&["inspect", s(&adapter), "--json"]))).unwrap();
     assert_eq!(v["adapter_layers"], serde_json::json!([0, 4]));
 }
+
+#[test]
+fn bitfit_adapter_holds_and_changes_only_1d_parameters() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_model_dir(d.path(), 5);
+    let train = d.path().join("train.jsonl");
+    write_texts(&train, 6);
+    let emu = d.path().join("e.offsite");
+    ok(offsite(&[
+        "emulator",
+        s(&model),
+        "--bottom",
+        "1",
+        "--top",
+        "1",
+        "--keep",
+        "2",
+        "-o",
+        s(&emu),
+    ]));
+    let adapter = d.path().join("bitfit.safetensors");
+    ok(offsite(&[
+        "tune",
+        s(&emu),
+        "--data",
+        s(&train),
+        "-o",
+        s(&adapter),
+        "--peft",
+        "bitfit",
+        "--max-steps",
+        "3",
+        "--block-size",
+        "16",
+        "--lr",
+        "5e-2",
+    ]));
+    let a = offsite::emulator::Adapter::load(&adapter, &Device::Cpu).unwrap();
+    let names: Vec<&str> = a.tensors.names().collect();
+    assert_eq!(
+        names.len(),
+        4,
+        "two norms in each of the two adapter layers: {names:?}"
+    );
+    assert!(names.iter().all(|n| n.ends_with("layernorm.weight")));
+    let plugged = d.path().join("plugged");
+    ok(offsite(&[
+        "plug",
+        s(&model),
+        s(&adapter),
+        "-o",
+        s(&plugged),
+    ]));
+    let base = offsite::io::checkpoint::load(&model, &Device::Cpu).unwrap();
+    let tuned = offsite::io::checkpoint::load(&plugged, &Device::Cpu).unwrap();
+    for (name, t) in base.tensors.iter() {
+        let u = tuned.tensors.get(name, t.dims()).unwrap();
+        let same = t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            == u.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(same, !names.contains(&name), "{name}");
+    }
+}

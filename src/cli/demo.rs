@@ -3,7 +3,8 @@
 
 use anyhow::{Context, Result};
 use offsite::data::{load_training_data, read_texts};
-use offsite::emulator::{plug, tune::tune, Adapter, EmulatorOptions, Package};
+use offsite::emulator::tune::{tune, Method};
+use offsite::emulator::{plug, Adapter, EmulatorOptions, Package};
 use offsite::eval::{perplexity, PerplexityReport};
 use offsite::io::{atomic, checkpoint, fetch, hf_dir};
 use offsite::train::{Schedule, TrainOptions};
@@ -93,7 +94,7 @@ pub fn run(args: Args) -> Result<()> {
         &train.sequences,
         None,
         &opts,
-        None,
+        &Method::Full,
         pad,
         &adapter_path,
     )?;

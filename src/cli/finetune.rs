@@ -48,7 +48,15 @@ pub fn run(args: Args) -> Result<()> {
         &train.sequences,
         val.as_ref().map(|v| v.sequences.as_slice()),
         &args.train,
-        (args.peft == Some(super::tune::Peft::Lora)).then_some(&args.lora),
+        match args.peft {
+            None => None,
+            Some(super::tune::Peft::Lora) => Some(&args.lora),
+            Some(super::tune::Peft::Bitfit) => {
+                anyhow::bail!(
+                    "finetune supports --peft lora (BitFit applies to the adapter: use tune)"
+                )
+            }
+        },
         pad,
         &args.output,
     )?;

@@ -1,7 +1,8 @@
 //! `offsite tune EMU.offsite --data TRAIN [--val VAL] -o ADAPTER.safetensors` (the data owner).
 
 use anyhow::Result;
-use offsite::emulator::{tune::tune, Package};
+use offsite::emulator::tune::{tune, Method};
+use offsite::emulator::Package;
 use offsite::peft::LoraConfig;
 use offsite::train::TrainOptions;
 use std::path::PathBuf;
@@ -38,6 +39,8 @@ pub struct Args {
 pub enum Peft {
     /// LoRA on the adapter layers' linear maps (`--lora-*` flags).
     Lora,
+    /// BitFit: only the adapter layers' 1-D parameters (norm weights, biases).
+    Bitfit,
 }
 
 /// Tunes the adapter and writes it.
@@ -58,7 +61,11 @@ pub fn run(args: Args) -> Result<()> {
         &train.sequences,
         val.as_ref().map(|v| v.sequences.as_slice()),
         &args.train,
-        (args.peft == Some(Peft::Lora)).then_some(&args.lora),
+        &match args.peft {
+            None => Method::Full,
+            Some(Peft::Lora) => Method::Lora(args.lora.clone()),
+            Some(Peft::Bitfit) => Method::BitFit,
+        },
         pad,
         &args.output,
     )?;

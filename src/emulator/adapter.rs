@@ -64,13 +64,40 @@ impl Adapter {
         training: Option<TrainOptions>,
         metrics: Option<TrainSummary>,
     ) -> Result<Self> {
+        Self::with_weights(package, weights, training, metrics, true)
+    }
+
+    /// A BitFit adapter: only the trained 1-D parameters (norm weights, biases) of the adapter
+    /// layers; plug-in replaces just those.
+    pub fn bitfit(
+        package: &Package,
+        weights: &BTreeMap<String, Tensor>,
+        training: Option<TrainOptions>,
+        metrics: Option<TrainSummary>,
+    ) -> Result<Self> {
+        if let Some((name, _)) = weights.iter().find(|(_, t)| t.rank() != 1) {
+            return Err(Error::Invalid(format!("`{name}` is not a 1-D parameter")));
+        }
+        Self::with_weights(package, weights, training, metrics, false)
+    }
+
+    fn with_weights(
+        package: &Package,
+        weights: &BTreeMap<String, Tensor>,
+        training: Option<TrainOptions>,
+        metrics: Option<TrainSummary>,
+        complete: bool,
+    ) -> Result<Self> {
         let adapter_layers = package.meta.split.adapter();
         let origin = Path::new("<adapter>");
         let mut tensors = TensorMap::new(origin);
         for (name, t) in package.tensors.iter() {
             if layer_index(name).is_some_and(|i| adapter_layers.contains(&i)) {
-                let t = weights.get(name).unwrap_or(t);
-                tensors.insert(name, t.clone(), origin);
+                match weights.get(name) {
+                    Some(trained) => tensors.insert(name, trained.clone(), origin),
+                    None if complete => tensors.insert(name, t.clone(), origin),
+                    None => {}
+                }
             }
         }
         if let Some(extra) = weights.keys().find(|n| !tensors.contains(n)) {

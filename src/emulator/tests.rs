@@ -234,7 +234,7 @@ fn tuning_lowers_the_loss_and_touches_only_adapter_layers() {
         ..TrainOptions::default()
     };
     let out = dir.path().join("adapter.safetensors");
-    let adapter = tune::tune(&pkg, &train_data, None, &opts, None, 0, &out).unwrap();
+    let adapter = tune::tune(&pkg, &train_data, None, &opts, &tune::Method::Full, 0, &out).unwrap();
     let summary = adapter.meta.metrics.clone().unwrap();
     let log =
         std::fs::read_to_string(dir.path().join("adapter.safetensors.metrics.jsonl")).unwrap();

@@ -9,7 +9,8 @@ use crate::data::records::{data_kind, DataKind};
 use crate::data::sequences::record_sequence;
 use crate::data::tasks::{load_mc, load_task, McRecord, Task};
 use crate::data::{load_training_data, read_texts, Dataset, Sequence};
-use crate::emulator::{plug, tune::tune, Adapter, EmulatorOptions, Package};
+use crate::emulator::tune::{tune, Method};
+use crate::emulator::{plug, Adapter, EmulatorOptions, Package};
 use crate::eval::multiple_choice::evaluate_mc;
 use crate::eval::perplexity;
 use crate::io::tokenizer::Tokenizer;
@@ -211,7 +212,15 @@ fn tuned_adapter(
         let train = training_data(cfg, &cfg.train, &tok, cfg.limit_train)?;
         let val = validation_data(cfg, &tok)?;
         let val = val.as_ref().map(|v| v.sequences.as_slice());
-        tune(package, &train.sequences, val, options, None, pad, &path)?;
+        tune(
+            package,
+            &train.sequences,
+            val,
+            options,
+            &Method::Full,
+            pad,
+            &path,
+        )?;
     }
     Adapter::load(&path, &Device::Cpu)
 }
