@@ -51,6 +51,22 @@ fn write_texts(path: &Path, n: usize) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
+/// The tensors whose values differ between the checkpoints at `a` and `b` (same names and shapes
+/// required), and the names of all tensors.
+fn changed(a: &Path, b: &Path) -> (Vec<String>, Vec<String>) {
+    let a = offsite::io::checkpoint::load(a, &Device::Cpu).unwrap();
+    let b = offsite::io::checkpoint::load(b, &Device::Cpu).unwrap();
+    let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let all: Vec<String> = a.tensors.names().map(str::to_string).collect();
+    let changed = a
+        .tensors
+        .iter()
+        .filter(|(name, t)| values(t) != values(&b.tensors.get(name, t.dims()).unwrap()))
+        .map(|(name, _)| name.to_string())
+        .collect();
+    (changed, all)
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -163,17 +179,12 @@ fn emulator_tune_plug_eval_round() {
     assert_eq!(eval(&[s(&emu), "--limit", "1"])["n"], 1);
 
     // The plugged directory differs from the original only in the adapter layers.
-    let a = offsite::io::checkpoint::load(&model, &Device::Cpu).unwrap();
-    let b = offsite::io::checkpoint::load(&plugged, &Device::Cpu).unwrap();
-    for (name, t) in a.tensors.iter() {
-        let u = b.tensors.get(name, t.dims()).unwrap();
-        let same = t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-            == u.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (changed, all) = changed(&model, &plugged);
+    for name in &all {
         let adapter_layer =
             name.starts_with("model.layers.0.") || name.starts_with("model.layers.4.");
-        assert_eq!(same, !adapter_layer, "{name}");
+        assert_eq!(changed.contains(name), adapter_layer, "{name}");
     }
-    let _ = Tensor::zeros(1, DType::F32, &Device::Cpu);
 }
 
 #[test]
@@ -286,14 +297,8 @@ fn finetune_trains_every_weight_and_writes_a_loadable_directory() {
         !merged.tensors.names().any(|n| n.contains("lora")),
         "LoRA is merged"
     );
-    let a = offsite::io::checkpoint::load(&model, &Device::Cpu).unwrap();
-    let b = offsite::io::checkpoint::load(&out, &Device::Cpu).unwrap();
-    for (name, t) in a.tensors.iter() {
-        let u = b.tensors.get(name, t.dims()).unwrap();
-        let same = t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-            == u.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert!(!same, "{name} was not trained");
-    }
+    let (changed, all) = changed(&model, &out);
+    assert_eq!(changed, all, "every weight is trained");
 }
 
 #[test]
@@ -395,17 +400,13 @@ fn lora_adapter_is_saved_in_peft_layout_and_plugs_in() {
     );
     eval(&[s(&emu), "--adapter", s(&adapter)]);
     // Only the adapted maps of the adapter layers changed.
-    let a = offsite::io::checkpoint::load(&model, &Device::Cpu).unwrap();
-    let b = offsite::io::checkpoint::load(&plugged, &Device::Cpu).unwrap();
-    for (name, t) in a.tensors.iter() {
-        let u = b.tensors.get(name, t.dims()).unwrap();
-        let same = t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-            == u.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (changed, all) = changed(&model, &plugged);
+    for name in &all {
         let adapted = (name.starts_with("model.layers.0.") || name.starts_with("model.layers.4."))
             && ["q_proj", "v_proj", "down_proj"]
                 .iter()
                 .any(|m| name.contains(m));
-        assert_eq!(same, !adapted, "{name}");
+        assert_eq!(changed.contains(name), adapted, "{name}");
     }
     let v: serde_json::Value =
         serde_json::from_str(&ok(offsite(&["inspect", s(&adapter), "--json"]))).unwrap();
@@ -464,12 +465,6 @@ fn bitfit_adapter_holds_and_changes_only_1d_parameters() {
         "-o",
         s(&plugged),
     ]));
-    let base = offsite::io::checkpoint::load(&model, &Device::Cpu).unwrap();
-    let tuned = offsite::io::checkpoint::load(&plugged, &Device::Cpu).unwrap();
-    for (name, t) in base.tensors.iter() {
-        let u = tuned.tensors.get(name, t.dims()).unwrap();
-        let same = t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-            == u.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(same, !names.contains(&name), "{name}");
-    }
+    let (changed, _) = changed(&model, &plugged);
+    assert_eq!(changed, names, "exactly the BitFit parameters change");
 }
