@@ -308,3 +308,26 @@ fn emulator_layer_choice_and_logits_match() {
         );
     }
 }
+
+#[test]
+fn fused_training_loss_matches_the_reference_cross_entropy() {
+    for i in 0..3 {
+        let ids = prompt_ids(i);
+        let seq = offsite::data::Sequence {
+            ids: ids.clone(),
+            loss_from: 1,
+        };
+        let batch = offsite::data::Batch::new(&[&seq], 0, &Device::Cpu).unwrap();
+        let loss = offsite::train::loss::lm_loss(model(), &batch, None)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        let want = reference()["prompts"][i]["mean_next_token_ce"]
+            .as_f64()
+            .unwrap();
+        assert!(
+            (loss - want).abs() <= 1e-4,
+            "prompt {i}: fused loss {loss} vs {want}"
+        );
+    }
+}
