@@ -51,6 +51,27 @@ fn write_texts(path: &Path, n: usize) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
+/// A tiny model (seed `seed`), six training texts, and its 1 + 2 + 1 emulator package.
+fn model_data_emulator(dir: &Path, seed: u64) -> (PathBuf, PathBuf, PathBuf) {
+    let model = tiny_model_dir(dir, seed);
+    let train = dir.join("train.jsonl");
+    write_texts(&train, 6);
+    let emu = dir.join("e.offsite");
+    ok(offsite(&[
+        "emulator",
+        s(&model),
+        "--bottom",
+        "1",
+        "--top",
+        "1",
+        "--keep",
+        "2",
+        "-o",
+        s(&emu),
+    ]));
+    (model, train, emu)
+}
+
 /// The tensors whose values differ between the checkpoints at `a` and `b` (same names and shapes
 /// required), and the names of all tensors.
 fn changed(a: &Path, b: &Path) -> (Vec<String>, Vec<String>) {
@@ -304,22 +325,7 @@ fn finetune_trains_every_weight_and_writes_a_loadable_directory() {
 #[test]
 fn lora_adapter_is_saved_in_peft_layout_and_plugs_in() {
     let d = tempfile::tempdir().unwrap();
-    let model = tiny_model_dir(d.path(), 4);
-    let train = d.path().join("train.jsonl");
-    write_texts(&train, 6);
-    let emu = d.path().join("e.offsite");
-    ok(offsite(&[
-        "emulator",
-        s(&model),
-        "--bottom",
-        "1",
-        "--top",
-        "1",
-        "--keep",
-        "2",
-        "-o",
-        s(&emu),
-    ]));
+    let (model, train, emu) = model_data_emulator(d.path(), 4);
     let adapter = d.path().join("lora-adapter");
     ok(offsite(&[
         "tune",
@@ -416,22 +422,7 @@ fn lora_adapter_is_saved_in_peft_layout_and_plugs_in() {
 #[test]
 fn bitfit_adapter_holds_and_changes_only_1d_parameters() {
     let d = tempfile::tempdir().unwrap();
-    let model = tiny_model_dir(d.path(), 5);
-    let train = d.path().join("train.jsonl");
-    write_texts(&train, 6);
-    let emu = d.path().join("e.offsite");
-    ok(offsite(&[
-        "emulator",
-        s(&model),
-        "--bottom",
-        "1",
-        "--top",
-        "1",
-        "--keep",
-        "2",
-        "-o",
-        s(&emu),
-    ]));
+    let (model, train, emu) = model_data_emulator(d.path(), 5);
     let adapter = d.path().join("bitfit.safetensors");
     ok(offsite(&[
         "tune",
