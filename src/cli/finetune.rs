@@ -10,15 +10,8 @@ use std::path::PathBuf;
 pub struct Args {
     /// The model to fine-tune: a .gguf file, a Hugging Face directory, or `smollm2`.
     model: ModelSpec,
-    /// Training data (same formats as `tune`).
-    #[arg(long)]
-    data: PathBuf,
-    /// Validation data; the weights with the lowest validation loss are kept.
-    #[arg(long)]
-    val: Option<PathBuf>,
-    /// Use only the first N documents/records of each file.
-    #[arg(long)]
-    limit: Option<usize>,
+    #[command(flatten)]
+    data: super::DataArgs,
     /// The Hugging Face directory to write.
     #[arg(short, long)]
     output: PathBuf,
@@ -35,13 +28,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let ckpt = args.model.load()?;
     let tok = ckpt.tokenizer()?;
-    let (train, val) = super::load_train_val(
-        &args.data,
-        args.val.as_deref(),
-        tok,
-        args.train.block_size,
-        args.limit,
-    )?;
+    let (train, val) = args.data.load(tok, args.train.block_size)?;
     let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
     let (_, summary) = finetune(
         &ckpt,

@@ -86,33 +86,50 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
-/// Loads training and (optionally) validation data and says what was loaded.
-pub fn load_train_val(
-    train: &std::path::Path,
-    val: Option<&std::path::Path>,
-    tok: &offsite::io::tokenizer::Tokenizer,
-    block: usize,
+/// The training-data flags shared by `tune` and `finetune`.
+#[derive(clap::Args)]
+pub struct DataArgs {
+    /// Training data: JSONL {"text"} or .txt (language modelling), or JSONL
+    /// {"context","choices","label"} / {"prompt","completion"} (loss on the answer only).
+    #[arg(long)]
+    data: std::path::PathBuf,
+    /// Validation data (same formats); the weights with the lowest validation loss are kept.
+    #[arg(long)]
+    val: Option<std::path::PathBuf>,
+    /// Use only the first N documents/records of each file.
+    #[arg(long)]
     limit: Option<usize>,
-) -> Result<(offsite::data::Dataset, Option<offsite::data::Dataset>)> {
-    use offsite::data::load_training_data;
-    let train = load_training_data(train, tok, block, limit)?;
-    let val = val
-        .map(|v| load_training_data(v, tok, block, limit))
-        .transpose()?;
-    for (name, d) in [("training", Some(&train)), ("validation", val.as_ref())] {
-        if let Some(d) = d {
-            let cut = match d.truncated {
-                0 => String::new(),
-                n => format!(", {n} records cut from the left to fit {block} tokens"),
-            };
-            eprintln!(
-                "{name} data: {} sequences, {} target tokens{cut}",
-                d.sequences.len(),
-                d.num_targets()
-            );
+}
+
+impl DataArgs {
+    /// Loads training and (optionally) validation data and says what was loaded.
+    pub fn load(
+        &self,
+        tok: &offsite::io::tokenizer::Tokenizer,
+        block: usize,
+    ) -> Result<(offsite::data::Dataset, Option<offsite::data::Dataset>)> {
+        use offsite::data::load_training_data;
+        let train = load_training_data(&self.data, tok, block, self.limit)?;
+        let val = self
+            .val
+            .as_deref()
+            .map(|v| load_training_data(v, tok, block, self.limit))
+            .transpose()?;
+        for (name, d) in [("training", Some(&train)), ("validation", val.as_ref())] {
+            if let Some(d) = d {
+                let cut = match d.truncated {
+                    0 => String::new(),
+                    n => format!(", {n} records cut from the left to fit {block} tokens"),
+                };
+                eprintln!(
+                    "{name} data: {} sequences, {} target tokens{cut}",
+                    d.sequences.len(),
+                    d.num_targets()
+                );
+            }
         }
+        Ok((train, val))
     }
-    Ok((train, val))
 }
 
 /// A MODEL argument: a `.gguf` file, a Hugging Face directory, or a known model's name

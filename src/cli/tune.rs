@@ -12,16 +12,8 @@ use std::path::PathBuf;
 pub struct Args {
     /// The emulator package received from the model owner.
     package: PathBuf,
-    /// Training data: JSONL {"text"} or .txt (language modelling), or JSONL
-    /// {"context","choices","label"} / {"prompt","completion"} (loss on the answer only).
-    #[arg(long)]
-    data: PathBuf,
-    /// Validation data (same formats); the adapter with the lowest validation loss is kept.
-    #[arg(long)]
-    val: Option<PathBuf>,
-    /// Use only the first N documents/records of each file.
-    #[arg(long)]
-    limit: Option<usize>,
+    #[command(flatten)]
+    data: super::DataArgs,
     /// The adapter to write: a file, or for `--peft lora` a PEFT directory.
     #[arg(short, long)]
     output: PathBuf,
@@ -48,13 +40,7 @@ pub fn run(args: Args) -> Result<()> {
     let device = candle_core::Device::Cpu;
     let package = Package::load(&args.package, &device)?;
     let tok = package.tokenizer()?;
-    let (train, val) = super::load_train_val(
-        &args.data,
-        args.val.as_deref(),
-        &tok,
-        args.train.block_size,
-        args.limit,
-    )?;
+    let (train, val) = args.data.load(&tok, args.train.block_size)?;
     let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
     let adapter = tune(
         &package,
