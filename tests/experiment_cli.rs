@@ -22,6 +22,41 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `offsite experiment` on the tiny model and data of `setup(dir)`: 1 + 2 + 1 emulator, 2 steps
+/// on 32-token blocks, into `out`, plus `extra` flags.
+fn experiment(dir: &Path, out: &Path, extra: &[&str]) -> (bool, String, String) {
+    let (model, train, val, test) = (
+        dir.join("model"),
+        dir.join("train.jsonl"),
+        dir.join("val.jsonl"),
+        dir.join("test.jsonl"),
+    );
+    let mut args = vec![
+        "experiment",
+        s(&model),
+        "--train",
+        s(&train),
+        "--val",
+        s(&val),
+        "--test",
+        s(&test),
+        "--bottom",
+        "1",
+        "--top",
+        "1",
+        "--keep",
+        "2",
+        "--max-steps",
+        "2",
+        "--block-size",
+        "32",
+        "-o",
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    offsite(&args)
+}
+
 fn setup(dir: &Path) -> std::path::PathBuf {
     let config = ModelConfig {
         vocab_size: 263,
@@ -47,39 +82,9 @@ fn setup(dir: &Path) -> std::path::PathBuf {
 #[test]
 fn five_rows_report_and_resume() {
     let d = tempfile::tempdir().unwrap();
-    let model = setup(d.path());
+    setup(d.path());
     let out = d.path().join("exp");
-    let args = |extra: &[&str]| {
-        let mut a = vec![
-            "experiment".to_string(),
-            s(&model).into(),
-            "--train".into(),
-            s(&d.path().join("train.jsonl")).into(),
-            "--val".into(),
-            s(&d.path().join("val.jsonl")).into(),
-            "--test".into(),
-            s(&d.path().join("test.jsonl")).into(),
-            "--bottom".into(),
-            "1".into(),
-            "--top".into(),
-            "1".into(),
-            "--keep".into(),
-            "2".into(),
-            "--max-steps".into(),
-            "2".into(),
-            "--block-size".into(),
-            "32".into(),
-            "-o".into(),
-            s(&out).into(),
-        ];
-        a.extend(extra.iter().map(|x| x.to_string()));
-        a
-    };
-    let run = |extra: &[&str]| {
-        let a = args(extra);
-        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-        offsite(&refs)
-    };
+    let run = |extra: &[&str]| experiment(d.path(), &out, extra);
     let (ok, stdout, err) = run(&[]);
     assert!(ok, "{err}");
     assert!(stdout.contains("| plug-in |"), "{stdout}");
@@ -128,6 +133,36 @@ fn five_rows_report_and_resume() {
     let skipped: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(skipped["rows"].as_array().unwrap().len(), 3);
+
+    // Other settings in the same folder would mix results: refused, naming the folder's config.
+    let (ok, _, err) = run(&["--peft", "lora"]);
+    assert!(!ok);
+    assert!(
+        err.contains("config.json") && err.contains("other settings"),
+        "{err}"
+    );
+}
+
+#[test]
+fn peft_methods_tune_the_adapter_in_experiments() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path());
+    for (peft, artifact) in [
+        ("lora", "adapter-lora/adapter_config.json"),
+        ("adapter", "adapter-adapter.safetensors"),
+        ("bitfit", "adapter-bitfit.safetensors"),
+    ] {
+        let out = d.path().join(peft);
+        let skip = "zero-shot,emulator-zero-shot,full-ft";
+        let (ok, stdout, err) = experiment(d.path(), &out, &["--skip", skip, "--peft", peft]);
+        assert!(ok, "{peft}: {err}");
+        assert!(stdout.contains("| plug-in |"), "{stdout}");
+        assert!(
+            stdout.contains(peft),
+            "the report names the method: {stdout}"
+        );
+        assert!(out.join(artifact).is_file(), "{peft}: no {artifact}");
+    }
 }
 
 #[test]

@@ -88,6 +88,34 @@ fn changed(a: &Path, b: &Path) -> (Vec<String>, Vec<String>) {
     (changed, all)
 }
 
+/// `offsite tune EMU --data TRAIN -o OUT` for 3 steps on 16-token blocks, plus `extra` flags.
+fn tune_briefly(emu: &Path, train: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "tune",
+        s(emu),
+        "--data",
+        s(train),
+        "-o",
+        s(out),
+        "--max-steps",
+        "3",
+        "--block-size",
+        "16",
+        "--lr",
+        "5e-2",
+    ];
+    args.extend_from_slice(extra);
+    ok(offsite(&args))
+}
+
+/// `offsite eval ARGS --data TEST --json` on 16-token blocks.
+fn eval_json(test: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["eval"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--data", s(test), "--block-size", "16", "--json"]);
+    serde_json::from_str(&ok(offsite(&all))).unwrap()
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -327,26 +355,15 @@ fn lora_adapter_is_saved_in_peft_layout_and_plugs_in() {
     let d = tempfile::tempdir().unwrap();
     let (model, train, emu) = model_data_emulator(d.path(), 4);
     let adapter = d.path().join("lora-adapter");
-    ok(offsite(&[
-        "tune",
-        s(&emu),
-        "--data",
-        s(&train),
-        "-o",
-        s(&adapter),
+    let lora = [
         "--peft",
         "lora",
         "--lora-r",
         "4",
         "--lora-targets",
         "q_proj,v_proj,down_proj",
-        "--max-steps",
-        "3",
-        "--block-size",
-        "16",
-        "--lr",
-        "5e-2",
-    ]));
+    ];
+    tune_briefly(&emu, &train, &adapter, &lora);
     let config: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
     )
@@ -392,12 +409,7 @@ fn lora_adapter_is_saved_in_peft_layout_and_plugs_in() {
     ]));
     let test = d.path().join("test.jsonl");
     write_texts(&test, 2);
-    let eval = |args: &[&str]| -> serde_json::Value {
-        let mut all = vec!["eval"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["--data", s(&test), "--block-size", "16", "--json"]);
-        serde_json::from_str(&ok(offsite(&all))).unwrap()
-    };
+    let eval = |args: &[&str]| eval_json(&test, args);
     let merged_on_disk = eval(&[s(&plugged)]);
     let in_memory = eval(&[s(&model), "--adapter", s(&adapter)]);
     assert_eq!(
@@ -424,22 +436,7 @@ fn bitfit_adapter_holds_and_changes_only_1d_parameters() {
     let d = tempfile::tempdir().unwrap();
     let (model, train, emu) = model_data_emulator(d.path(), 5);
     let adapter = d.path().join("bitfit.safetensors");
-    ok(offsite(&[
-        "tune",
-        s(&emu),
-        "--data",
-        s(&train),
-        "-o",
-        s(&adapter),
-        "--peft",
-        "bitfit",
-        "--max-steps",
-        "3",
-        "--block-size",
-        "16",
-        "--lr",
-        "5e-2",
-    ]));
+    tune_briefly(&emu, &train, &adapter, &["--peft", "bitfit"]);
     let a = offsite::emulator::Adapter::load(&adapter, &Device::Cpu).unwrap();
     let names: Vec<&str> = a.tensors.names().collect();
     assert_eq!(
@@ -458,4 +455,43 @@ fn bitfit_adapter_holds_and_changes_only_1d_parameters() {
     ]));
     let (changed, _) = changed(&model, &plugged);
     assert_eq!(changed, names, "exactly the BitFit parameters change");
+}
+
+#[test]
+fn bottleneck_adapter_plugs_in_as_offsite_format_and_says_so() {
+    let d = tempfile::tempdir().unwrap();
+    let (model, train, emu) = model_data_emulator(d.path(), 6);
+    let adapter = d.path().join("bottleneck.safetensors");
+    let out = tune_briefly(
+        &emu,
+        &train,
+        &adapter,
+        &["--peft", "adapter", "--adapter-size", "8"],
+    );
+    assert!(out.contains("wrote"), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(offsite(&["inspect", s(&adapter), "--json"]))).unwrap();
+    assert_eq!(v["method"], "adapter");
+    assert_eq!(v["bottleneck"]["size"], 8);
+    // Two adapters (after o_proj and down_proj) of 4 tensors in each of the 2 adapter layers:
+    // down [8, 16] + [8], up [16, 8] + [16].
+    assert_eq!(v["parameters"], 2 * 2 * (8 * 16 + 8 + 16 * 8 + 16));
+
+    let plugged = d.path().join("plugged");
+    let o = offsite(&["plug", s(&model), s(&adapter), "-o", s(&plugged)]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    ok(o);
+    assert!(err.contains("cannot be merged"), "{err}");
+    assert!(err.contains("offsite-model.safetensors"), "{err}");
+    assert!(!plugged.join("model.safetensors").exists());
+    assert!(plugged.join("offsite-model.safetensors").is_file());
+
+    let test = d.path().join("test.jsonl");
+    write_texts(&test, 2);
+    let eval = |args: &[&str]| eval_json(&test, args);
+    let on_disk = eval(&[s(&plugged)]);
+    let in_memory = eval(&[s(&model), "--adapter", s(&adapter)]);
+    let base = eval(&[s(&model)]);
+    assert_eq!(on_disk["token_perplexity"], in_memory["token_perplexity"]);
+    assert_ne!(on_disk["token_perplexity"], base["token_perplexity"]);
 }

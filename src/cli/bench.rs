@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use offsite::data::{Batch, Sequence};
 use offsite::emulator::{package::layer_index, plan};
 use offsite::model::Model;
-use offsite::peft::{add_lora, is_lora_weight, LoraConfig};
+use offsite::peft::Method;
 use offsite::train::{loss::lm_loss, trainable_params, AdamW};
 use std::time::Instant;
 
@@ -23,6 +23,10 @@ pub enum Mode {
     FtLora,
     /// Offsite-tuning with LoRA on the adapter layers only.
     OtLora,
+    /// Offsite-tuning with bottleneck adapters (size 64) in the adapter layers.
+    OtAdapter,
+    /// Offsite-tuning with BitFit (the adapter layers' 1-D parameters).
+    OtBitfit,
     /// Forward only, full model.
     Infer,
 }
@@ -34,7 +38,28 @@ impl Mode {
             Mode::Ot => "ot",
             Mode::FtLora => "ft-lora",
             Mode::OtLora => "ot-lora",
+            Mode::OtAdapter => "ot-adapter",
+            Mode::OtBitfit => "ot-bitfit",
             Mode::Infer => "infer",
+        }
+    }
+
+    /// Whether the mode trains through the emulator (else the full model).
+    fn offsite(self) -> bool {
+        matches!(
+            self,
+            Mode::Ot | Mode::OtLora | Mode::OtAdapter | Mode::OtBitfit
+        )
+    }
+
+    /// What it trains, with default hyper-parameters (`None`: nothing, inference).
+    fn method(self) -> Option<Method> {
+        match self {
+            Mode::Ft | Mode::Ot => Some(Method::Full),
+            Mode::FtLora | Mode::OtLora => Some(Method::Lora(Default::default())),
+            Mode::OtAdapter => Some(Method::Adapter(Default::default())),
+            Mode::OtBitfit => Some(Method::BitFit),
+            Mode::Infer => None,
         }
     }
 }
@@ -173,27 +198,33 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
     let config = ckpt.config.clone();
     let split = plan(config.num_layers, s.bottom, s.top, s.keep)?;
     let adapter = split.adapter();
-    let mut model = match args.mode {
-        Mode::Ot | Mode::OtLora => {
-            Model::from_tensors(&config, &ckpt.tensors, Some(&split.layer_order()))?
-        }
-        Mode::Ft | Mode::FtLora | Mode::Infer => ckpt.model()?,
+    let mut model = if args.mode.offsite() {
+        Model::from_tensors(&config, &ckpt.tensors, Some(&split.layer_order()))?
+    } else {
+        ckpt.model()?
     };
     drop(ckpt);
-    let lora = LoraConfig::default();
-    let in_adapter = |n: &str| layer_index(n).is_some_and(|i| adapter.contains(&i));
-    let params = match args.mode {
-        Mode::Infer => Vec::new(),
-        Mode::Ft => trainable_params(&mut model, |_| true)?,
-        Mode::Ot => trainable_params(&mut model, in_adapter)?,
-        Mode::FtLora => {
-            let all: Vec<usize> = model.layer_ids().to_vec();
-            add_lora(&mut model, &all, &lora, 0)?;
-            trainable_params(&mut model, is_lora_weight)?
-        }
-        Mode::OtLora => {
-            add_lora(&mut model, &adapter, &lora, 0)?;
-            trainable_params(&mut model, is_lora_weight)?
+    // Offsite modes train (part of) the adapter layers; full-model modes every layer.
+    let layers = if args.mode.offsite() {
+        adapter
+    } else {
+        model.layer_ids().to_vec()
+    };
+    let params = match args.mode.method() {
+        None => Vec::new(),
+        Some(method) => {
+            method.inject(&mut model, &layers, 0)?;
+            let trained: std::collections::BTreeSet<String> = model
+                .named_weights()
+                .into_iter()
+                .filter(|(n, w)| {
+                    let in_scope =
+                        !args.mode.offsite() || layer_index(n).is_some_and(|i| layers.contains(&i));
+                    in_scope && method.trains(n, w.tensor().rank())
+                })
+                .map(|(n, _)| n)
+                .collect();
+            trainable_params(&mut model, |n| trained.contains(n))?
         }
     };
     let trainable: usize = params.iter().map(|p| p.var.elem_count()).sum();

@@ -3,10 +3,11 @@
 
 use anyhow::{Context, Result};
 use offsite::data::{load_training_data, read_texts};
-use offsite::emulator::tune::{tune, Method};
+use offsite::emulator::tune::tune;
 use offsite::emulator::{plug, Adapter, EmulatorOptions, Package};
 use offsite::eval::{perplexity, PerplexityReport};
 use offsite::io::{atomic, checkpoint, fetch, hf_dir};
+use offsite::peft::Method;
 use offsite::train::{Schedule, TrainOptions};
 use std::path::PathBuf;
 

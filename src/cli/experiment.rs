@@ -53,6 +53,9 @@ pub struct Args {
     /// Output folder (report.md, report.json, chart.svg, and the artifacts).
     #[arg(short, long)]
     output: PathBuf,
+    // Applied to the adapter tuning; full fine-tuning trains every weight.
+    #[command(flatten)]
+    peft: super::PeftArgs,
     #[command(flatten)]
     train_options: TrainOptions,
 }
@@ -71,6 +74,7 @@ pub fn run_cmd(args: Args) -> Result<()> {
             keep: args.keep,
         },
         training: args.train_options,
+        method: args.peft.method(),
         skip: args.skip,
         limit_train: args.limit_train,
         limit_val: args.limit_val,

@@ -15,11 +15,10 @@ pub struct Args {
     /// The Hugging Face directory to write.
     #[arg(short, long)]
     output: PathBuf,
-    /// Train a LoRA update of every layer instead of all weights (merged into the output).
-    #[arg(long, value_enum)]
-    peft: Option<super::tune::Peft>,
+    // Applied to every layer here; the output is an HF directory unless it holds bottleneck
+    // adapters.
     #[command(flatten)]
-    lora: offsite::peft::LoraConfig,
+    peft: super::PeftArgs,
     #[command(flatten)]
     train: TrainOptions,
 }
@@ -35,15 +34,7 @@ pub fn run(args: Args) -> Result<()> {
         &train.sequences,
         val.as_ref().map(|v| v.sequences.as_slice()),
         &args.train,
-        match args.peft {
-            None => None,
-            Some(super::tune::Peft::Lora) => Some(&args.lora),
-            Some(super::tune::Peft::Bitfit) => {
-                anyhow::bail!(
-                    "finetune supports --peft lora (BitFit applies to the adapter: use tune)"
-                )
-            }
-        },
+        &args.peft.method(),
         pad,
         &args.output,
     )?;

@@ -103,6 +103,9 @@ fn inspect_adapter(path: &Path, as_json: bool) -> Result<()> {
         "format_version": a.meta.format_version,
         "file_bytes": file_size(path),
         "adapter_layers": a.meta.adapter_layers,
+        "method": a.kind(),
+        "lora": a.meta.lora,
+        "bottleneck": a.meta.bottleneck,
         "parameters": params,
         "package_fingerprint": a.meta.package_fingerprint,
         "fingerprint": a.meta.source_fingerprint,
@@ -119,8 +122,9 @@ fn inspect_adapter(path: &Path, as_json: bool) -> Result<()> {
         file_size(path) as f64 / 1e6
     );
     println!(
-        "layers        {:?}, {params} parameters",
-        a.meta.adapter_layers
+        "layers        {:?}, {params} parameters ({})",
+        a.meta.adapter_layers,
+        a.kind()
     );
     println!(
         "tuned through package {}… of model {}…",

@@ -157,3 +157,40 @@ impl ModelSpec {
         Ok(checkpoint::load(&path, &candle_core::Device::Cpu)?)
     }
 }
+
+/// `--peft` and the flags of each method, shared by `tune`, `finetune` and `experiment`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct PeftArgs {
+    /// Train a parameter-efficient part instead of every weight (LoRA is merged on plug-in;
+    /// bottleneck adapters stay separate modules, in offsite's format).
+    #[arg(long, value_enum)]
+    peft: Option<Peft>,
+    #[command(flatten)]
+    lora: offsite::peft::LoraConfig,
+    #[command(flatten)]
+    bottleneck: offsite::peft::BottleneckConfig,
+}
+
+/// Parameter-efficient methods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Peft {
+    /// LoRA on the linear maps (`--lora-*` flags).
+    Lora,
+    /// Bottleneck adapters (Houlsby) after the chosen maps (`--adapter-*` flags).
+    Adapter,
+    /// BitFit: only the 1-D parameters (norm weights, biases).
+    Bitfit,
+}
+
+impl PeftArgs {
+    /// The chosen method with its flags' configuration (every weight without `--peft`).
+    pub fn method(&self) -> offsite::peft::Method {
+        use offsite::peft::Method;
+        match self.peft {
+            None => Method::Full,
+            Some(Peft::Lora) => Method::Lora(self.lora.clone()),
+            Some(Peft::Adapter) => Method::Adapter(self.bottleneck.clone()),
+            Some(Peft::Bitfit) => Method::BitFit,
+        }
+    }
+}

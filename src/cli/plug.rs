@@ -23,11 +23,23 @@ pub fn run(args: Args) -> Result<()> {
     let ckpt = args.model.load()?;
     let adapter = Adapter::load(&args.adapter, &device)?;
     let model = plug(&ckpt, &adapter)?;
-    offsite::io::hf_dir::save(&args.output, &model, ckpt.tokenizer.as_ref())?;
+    let offsite_only = offsite::io::hf_dir::save(&args.output, &model, ckpt.tokenizer.as_ref())?;
     println!(
-        "wrote {} (layers {:?} replaced by the tuned adapter)",
+        "wrote {} (layers {:?} replaced by the tuned adapter, {})",
         args.output.display(),
-        adapter.meta.adapter_layers
+        adapter.meta.adapter_layers,
+        adapter.kind()
     );
+    if offsite_only {
+        eprintln!(
+            "note: bottleneck adapters cannot be merged into a standard {} checkpoint, so {} is in \
+             offsite's format: config.json and tokenizer as usual, but the weights (adapters \
+             included) are in {}, which Hugging Face transformers does not load. Use it with \
+             offsite (eval, score, generate, inspect).",
+            ckpt.config.family.name(),
+            args.output.display(),
+            offsite::io::hf_dir::OFFSITE_WEIGHTS
+        );
+    }
     Ok(())
 }

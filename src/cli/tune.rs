@@ -1,9 +1,8 @@
 //! `offsite tune EMU.offsite --data TRAIN [--val VAL] -o ADAPTER.safetensors` (the data owner).
 
 use anyhow::Result;
-use offsite::emulator::tune::{tune, Method};
+use offsite::emulator::tune::tune;
 use offsite::emulator::Package;
-use offsite::peft::LoraConfig;
 use offsite::train::TrainOptions;
 use std::path::PathBuf;
 
@@ -17,22 +16,10 @@ pub struct Args {
     /// The adapter to write: a file, or for `--peft lora` a PEFT directory.
     #[arg(short, long)]
     output: PathBuf,
-    /// Train a parameter-efficient update of the adapter layers instead of all their weights.
-    #[arg(long, value_enum)]
-    peft: Option<Peft>,
     #[command(flatten)]
-    lora: LoraConfig,
+    peft: super::PeftArgs,
     #[command(flatten)]
     train: TrainOptions,
-}
-
-/// Parameter-efficient methods.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Peft {
-    /// LoRA on the adapter layers' linear maps (`--lora-*` flags).
-    Lora,
-    /// BitFit: only the adapter layers' 1-D parameters (norm weights, biases).
-    Bitfit,
 }
 
 /// Tunes the adapter and writes it.
@@ -47,11 +34,7 @@ pub fn run(args: Args) -> Result<()> {
         &train.sequences,
         val.as_ref().map(|v| v.sequences.as_slice()),
         &args.train,
-        &match args.peft {
-            None => Method::Full,
-            Some(Peft::Lora) => Method::Lora(args.lora.clone()),
-            Some(Peft::Bitfit) => Method::BitFit,
-        },
+        &args.peft.method(),
         pad,
         &args.output,
     )?;

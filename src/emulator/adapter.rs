@@ -5,7 +5,7 @@
 use super::fingerprint::short;
 use super::package::{layer_index, read_with_meta, write_with_meta, Package};
 use crate::model::{Model, TensorMap};
-use crate::peft::{is_lora_weight, LoraConfig};
+use crate::peft::{is_bottleneck_weight, is_lora_weight, BottleneckConfig, LoraConfig};
 use crate::train::{TrainOptions, TrainSummary};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
@@ -39,6 +39,10 @@ pub struct AdapterMeta {
     /// saved in Hugging Face PEFT's layout).
     #[serde(default)]
     pub lora: Option<LoraConfig>,
+    /// For a bottleneck adapter, its configuration (the tensors are then the adapters' weights,
+    /// `…o_proj.adapter.down.weight` etc.; they cannot be merged into the model's weights).
+    #[serde(default)]
+    pub bottleneck: Option<BottleneckConfig>,
 }
 
 /// PEFT's key prefix for a causal LM's weights.
@@ -106,7 +110,7 @@ impl Adapter {
             )));
         }
         Ok(Adapter {
-            meta: Self::meta(package, adapter_layers, training, metrics, None),
+            meta: Self::meta(package, adapter_layers, training, metrics),
             tensors,
         })
     }
@@ -120,27 +124,47 @@ impl Adapter {
         training: Option<TrainOptions>,
         metrics: Option<TrainSummary>,
     ) -> Result<Self> {
+        let mut adapter = Self::from_peft(package, weights, training, metrics, is_lora_weight)?;
+        adapter.meta.lora = Some(config.clone());
+        Ok(adapter)
+    }
+
+    /// A bottleneck adapter of `package`: the trained adapters' weights (`…adapter.down.weight`
+    /// etc. of the adapter layers) and their configuration.
+    pub fn from_bottleneck(
+        package: &Package,
+        config: &BottleneckConfig,
+        weights: &BTreeMap<String, Tensor>,
+        training: Option<TrainOptions>,
+        metrics: Option<TrainSummary>,
+    ) -> Result<Self> {
+        let mut adapter =
+            Self::from_peft(package, weights, training, metrics, is_bottleneck_weight)?;
+        adapter.meta.bottleneck = Some(config.clone());
+        Ok(adapter)
+    }
+
+    /// The PEFT weights (`kind` says which names are) of the adapter layers.
+    fn from_peft(
+        package: &Package,
+        weights: &BTreeMap<String, Tensor>,
+        training: Option<TrainOptions>,
+        metrics: Option<TrainSummary>,
+        kind: fn(&str) -> bool,
+    ) -> Result<Self> {
         let adapter_layers = package.meta.split.adapter();
         let origin = Path::new("<adapter>");
         let mut tensors = TensorMap::new(origin);
         for (name, t) in weights {
-            if !is_lora_weight(name)
-                || !layer_index(name).is_some_and(|i| adapter_layers.contains(&i))
-            {
+            if !kind(name) || !layer_index(name).is_some_and(|i| adapter_layers.contains(&i)) {
                 return Err(Error::Invalid(format!(
-                    "`{name}` is not a LoRA weight of an adapter layer"
+                    "`{name}` is not a PEFT weight of an adapter layer"
                 )));
             }
             tensors.insert(name.clone(), t.clone(), origin);
         }
         Ok(Adapter {
-            meta: Self::meta(
-                package,
-                adapter_layers,
-                training,
-                metrics,
-                Some(config.clone()),
-            ),
+            meta: Self::meta(package, adapter_layers, training, metrics),
             tensors,
         })
     }
@@ -150,7 +174,6 @@ impl Adapter {
         adapter_layers: Vec<usize>,
         training: Option<TrainOptions>,
         metrics: Option<TrainSummary>,
-        lora: Option<LoraConfig>,
     ) -> AdapterMeta {
         AdapterMeta {
             format: ADAPTER_FORMAT.into(),
@@ -160,7 +183,8 @@ impl Adapter {
             adapter_layers,
             training,
             metrics,
-            lora,
+            lora: None,
+            bottleneck: None,
         }
     }
 
@@ -245,14 +269,19 @@ impl Adapter {
         Ok(Adapter { meta, tensors })
     }
 
-    /// Replaces `model`'s adapter-layer weights with this adapter's. Every adapter tensor must
-    /// match a weight of the model in name and shape.
+    /// Replaces `model`'s adapter-layer weights with this adapter's (LoRA merged into them,
+    /// bottleneck adapters added as modules). Every adapter tensor must match a weight of the
+    /// model in name and shape.
     pub fn apply(&self, model: &mut Model) -> Result<()> {
         if let Some(lora) = &self.meta.lora {
             // Recreate the LoRA modules, load the trained matrices, and fold them in.
             crate::peft::add_lora(model, &self.meta.adapter_layers, lora, 0)?;
             self.replace_weights(model)?;
             return crate::peft::merge_lora(model);
+        }
+        if let Some(bottleneck) = &self.meta.bottleneck {
+            // Recreate the adapters and load the trained weights; they stay separate modules.
+            crate::peft::add_bottleneck(model, &self.meta.adapter_layers, bottleneck, 0)?;
         }
         self.replace_weights(model)
     }
@@ -278,6 +307,26 @@ impl Adapter {
             **w = crate::model::Weight::Frozen(t.to_dtype(w.tensor().dtype())?);
         }
         Ok(())
+    }
+
+    /// The tuning method it holds: `full` (adapter-layer weights), `lora`, `adapter` or
+    /// `bitfit` (1-D parameters only).
+    pub fn kind(&self) -> &'static str {
+        if self.meta.lora.is_some() {
+            "lora"
+        } else if self.meta.bottleneck.is_some() {
+            "adapter"
+        } else if self.tensors.iter().all(|(_, t)| t.rank() == 1) && !self.tensors.is_empty() {
+            "bitfit"
+        } else {
+            "full"
+        }
+    }
+
+    /// Whether plugging it in keeps extra modules (a bottleneck adapter cannot be merged into
+    /// the model's own weights).
+    pub fn needs_modules(&self) -> bool {
+        self.meta.bottleneck.is_some()
     }
 
     /// Checks that the adapter was tuned through `package`.

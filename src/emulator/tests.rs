@@ -234,7 +234,16 @@ fn tuning_lowers_the_loss_and_touches_only_adapter_layers() {
         ..TrainOptions::default()
     };
     let out = dir.path().join("adapter.safetensors");
-    let adapter = tune::tune(&pkg, &train_data, None, &opts, &tune::Method::Full, 0, &out).unwrap();
+    let adapter = tune::tune(
+        &pkg,
+        &train_data,
+        None,
+        &opts,
+        &crate::peft::Method::Full,
+        0,
+        &out,
+    )
+    .unwrap();
     let summary = adapter.meta.metrics.clone().unwrap();
     let log =
         std::fs::read_to_string(dir.path().join("adapter.safetensors.metrics.jsonl")).unwrap();
@@ -305,4 +314,75 @@ fn lora_adapter_round_trips_and_untrained_plugs_back_exactly() {
         model.forward(&ids).unwrap().to_vec3::<f32>().unwrap(),
         plugged.forward(&ids).unwrap().to_vec3::<f32>().unwrap()
     );
+}
+
+#[test]
+fn every_method_round_trips_and_plugs_in() {
+    use crate::peft::{BottleneckConfig, LoraConfig, Method};
+    let model = Model::random(&config(), 9, DType::F32).unwrap();
+    let pkg = package_of(&model);
+    let dir = tempfile::tempdir().unwrap();
+    let opts = TrainOptions {
+        max_steps: Some(3),
+        batch_size: 4,
+        lr: 1e-2,
+        ..TrainOptions::default()
+    };
+    let ids = Tensor::new(&[[2u32, 7, 1, 8, 2, 8]], &Device::Cpu).unwrap();
+    let base = model.forward(&ids).unwrap();
+    let methods = [
+        (Method::Full, "full.safetensors", "full"),
+        (Method::Lora(LoraConfig::default()), "lora", "lora"),
+        (
+            Method::Adapter(BottleneckConfig::default()),
+            "adapter.safetensors",
+            "adapter",
+        ),
+        (Method::BitFit, "bitfit.safetensors", "bitfit"),
+    ];
+    for (method, file, kind) in methods {
+        let out = dir.path().join(file);
+        let adapter = tune::tune(&pkg, &data(8, 2), None, &opts, &method, 0, &out).unwrap();
+        assert_eq!(adapter.kind(), kind);
+        let back = Adapter::load(&out, &Device::Cpu).unwrap();
+        assert_eq!(back.meta, adapter.meta, "{kind}");
+        assert_eq!(
+            back.tensors.names().collect::<Vec<_>>(),
+            adapter.tensors.names().collect::<Vec<_>>()
+        );
+        for (name, t) in adapter.tensors.iter() {
+            let u = back.tensors.get(name, t.dims()).unwrap();
+            assert_eq!(t.to_vec1_any(), u.to_vec1_any(), "{kind}: {name}");
+        }
+        // What each method trained, and nothing else.
+        for name in back.tensors.names() {
+            let ok = match kind {
+                "lora" => crate::peft::is_lora_weight(name),
+                "adapter" => crate::peft::is_bottleneck_weight(name),
+                "bitfit" => name.ends_with("layernorm.weight"),
+                _ => !crate::peft::is_peft_weight(name),
+            };
+            assert!(ok, "{kind} adapter holds {name}");
+        }
+        // Plugged in, the tuned adapter changes the model; the model owner can save it and read
+        // it back unchanged.
+        let mut plugged = model.clone();
+        back.apply(&mut plugged).unwrap();
+        let logits = plugged.forward(&ids).unwrap();
+        let moved = crate::ops::testing::max_abs_diff(&logits, &base).unwrap();
+        assert!(moved > 1e-6, "{kind}: plug-in changed nothing");
+        let saved = dir.path().join(format!("plugged-{kind}"));
+        let offsite_only = crate::io::hf_dir::save(&saved, &plugged, None).unwrap();
+        assert_eq!(offsite_only, kind == "adapter");
+        assert_eq!(saved.join("model.safetensors").is_file(), kind != "adapter");
+        let reloaded = crate::io::checkpoint::load(&saved, &Device::Cpu)
+            .unwrap()
+            .model()
+            .unwrap();
+        assert_eq!(
+            reloaded.forward(&ids).unwrap().to_vec3::<f32>().unwrap(),
+            logits.to_vec3::<f32>().unwrap(),
+            "{kind}"
+        );
+    }
 }

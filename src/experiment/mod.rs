@@ -9,13 +9,14 @@ use crate::data::records::{data_kind, DataKind};
 use crate::data::sequences::record_sequence;
 use crate::data::tasks::{load_mc, load_task, McRecord, Task};
 use crate::data::{load_training_data, read_texts, Dataset, Sequence};
-use crate::emulator::tune::{tune, Method};
+use crate::emulator::tune::tune;
 use crate::emulator::{plug, Adapter, EmulatorOptions, Package};
 use crate::eval::multiple_choice::evaluate_mc;
 use crate::eval::perplexity;
 use crate::io::tokenizer::Tokenizer;
 use crate::io::{atomic, checkpoint};
 use crate::model::Model;
+use crate::peft::Method;
 use crate::train::{finetune::finetune, TrainOptions};
 use crate::{Error, Result};
 use candle_core::Device;
@@ -93,6 +94,9 @@ pub struct ExperimentConfig {
     pub emulator: EmulatorOptions,
     /// Training options of both the adapter tuning and full fine-tuning.
     pub training: TrainOptions,
+    /// What of the adapter is tuned (full fine-tuning always trains every weight).
+    #[serde(default = "full_method")]
+    pub method: Method,
     /// Rows not to run.
     pub skip: Vec<Row>,
     /// First N training records/documents only.
@@ -103,6 +107,10 @@ pub struct ExperimentConfig {
     pub limit_test: Option<usize>,
     /// Evaluation block size (perplexity) / longest scored sequence (multiple choice).
     pub eval_block_size: usize,
+}
+
+fn full_method() -> Method {
+    Method::Full
 }
 
 /// One row of the report: its name and metrics under `eval --json`'s keys.
@@ -205,8 +213,14 @@ fn tuned_adapter(
     pad: u32,
     out: &Path,
 ) -> Result<Adapter> {
-    let path = out.join("adapter.safetensors");
-    if !path.is_file() {
+    let path = match &cfg.method {
+        Method::Full => out.join("adapter.safetensors"),
+        Method::Lora(_) => out.join("adapter-lora"),
+        m => out.join(format!("adapter-{}.safetensors", m.name())),
+    };
+    // A LoRA adapter is a directory, complete once its config is written (last).
+    let done = path.is_file() || path.join("adapter_config.json").is_file();
+    if !done {
         eprintln!("experiment: tuning the adapter through the emulator");
         let tok = package.tokenizer()?;
         let train = training_data(cfg, &cfg.train, &tok, cfg.limit_train)?;
@@ -217,7 +231,7 @@ fn tuned_adapter(
             &train.sequences,
             val,
             options,
-            &Method::Full,
+            &cfg.method,
             pad,
             &path,
         )?;
@@ -225,10 +239,39 @@ fn tuned_adapter(
     Adapter::load(&path, &Device::Cpu)
 }
 
+/// Refuses to resume into a folder whose finished rows were made with other settings (only the
+/// rows to skip may change between runs).
+fn check_same_experiment(cfg: &ExperimentConfig, out: &Path) -> Result<()> {
+    let path = out.join("config.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let old: ExperimentConfig = serde_json::from_str(&text).map_err(|e| Error::format(&path, e))?;
+    let comparable = |c: &ExperimentConfig| {
+        let mut v = serde_json::to_value(c).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("skip");
+            // Resuming is what this folder is for; the flag itself changes no result.
+            if let Some(t) = o.get_mut("training").and_then(|t| t.as_object_mut()) {
+                t.remove("resume");
+            }
+        }
+        v
+    };
+    if comparable(&old) != comparable(cfg) {
+        return Err(Error::format(
+            &path,
+            "this folder holds an experiment with other settings; use another output folder",
+        ));
+    }
+    Ok(())
+}
+
 /// Runs (or resumes) the experiment into `out`; returns the rows in order.
 pub fn run(cfg: &ExperimentConfig, out: &Path) -> Result<Vec<RowResult>> {
     let device = Device::Cpu;
     std::fs::create_dir_all(out.join("rows")).map_err(|e| Error::io(out, e))?;
+    check_same_experiment(cfg, out)?;
     atomic::write_json(&out.join("config.json"), cfg)?;
     let ckpt = checkpoint::load(&cfg.model, &device)?;
     let tok = ckpt.tokenizer()?.clone();
@@ -312,7 +355,8 @@ pub fn run(cfg: &ExperimentConfig, out: &Path) -> Result<Vec<RowResult>> {
                     let train = training_data(cfg, &cfg.train, &tok, cfg.limit_train)?;
                     let val = validation_data(cfg, &tok)?;
                     let val = val.as_ref().map(|v| v.sequences.as_slice());
-                    finetune(&ckpt, &train.sequences, val, &tuning, None, pad, &ft_dir)?.0
+                    let full = Method::Full;
+                    finetune(&ckpt, &train.sequences, val, &tuning, &full, pad, &ft_dir)?.0
                 };
                 evaluate(row, &model)?
             }
@@ -343,7 +387,7 @@ pub fn write_report(
         &serde_json::json!({
             "model": cfg.model, "task": cfg.task.map(|t| t.name()), "train": cfg.train,
             "val": cfg.val, "test": cfg.test, "metric": metric, "emulator": cfg.emulator,
-            "training": cfg.training, "limits": {"train": cfg.limit_train, "val": cfg.limit_val, "test": cfg.limit_test},
+            "training": cfg.training, "method": cfg.method, "limits": {"train": cfg.limit_train, "val": cfg.limit_val, "test": cfg.limit_test},
             "rows": rows,
         }),
     )?;
@@ -357,14 +401,45 @@ pub fn write_report(
             "n",
         ],
     };
+    let t = &cfg.training;
+    let method = match &cfg.method {
+        Method::Full => "all adapter-layer weights".to_string(),
+        Method::Lora(l) => format!(
+            "LoRA r {} alpha {} on {}",
+            l.r,
+            l.alpha,
+            l.targets.join(",")
+        ),
+        Method::Adapter(b) => format!(
+            "bottleneck adapters of size {} after {}",
+            b.size,
+            b.targets.join(",")
+        ),
+        Method::BitFit => "BitFit (1-D parameters)".to_string(),
+    };
+    let limit = |n: Option<usize>| n.map_or("all".to_string(), |n| format!("first {n}"));
     let mut md = format!(
-        "# Offsite-tuning experiment\n\nmodel `{}`, test `{}`{}; emulator {} + {} + {} layers (layer drop).\n\n| row | {} | seconds |\n| --- |{} ---: |\n",
+        "# Offsite-tuning experiment\n\nmodel `{}`, test `{}`{}; emulator {} + {} + {} layers (layer drop).\n\n\
+         Adapter tuning ({}): {}; full fine-tuning trains every weight. Both: {} × batch {} × {} \
+         tokens, lr {} ({:?}, {} warm-up steps). Records used: train {}, validation {}, test {}.\n\n\
+         | row | {} | seconds |\n| --- |{} ---: |\n",
         cfg.model.display(),
         cfg.test.display(),
         cfg.task.map_or(String::new(), |t| format!(" (task {})", t.name())),
         cfg.emulator.bottom,
         cfg.emulator.keep,
         cfg.emulator.top,
+        cfg.method.name(),
+        method,
+        t.max_steps.map_or(format!("{} epoch(s)", t.epochs), |n| format!("at most {n} steps")),
+        t.batch_size * t.grad_accum,
+        t.block_size,
+        t.lr,
+        t.schedule,
+        t.warmup_steps,
+        limit(cfg.limit_train),
+        limit(cfg.limit_val),
+        limit(cfg.limit_test),
         keys.join(" | "),
         " ---: |".repeat(keys.len()),
     );

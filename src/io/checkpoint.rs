@@ -45,9 +45,12 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Builds the full model (all weights frozen).
+    /// Builds the full model (all weights frozen), with the bottleneck adapters of a plugged
+    /// model in offsite's format when it has any.
     pub fn model(&self) -> Result<Model> {
-        Model::from_tensors(&self.config, &self.tensors, None)
+        let mut model = Model::from_tensors(&self.config, &self.tensors, None)?;
+        crate::peft::attach_stored_bottlenecks(&mut model, &self.tensors)?;
+        Ok(model)
     }
 
     /// The tokenizer, or an error naming the checkpoint that lacks one.

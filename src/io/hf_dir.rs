@@ -10,12 +10,19 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+/// The weights file of a model that holds modules no Hugging Face class has (bottleneck
+/// adapters): named so that `transformers` refuses the directory instead of silently loading the
+/// model without them.
+pub const OFFSITE_WEIGHTS: &str = "offsite-model.safetensors";
+
 /// The safetensors files of a model directory: the single file, or the shards listed by the
 /// index (each once, in order).
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
+    for name in ["model.safetensors", OFFSITE_WEIGHTS] {
+        let single = dir.join(name);
+        if single.is_file() {
+            return Ok(vec![single]);
+        }
     }
     let index = dir.join("model.safetensors.index.json");
     if !index.is_file() {
@@ -133,8 +140,10 @@ fn canonicalize_header(bytes: &mut [u8]) -> std::result::Result<(), String> {
 }
 
 /// Writes `model` (which must hold every layer) and `tokenizer` as a Hugging Face directory:
-/// `config.json`, `model.safetensors`, `tokenizer.json` (+ `tokenizer_config.json`).
-pub fn save(dir: &Path, model: &Model, tokenizer: Option<&Tokenizer>) -> Result<()> {
+/// `config.json`, `model.safetensors`, `tokenizer.json` (+ `tokenizer_config.json`). A model
+/// with bottleneck adapters is written in offsite's variant of that layout: the weights, adapters
+/// included, go to [`OFFSITE_WEIGHTS`]; returns whether that happened.
+pub fn save(dir: &Path, model: &Model, tokenizer: Option<&Tokenizer>) -> Result<bool> {
     let config = model.config();
     if model.layer_ids() != (0..config.num_layers).collect::<Vec<_>>() {
         return Err(Error::Invalid(
@@ -148,13 +157,25 @@ pub fn save(dir: &Path, model: &Model, tokenizer: Option<&Tokenizer>) -> Result<
         .into_iter()
         .map(|(name, w)| (name, w.tensor().clone()))
         .collect();
-    let weights = dir.join("model.safetensors");
+    let offsite_only = tensors.keys().any(|n| crate::peft::is_bottleneck_weight(n));
+    let (name, stale) = if offsite_only {
+        (OFFSITE_WEIGHTS, "model.safetensors")
+    } else {
+        ("model.safetensors", OFFSITE_WEIGHTS)
+    };
+    let weights = dir.join(name);
     atomic::write_bytes(&weights, &safetensors_bytes(&tensors, &[], &weights)?)?;
+    // A weights file of the other kind from an earlier save would be read first.
+    let stale = dir.join(stale);
+    if stale.is_file() {
+        std::fs::remove_file(&stale).map_err(|e| Error::io(&stale, e))?;
+    }
     if let Some(tok) = tokenizer {
         tok.save(dir)?;
     }
     // config.json last: a directory with a config is a complete model.
-    atomic::write_json(&dir.join("config.json"), &config.to_hf_json())
+    atomic::write_json(&dir.join("config.json"), &config.to_hf_json())?;
+    Ok(offsite_only)
 }
 
 #[cfg(test)]

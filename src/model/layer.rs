@@ -38,11 +38,12 @@ pub trait DecoderLayer: Send + Sync + std::fmt::Debug {
     ) -> Result<Tensor>;
 
     /// The layer's weights with their names relative to the layer, in HF naming
-    /// (`self_attn.q_proj.weight`), in a fixed order.
-    fn weights(&self) -> Vec<(&'static str, &Weight)>;
+    /// (`self_attn.q_proj.weight`), in a fixed order; PEFT modules' weights come last, named
+    /// after the map they belong to (`self_attn.q_proj.lora_A.weight`).
+    fn weights(&self) -> Vec<(String, &Weight)>;
 
     /// Mutable access to the same weights, same names and order.
-    fn weights_mut(&mut self) -> Vec<(&'static str, &mut Weight)>;
+    fn weights_mut(&mut self) -> Vec<(String, &mut Weight)>;
 
     /// The layer's linear maps by HF module path (`self_attn.q_proj`, …), for adapters that
     /// wrap them (LoRA). Families name their own maps; callers match on the last component.

@@ -30,24 +30,6 @@ pub const MODULES: [&str; 7] = [
     "mlp.up_proj",
     "mlp.down_proj",
 ];
-const LORA_A: [&str; 7] = [
-    "self_attn.q_proj.lora_A.weight",
-    "self_attn.k_proj.lora_A.weight",
-    "self_attn.v_proj.lora_A.weight",
-    "self_attn.o_proj.lora_A.weight",
-    "mlp.gate_proj.lora_A.weight",
-    "mlp.up_proj.lora_A.weight",
-    "mlp.down_proj.lora_A.weight",
-];
-const LORA_B: [&str; 7] = [
-    "self_attn.q_proj.lora_B.weight",
-    "self_attn.k_proj.lora_B.weight",
-    "self_attn.v_proj.lora_B.weight",
-    "self_attn.o_proj.lora_B.weight",
-    "mlp.gate_proj.lora_B.weight",
-    "mlp.up_proj.lora_B.weight",
-    "mlp.down_proj.lora_B.weight",
-];
 const Q: usize = 0;
 const K: usize = 1;
 const V: usize = 2;
@@ -192,7 +174,7 @@ impl DecoderLayer for LlamaLayer {
         &h + self.mlp(&self.post_norm.forward(&h)?, ctx)?
     }
 
-    fn weights(&self) -> Vec<(&'static str, &Weight)> {
+    fn weights(&self) -> Vec<(String, &Weight)> {
         let [q, k, v, o, gate, up, down] = &self.linears;
         let base = [
             &self.input_norm.weight,
@@ -205,42 +187,48 @@ impl DecoderLayer for LlamaLayer {
             &up.weight,
             &down.weight,
         ];
-        let mut out: Vec<_> = WEIGHT_NAMES.into_iter().zip(base).collect();
-        for (i, l) in self.linears.iter().enumerate() {
-            if let Some(lora) = &l.lora {
-                out.push((LORA_A[i], &lora.a));
-                out.push((LORA_B[i], &lora.b));
-            }
+        let mut out: Vec<_> = WEIGHT_NAMES
+            .into_iter()
+            .map(String::from)
+            .zip(base)
+            .collect();
+        for (module, l) in MODULES.iter().zip(&self.linears) {
+            out.extend(
+                l.peft_weights()
+                    .into_iter()
+                    .map(|(suffix, w)| (format!("{module}.{suffix}"), w)),
+            );
         }
         out
     }
 
-    fn weights_mut(&mut self) -> Vec<(&'static str, &mut Weight)> {
+    fn weights_mut(&mut self) -> Vec<(String, &mut Weight)> {
         let mut base = Vec::with_capacity(7);
-        let mut loras = Vec::new();
-        for (i, l) in self.linears.iter_mut().enumerate() {
-            let Linear { weight, lora } = l;
+        let mut peft = Vec::new();
+        for (module, l) in MODULES.iter().zip(self.linears.iter_mut()) {
+            let (weight, extra) = l.weights_mut();
             base.push(weight);
-            if let Some(lora) = lora {
-                loras.push((LORA_A[i], &mut lora.a));
-                loras.push((LORA_B[i], &mut lora.b));
-            }
+            peft.extend(
+                extra
+                    .into_iter()
+                    .map(|(suffix, w)| (format!("{module}.{suffix}"), w)),
+            );
         }
         // WEIGHT_NAMES order: input norm, q, k, v, o, post norm, gate, up, down.
         let mut base = base.into_iter();
-        let mut out = vec![(WEIGHT_NAMES[0], &mut self.input_norm.weight)];
+        let mut out = vec![(WEIGHT_NAMES[0].to_string(), &mut self.input_norm.weight)];
         out.extend(
             WEIGHT_NAMES[1..5]
                 .iter()
-                .map(|n| (*n, base.next().expect("q k v o"))),
+                .map(|n| (n.to_string(), base.next().expect("q k v o"))),
         );
-        out.push((WEIGHT_NAMES[5], &mut self.post_norm.weight));
+        out.push((WEIGHT_NAMES[5].to_string(), &mut self.post_norm.weight));
         out.extend(
             WEIGHT_NAMES[6..]
                 .iter()
-                .map(|n| (*n, base.next().expect("gate up down"))),
+                .map(|n| (n.to_string(), base.next().expect("gate up down"))),
         );
-        out.extend(loras);
+        out.extend(peft);
         out
     }
 

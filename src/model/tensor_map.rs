@@ -51,6 +51,11 @@ impl TensorMap {
         self.tensors.contains_key(name)
     }
 
+    /// The shape of `name`, when present.
+    pub fn dims(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|(t, _)| t.dims())
+    }
+
     /// All names, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)

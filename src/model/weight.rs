@@ -63,12 +63,18 @@ pub struct Linear {
     pub weight: Weight,
     /// A low-rank update added to the output, when the map is LoRA-adapted.
     pub lora: Option<crate::peft::lora::Lora>,
+    /// A bottleneck adapter applied to the output, when the map has one.
+    pub adapter: Option<crate::peft::bottleneck::Bottleneck>,
 }
 
 impl Linear {
     /// A linear map over `weight` (`[out, in]`).
     pub fn new(weight: Weight) -> Self {
-        Linear { weight, lora: None }
+        Linear {
+            weight,
+            lora: None,
+            adapter: None,
+        }
     }
 
     /// Applies the map to the last dimension of `x` (LoRA without dropout).
@@ -76,13 +82,58 @@ impl Linear {
         self.forward_seeded(x, None)
     }
 
-    /// Applies the map; `seed` (training) draws the LoRA dropout mask.
+    /// Applies the map; `seed` (training) draws the PEFT modules' dropout masks.
     pub fn forward_seeded(&self, x: &Tensor, seed: Option<u64>) -> Result<Tensor> {
-        let y = self.base(x)?;
-        match &self.lora {
-            Some(lora) => y + lora.forward(x, seed)?,
+        let mut y = self.base(x)?;
+        if let Some(lora) = &self.lora {
+            y = (y + lora.forward(x, seed)?)?;
+        }
+        match &self.adapter {
+            Some(adapter) => adapter.forward(&y, seed),
             None => Ok(y),
         }
+    }
+
+    /// The PEFT modules' weights, named relative to the map (`lora_A.weight`,
+    /// `adapter.down.weight`, …), in a fixed order.
+    pub fn peft_weights(&self) -> Vec<(&'static str, &Weight)> {
+        let mut out = Vec::new();
+        if let Some(lora) = &self.lora {
+            out.extend([("lora_A.weight", &lora.a), ("lora_B.weight", &lora.b)]);
+        }
+        if let Some(adapter) = &self.adapter {
+            out.extend(
+                crate::peft::bottleneck::WEIGHT_SUFFIXES
+                    .into_iter()
+                    .zip(adapter.weights()),
+            );
+        }
+        out
+    }
+
+    /// The base weight and, separately, the PEFT weights as [`Linear::peft_weights`] names
+    /// and orders them — all mutable at once.
+    pub fn weights_mut(&mut self) -> (&mut Weight, Vec<(&'static str, &mut Weight)>) {
+        let Linear {
+            weight,
+            lora,
+            adapter,
+        } = self;
+        let mut peft = Vec::new();
+        if let Some(lora) = lora {
+            peft.extend([
+                ("lora_A.weight", &mut lora.a),
+                ("lora_B.weight", &mut lora.b),
+            ]);
+        }
+        if let Some(adapter) = adapter {
+            peft.extend(
+                crate::peft::bottleneck::WEIGHT_SUFFIXES
+                    .into_iter()
+                    .zip(adapter.weights_mut()),
+            );
+        }
+        (weight, peft)
     }
 
     /// Folds the LoRA update into the weight (`W + scale·B·A`), leaving a plain, frozen map.

@@ -6,31 +6,33 @@ use super::{train, trainable_params, TrainJob, TrainOptions, TrainSummary};
 use crate::data::Sequence;
 use crate::io::{atomic, checkpoint::Checkpoint, hf_dir};
 use crate::model::{Model, Weight};
-use crate::peft::{add_lora, is_lora_weight, merge_lora, LoraConfig};
+use crate::peft::{merge_lora, Method};
 use crate::Result;
 use std::path::Path;
 
-/// Fine-tunes all of `ckpt`'s weights — or, with `lora`, a LoRA update of every layer — on
+/// Fine-tunes all of `ckpt`'s weights — or what a PEFT `method` trains, in every layer — on
 /// `train_data` (keeping the best on `val`), writes the model to `output` (an HF directory, LoRA
-/// merged, with `training.json` describing the run) and returns it.
+/// merged; offsite's variant of it with bottleneck adapters; `training.json` describes the run)
+/// and returns it.
 pub fn finetune(
     ckpt: &Checkpoint,
     train_data: &[Sequence],
     val: Option<&[Sequence]>,
     options: &TrainOptions,
-    lora: Option<&LoraConfig>,
+    method: &Method,
     pad: u32,
     output: &Path,
 ) -> Result<(Model, TrainSummary)> {
     let mut model = ckpt.model()?;
-    let params = match lora {
-        Some(config) => {
-            let layers: Vec<usize> = model.layer_ids().to_vec();
-            add_lora(&mut model, &layers, config, options.seed)?;
-            trainable_params(&mut model, is_lora_weight)?
-        }
-        None => trainable_params(&mut model, |_| true)?,
-    };
+    let layers: Vec<usize> = model.layer_ids().to_vec();
+    method.inject(&mut model, &layers, options.seed)?;
+    let trained: std::collections::BTreeSet<String> = model
+        .named_weights()
+        .into_iter()
+        .filter(|(n, w)| method.trains(n, w.tensor().rank()))
+        .map(|(n, _)| n)
+        .collect();
+    let params = trainable_params(&mut model, |n| trained.contains(n))?;
     let total = model.num_parameters();
     let mut job = TrainJob::beside(
         output, "finetune", params, train_data, val, pad, options, total,
@@ -47,7 +49,7 @@ pub fn finetune(
     hf_dir::save(output, &model, ckpt.tokenizer.as_ref())?;
     atomic::write_json(
         &output.join("training.json"),
-        &serde_json::json!({"options": options, "lora": lora, "metrics": outcome.summary}),
+        &serde_json::json!({"options": options, "method": method, "metrics": outcome.summary}),
     )?;
     let _ = std::fs::remove_dir_all(&checkpoint_dir);
     Ok((model, outcome.summary))
