@@ -2,6 +2,7 @@
 //! emulator (one function), the emulator package, the tuned adapter, fingerprints and plug-in.
 
 pub mod adapter;
+pub mod compress;
 pub mod fingerprint;
 pub mod package;
 pub mod plan;

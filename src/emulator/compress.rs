@@ -1,0 +1,238 @@
+//! Weight compression for emulator layers (the paper's Figure 4 alternatives to plain layer
+//! drop): unstructured magnitude pruning and uniform per-tensor quantization, plus the compact
+//! encodings that make a compressed package really smaller on disk.
+//!
+//! These are pure functions on a tensor's values; the package decides which tensors (the 2-D
+//! weights of emulator layers) they apply to.
+
+use serde::{Deserialize, Serialize};
+
+/// Zeroes the `floor(ratio · n)` entries of smallest magnitude (ties broken by position, so the
+/// count is exact) and returns how many that is.
+pub fn magnitude_prune(values: &mut [f32], ratio: f64) -> usize {
+    let n = values.len();
+    let k = ((ratio.clamp(0.0, 1.0)) * n as f64).floor() as usize;
+    if k == 0 {
+        return 0;
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    // Partial selection: only the k smallest need to be found, not sorted.
+    order.select_nth_unstable_by(k - 1, |&a, &b| {
+        values[a].abs().total_cmp(&values[b].abs()).then(a.cmp(&b))
+    });
+    for &i in &order[..k] {
+        values[i] = 0.0;
+    }
+    k
+}
+
+/// A tensor quantized to `bits` per value: `value = min + code · scale`, codes in
+/// `0..2^bits`. The levels are symmetric about the midpoint `(min + max) / 2`, which is the
+/// paper's zero-point; unlike rounding `(w − mid) / scale` (the paper's code), which puts the two
+/// extremes on a `2^bits + 1`-th level, this uses exactly `2^bits` levels.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Quantized {
+    /// Bits per value (1 to 8).
+    pub bits: u8,
+    /// The lowest level (the tensor's minimum).
+    pub min: f32,
+    /// Distance between levels: `(max − min) / (2^bits − 1)`; 0 for a constant tensor.
+    pub scale: f32,
+    /// One code per value, `bits` wide, packed little-end first into bytes.
+    #[serde(skip)]
+    pub packed: Vec<u8>,
+    /// Number of values.
+    pub len: usize,
+}
+
+/// Quantizes `values` to `bits` (1–8) per value.
+pub fn quantize(values: &[f32], bits: u8) -> Quantized {
+    assert!((1..=8).contains(&bits), "bits must be 1 to 8");
+    let (min, max) = values
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    let (min, max) = if values.is_empty() {
+        (0.0, 0.0)
+    } else {
+        (min, max)
+    };
+    let top = (1u32 << bits) - 1;
+    let scale = (max - min) / top as f32;
+    let codes = values.iter().map(|&v| {
+        if scale > 0.0 {
+            ((v - min) / scale).round_ties_even().clamp(0.0, top as f32) as u8
+        } else {
+            0
+        }
+    });
+    Quantized {
+        bits,
+        min,
+        scale,
+        packed: pack_bits(codes, bits, values.len()),
+        len: values.len(),
+    }
+}
+
+impl Quantized {
+    /// The code of value `i`.
+    pub fn code(&self, i: usize) -> u8 {
+        let bit = i * self.bits as usize;
+        let word = u16::from(self.packed[bit / 8])
+            | self
+                .packed
+                .get(bit / 8 + 1)
+                .map_or(0, |&b| u16::from(b) << 8);
+        ((word >> (bit % 8)) & ((1u16 << self.bits) - 1)) as u8
+    }
+
+    /// The dequantized values.
+    pub fn values(&self) -> Vec<f32> {
+        (0..self.len)
+            .map(|i| self.min + f32::from(self.code(i)) * self.scale)
+            .collect()
+    }
+}
+
+/// Packs `n` codes of `bits` bits each into bytes, lowest bits first.
+pub fn pack_bits(codes: impl Iterator<Item = u8>, bits: u8, n: usize) -> Vec<u8> {
+    let mut out = vec![0u8; (n * bits as usize).div_ceil(8)];
+    for (i, c) in codes.enumerate() {
+        let bit = i * bits as usize;
+        let word = u16::from(c) << (bit % 8);
+        out[bit / 8] |= word as u8;
+        if let Some(next) = out.get_mut(bit / 8 + 1) {
+            *next |= (word >> 8) as u8;
+        }
+    }
+    out
+}
+
+/// A sparse encoding of a pruned tensor: a bitmap of the non-zero positions and their values in
+/// order. Smaller than dense f32 once more than 1/32 of the entries are zero.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sparse {
+    /// Bit `i` (lowest bits first) is set when value `i` is non-zero.
+    pub mask: Vec<u8>,
+    /// The non-zero values, in position order.
+    pub values: Vec<f32>,
+    /// Number of values, zeros included.
+    pub len: usize,
+}
+
+impl Sparse {
+    /// Encodes `values`.
+    pub fn encode(values: &[f32]) -> Self {
+        let mask = pack_bits(values.iter().map(|&v| u8::from(v != 0.0)), 1, values.len());
+        Sparse {
+            mask,
+            values: values.iter().copied().filter(|&v| v != 0.0).collect(),
+            len: values.len(),
+        }
+    }
+
+    /// The dense values.
+    pub fn decode(&self) -> Vec<f32> {
+        let mut next = self.values.iter();
+        (0..self.len)
+            .map(|i| {
+                if self.mask[i / 8] >> (i % 8) & 1 == 1 {
+                    *next.next().unwrap_or(&0.0)
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    #[test]
+    fn pruning_leaves_exactly_the_requested_fraction_of_zeros() {
+        for (n, ratio) in [(1000, 0.3), (1000, 0.6), (37, 0.5), (10, 0.0), (10, 1.0)] {
+            let mut v = random(n, 1);
+            let before = v.clone();
+            let k = magnitude_prune(&mut v, ratio);
+            assert_eq!(k, (ratio * n as f64).floor() as usize);
+            assert_eq!(v.iter().filter(|x| **x == 0.0).count(), k, "{n} {ratio}");
+            // The survivors are untouched and at least as large as anything pruned.
+            let kept_min = v
+                .iter()
+                .filter(|x| **x != 0.0)
+                .fold(f32::INFINITY, |m, x| m.min(x.abs()));
+            for (a, b) in before.iter().zip(&v) {
+                if *b == 0.0 {
+                    assert!(a.abs() <= kept_min);
+                } else {
+                    assert_eq!(a, b);
+                }
+            }
+        }
+        // Ties: equal magnitudes still give the exact count.
+        let mut v = vec![1.0f32; 10];
+        assert_eq!(magnitude_prune(&mut v, 0.45), 4);
+        assert_eq!(v.iter().filter(|x| **x == 0.0).count(), 4);
+    }
+
+    #[test]
+    fn quantization_uses_at_most_two_to_the_bits_levels() {
+        for bits in [1u8, 2, 3, 4, 8] {
+            let v = random(5000, u64::from(bits));
+            let q = quantize(&v, bits);
+            let deq = q.values();
+            let mut levels: Vec<u32> = deq.iter().map(|x| x.to_bits()).collect();
+            levels.sort_unstable();
+            levels.dedup();
+            assert!(
+                levels.len() <= 1 << bits,
+                "{bits} bits: {} levels",
+                levels.len()
+            );
+            // Error at most half a step; extremes exact; levels symmetric about the midpoint.
+            for (a, b) in v.iter().zip(&deq) {
+                assert!((a - b).abs() <= q.scale / 2.0 + 1e-6, "{bits}: {a} -> {b}");
+            }
+            let (lo, hi) = v
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+            assert_eq!(deq.iter().copied().fold(f32::MAX, f32::min), lo);
+            assert!((deq.iter().copied().fold(f32::MIN, f32::max) - hi).abs() < 1e-6);
+            let mid = (lo + hi) / 2.0;
+            let first = q.min - mid;
+            let last = q.min + ((1u32 << bits) - 1) as f32 * q.scale - mid;
+            assert!((first + last).abs() < 1e-5);
+            assert_eq!(q.packed.len(), (5000 * bits as usize).div_ceil(8));
+        }
+    }
+
+    #[test]
+    fn hand_computed_two_bit_quantization() {
+        // min −1, max 2: scale 1, levels −1, 0, 1, 2; 0.5 ties to the even code 2 (value 1).
+        let q = quantize(&[-1.0, 2.0, 0.4, 0.5, -0.6, 1.6], 2);
+        assert_eq!(q.scale, 1.0);
+        assert_eq!(q.values(), [-1.0, 2.0, 0.0, 1.0, -1.0, 2.0]);
+        // Constant tensors quantize to themselves.
+        assert_eq!(quantize(&[3.0; 4], 3).values(), [3.0; 4]);
+    }
+
+    #[test]
+    fn sparse_encoding_round_trips() {
+        let mut v = random(999, 4);
+        magnitude_prune(&mut v, 0.6);
+        let s = Sparse::encode(&v);
+        assert_eq!(s.values.len(), 999 - 599);
+        assert_eq!(s.mask.len(), 125);
+        assert_eq!(s.decode(), v);
+    }
+}
