@@ -57,9 +57,15 @@ fn model_data_emulator(dir: &Path, seed: u64) -> (PathBuf, PathBuf, PathBuf) {
     let train = dir.join("train.jsonl");
     write_texts(&train, 6);
     let emu = dir.join("e.offsite");
-    ok(offsite(&[
+    make_emulator(&model, &emu, &[]);
+    (model, train, emu)
+}
+
+/// `offsite emulator MODEL --bottom 1 --top 1 --keep 2 -o OUT`, plus `extra` flags.
+fn make_emulator(model: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
         "emulator",
-        s(&model),
+        s(model),
         "--bottom",
         "1",
         "--top",
@@ -67,9 +73,10 @@ fn model_data_emulator(dir: &Path, seed: u64) -> (PathBuf, PathBuf, PathBuf) {
         "--keep",
         "2",
         "-o",
-        s(&emu),
-    ]));
-    (model, train, emu)
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    ok(offsite(&args))
 }
 
 /// The tensors whose values differ between the checkpoints at `a` and `b` (same names and shapes
@@ -494,4 +501,36 @@ fn bottleneck_adapter_plugs_in_as_offsite_format_and_says_so() {
     let base = eval(&[s(&model)]);
     assert_eq!(on_disk["token_perplexity"], in_memory["token_perplexity"]);
     assert_ne!(on_disk["token_perplexity"], base["token_perplexity"]);
+}
+
+#[test]
+fn compressed_emulators_are_smaller_and_say_how_they_were_made() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, train, plain) = model_data_emulator(d.path(), 7);
+    let model = d.path().join("model7");
+    let quant = d.path().join("q.offsite");
+    let out = make_emulator(&model, &quant, &["--prune", "0.5", "--quant-bits", "4"]);
+    assert!(out.contains("compressed 14 emulator weights"), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(offsite(&["inspect", s(&quant), "--json"]))).unwrap();
+    assert_eq!(v["compression"], "layer drop + pruned 50% + 4-bit");
+    assert_eq!(v["options"]["prune"], 0.5);
+    assert_eq!(v["options"]["quant_bits"], 4);
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert!(size(&quant) < size(&plain));
+    // The data owner tunes through it like through any package.
+    tune_briefly(&quant, &train, &d.path().join("a.safetensors"), &[]);
+    fails(
+        offsite(&[
+            "emulator",
+            s(&model),
+            "--keep",
+            "2",
+            "--quant-bits",
+            "12",
+            "-o",
+            s(&d.path().join("bad.offsite")),
+        ]),
+        &["--quant-bits"],
+    );
 }

@@ -63,11 +63,7 @@ pub fn run(args: Args) -> Result<()> {
         args.keep
     );
     let package_path = dir.join("emulator.offsite");
-    let options = EmulatorOptions {
-        bottom: 2,
-        top: 2,
-        keep: args.keep,
-    };
+    let options = EmulatorOptions::layer_drop(2, args.keep, 2);
     let package = Package::build(&full, Some(tok), options, &package_path)?;
     package.save(&package_path)?;
     // The data owner starts from the file, as they would.

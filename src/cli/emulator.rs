@@ -11,15 +11,8 @@ use std::path::PathBuf;
 pub struct Args {
     /// The full model: a .gguf file, a Hugging Face directory, or `smollm2`.
     model: ModelSpec,
-    /// Adapter layers at the bottom (layers 0..bottom).
-    #[arg(long, default_value_t = 2)]
-    bottom: usize,
-    /// Adapter layers at the top (the last `top` layers).
-    #[arg(long, default_value_t = 2)]
-    top: usize,
-    /// Middle layers the emulator keeps (uniformly chosen, as in the paper).
-    #[arg(long)]
-    keep: usize,
+    #[command(flatten)]
+    options: EmulatorOptions,
     /// The package to write.
     #[arg(short, long)]
     output: PathBuf,
@@ -29,12 +22,12 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let ckpt = args.model.load()?;
     let full = ckpt.model()?;
-    let options = EmulatorOptions {
-        bottom: args.bottom,
-        top: args.top,
-        keep: args.keep,
-    };
-    let package = Package::build(&full, ckpt.tokenizer.as_ref(), options, &args.output)?;
+    let package = Package::build(
+        &full,
+        ckpt.tokenizer.as_ref(),
+        args.options.clone(),
+        &args.output,
+    )?;
     package.save(&args.output)?;
     let m = &package.meta;
     let size = std::fs::metadata(&args.output)
@@ -49,7 +42,7 @@ pub fn run(args: Args) -> Result<()> {
         "adapter layers {:?} | emulator layers {:?} (of {} middle layers)",
         m.split.adapter(),
         m.split.emulator,
-        m.config.num_layers - args.bottom - args.top
+        m.config.num_layers - m.options.bottom - m.options.top
     );
     println!(
         "{} parameters, {:.1}% of the full model's {}; source model {}…",
@@ -58,5 +51,20 @@ pub fn run(args: Args) -> Result<()> {
         m.source_parameters,
         short(&m.source_fingerprint)
     );
+    if m.options.compresses() {
+        let dense: usize = package
+            .encoded
+            .values()
+            .map(|e| e.encoding.shape.iter().product::<usize>() * 4)
+            .sum();
+        let stored: usize = package.encoded.values().map(|e| e.stored_bytes()).sum();
+        println!(
+            "compressed {} emulator weights ({}): {:.1} MB stored instead of {:.1} MB",
+            package.encoded.len(),
+            m.options.compression(),
+            stored as f64 / 1e6,
+            dense as f64 / 1e6
+        );
+    }
     Ok(())
 }

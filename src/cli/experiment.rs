@@ -26,15 +26,8 @@ pub struct Args {
     /// Read train/val/test as this task's Hugging Face records, with lm-eval's prompts.
     #[arg(long, value_enum)]
     task: Option<Task>,
-    /// Adapter layers at the bottom.
-    #[arg(long, default_value_t = 2)]
-    bottom: usize,
-    /// Adapter layers at the top.
-    #[arg(long, default_value_t = 2)]
-    top: usize,
-    /// Middle layers the emulator keeps.
-    #[arg(long)]
-    keep: usize,
+    #[command(flatten)]
+    emulator: EmulatorOptions,
     /// Rows not to run (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     skip: Vec<Row>,
@@ -68,11 +61,7 @@ pub fn run_cmd(args: Args) -> Result<()> {
         val: args.val,
         test: args.test,
         task: args.task,
-        emulator: EmulatorOptions {
-            bottom: args.bottom,
-            top: args.top,
-            keep: args.keep,
-        },
+        emulator: args.emulator,
         training: args.train_options,
         method: args.peft.method(),
         skip: args.skip,

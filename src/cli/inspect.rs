@@ -41,7 +41,8 @@ fn inspect_package(path: &Path, as_json: bool) -> Result<()> {
         "emulator_layers": m.split.emulator,
         "layer_map": layer_map,
         "options": m.options,
-        "compression": "layer drop",
+        "compression": m.options.compression(),
+        "compressed_tensors": pkg.encoded.len(),
         "parameters": params,
         "source_parameters": m.source_parameters,
         "percent_of_full": share,
@@ -70,10 +71,11 @@ fn inspect_package(path: &Path, as_json: bool) -> Result<()> {
         m.split.adapter()
     );
     println!(
-        "emulator      layers {:?} ({} of {} middle layers, layer drop)",
+        "emulator      layers {:?} ({} of {} middle layers, {})",
         m.split.emulator,
         m.split.emulator.len(),
-        m.config.num_layers - m.split.bottom.len() - m.split.top.len()
+        m.config.num_layers - m.split.bottom.len() - m.split.top.len(),
+        m.options.compression()
     );
     println!(
         "parameters    {params} ({share:.1}% of the full model's {})",

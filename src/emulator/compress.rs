@@ -148,6 +148,138 @@ impl Sparse {
     }
 }
 
+/// How a compressed tensor is stored: its shape, whether zeros are left out (a pruned tensor,
+/// with a bitmap of the kept positions) and whether the kept values are quantized codes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Encoding {
+    /// The dense tensor's shape.
+    pub shape: Vec<usize>,
+    /// Zeros left out; a `NAME.__mask` bitmap says where the stored values go.
+    pub sparse: bool,
+    /// The stored values' quantization (`None`: f32).
+    pub quant: Option<Quantized>,
+}
+
+impl Encoding {
+    /// The encoding as metadata: without the packed codes, which are stored as a tensor.
+    pub fn metadata(&self) -> Encoding {
+        let mut m = self.clone();
+        if let Some(q) = &mut m.quant {
+            q.packed = Vec::new();
+        }
+        m
+    }
+}
+
+/// A tensor in its compact form.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Encoded {
+    /// Shape and scheme.
+    pub encoding: Encoding,
+    /// For a sparse tensor, the bitmap of non-zero positions.
+    pub mask: Option<Vec<u8>>,
+    /// The stored values as f32 (when not quantized).
+    pub values: Vec<f32>,
+}
+
+/// Suffix of a sparse tensor's bitmap in a safetensors file.
+pub const MASK_SUFFIX: &str = ".__mask";
+
+impl Encoded {
+    /// Compresses `values` (of `shape`): zero the `prune` fraction of smallest magnitude (kept
+    /// sparse), then quantize what is left to `bits`.
+    pub fn compress(
+        mut values: Vec<f32>,
+        shape: &[usize],
+        prune: Option<f64>,
+        bits: Option<u8>,
+    ) -> Self {
+        let mask = prune.map(|r| {
+            magnitude_prune(&mut values, r);
+            let sparse = Sparse::encode(&values);
+            values = sparse.values;
+            sparse.mask
+        });
+        let quant = bits.map(|b| quantize(&values, b));
+        if quant.is_some() {
+            values = Vec::new();
+        }
+        Encoded {
+            encoding: Encoding {
+                shape: shape.to_vec(),
+                sparse: mask.is_some(),
+                quant,
+            },
+            mask,
+            values,
+        }
+    }
+
+    /// The dense values: the single decoder used after building and after loading, so a package
+    /// reads back bit-identical to what was built.
+    pub fn decode(&self) -> Vec<f32> {
+        let stored = match &self.encoding.quant {
+            Some(q) => q.values(),
+            None => self.values.clone(),
+        };
+        match &self.mask {
+            Some(mask) => Sparse {
+                mask: mask.clone(),
+                values: stored,
+                len: self.encoding.shape.iter().product(),
+            }
+            .decode(),
+            None => stored,
+        }
+    }
+
+    /// Bytes on disk (payload only).
+    pub fn stored_bytes(&self) -> usize {
+        self.mask.as_ref().map_or(0, Vec::len)
+            + self
+                .encoding
+                .quant
+                .as_ref()
+                .map_or(self.values.len() * 4, |q| q.packed.len())
+    }
+
+    /// Checks that the stored parts fit the encoding (for files read from disk).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let n: usize = self.encoding.shape.iter().product();
+        let stored = match &self.mask {
+            Some(mask) => {
+                if mask.len() != n.div_ceil(8) {
+                    return Err(format!("mask of {} bytes for {n} values", mask.len()));
+                }
+                mask.iter().map(|b| b.count_ones() as usize).sum()
+            }
+            None => n,
+        };
+        match &self.encoding.quant {
+            Some(q)
+                if !(1..=8).contains(&q.bits)
+                    || q.len != stored
+                    || q.packed.len() != (stored * q.bits as usize).div_ceil(8) =>
+            {
+                return Err(format!(
+                    "{} bytes of {}-bit codes for {stored} values",
+                    q.packed.len(),
+                    q.bits
+                ));
+            }
+            Some(_) => {}
+            None if self.values.len() != stored => {
+                return Err(format!(
+                    "{} values where {stored} are expected",
+                    self.values.len()
+                ));
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +356,39 @@ mod tests {
         assert_eq!(q.values(), [-1.0, 2.0, 0.0, 1.0, -1.0, 2.0]);
         // Constant tensors quantize to themselves.
         assert_eq!(quantize(&[3.0; 4], 3).values(), [3.0; 4]);
+    }
+
+    #[test]
+    fn encodings_shrink_and_decode_to_the_compressed_values() {
+        let v = random(4096, 5);
+        let dense = 4096 * 4;
+        let pruned = Encoded::compress(v.clone(), &[64, 64], Some(0.6), None);
+        assert!(
+            pruned.stored_bytes() < dense / 2,
+            "{}",
+            pruned.stored_bytes()
+        );
+        let d = pruned.decode();
+        assert_eq!(d.iter().filter(|x| **x == 0.0).count(), 2457);
+        let q4 = Encoded::compress(v.clone(), &[64, 64], None, Some(4));
+        assert_eq!(q4.stored_bytes(), dense / 8);
+        let both = Encoded::compress(v.clone(), &[64, 64], Some(0.3), Some(3));
+        let d = both.decode();
+        assert_eq!(d.iter().filter(|x| **x == 0.0).count(), 1228);
+        let mut levels: Vec<u32> = d
+            .iter()
+            .filter(|x| **x != 0.0)
+            .map(|x| x.to_bits())
+            .collect();
+        levels.sort_unstable();
+        levels.dedup();
+        assert!(levels.len() <= 8);
+        for e in [&pruned, &q4, &both] {
+            e.check().unwrap();
+        }
+        let mut bad = both.clone();
+        bad.mask.as_mut().unwrap().pop();
+        assert!(bad.check().unwrap_err().contains("mask"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! adapter layers and the kept emulator layers (never a dropped layer), with JSON metadata:
 //! format version, model config, tokenizer, the layer map, the options and fingerprints.
 
+use super::compress::{Encoded, Encoding, MASK_SUFFIX};
 use super::fingerprint::fingerprint;
 use super::plan::{plan, Split};
 use crate::io::atomic;
@@ -21,15 +22,78 @@ pub const PACKAGE_FORMAT: &str = "offsite-emulator";
 /// Current package format version.
 pub const PACKAGE_VERSION: u32 = 1;
 
-/// How the emulator was made.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// How the emulator was made (also the flags of `offsite emulator` and `offsite experiment`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct EmulatorOptions {
-    /// Adapter layers at the bottom.
+    /// Adapter layers at the bottom (layers 0..bottom).
+    #[arg(long, default_value_t = 2)]
     pub bottom: usize,
-    /// Adapter layers at the top.
+    /// Adapter layers at the top (the last `top` layers).
+    #[arg(long, default_value_t = 2)]
     pub top: usize,
-    /// Middle layers kept.
+    /// Middle layers the emulator keeps (uniformly chosen, as in the paper).
+    #[arg(long)]
     pub keep: usize,
+    /// Zero this fraction of the smallest-magnitude entries of each 2-D emulator weight
+    /// (unstructured magnitude pruning; stored sparse).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<f64>,
+    /// Quantize each 2-D emulator weight uniformly to this many bits (1–8; per tensor, levels
+    /// symmetric about the midpoint zero-point; stored as packed codes).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quant_bits: Option<u8>,
+}
+
+impl EmulatorOptions {
+    /// Plain layer drop with `bottom` + `keep` + `top` layers.
+    pub fn layer_drop(bottom: usize, keep: usize, top: usize) -> Self {
+        EmulatorOptions {
+            bottom,
+            top,
+            keep,
+            prune: None,
+            quant_bits: None,
+        }
+    }
+
+    /// Checks the compression options.
+    fn validate(&self) -> Result<()> {
+        if let Some(r) = self.prune {
+            if !(0.0..1.0).contains(&r) {
+                return Err(Error::Invalid(format!(
+                    "--prune must be a fraction in [0, 1), not {r}"
+                )));
+            }
+        }
+        if let Some(b) = self.quant_bits {
+            if !(1..=8).contains(&b) {
+                return Err(Error::Invalid(format!(
+                    "--quant-bits must be 1 to 8, not {b}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// How the middle was compressed: `layer drop`, `layer drop + pruned 30%`,
+    /// `layer drop + 4-bit`, ….
+    pub fn compression(&self) -> String {
+        let mut out = String::from("layer drop");
+        if let Some(r) = self.prune {
+            out += &format!(" + pruned {:.0}%", r * 100.0);
+        }
+        if let Some(b) = self.quant_bits {
+            out += &format!(" + {b}-bit");
+        }
+        out
+    }
+
+    /// Whether emulator weights are pruned or quantized.
+    pub fn compresses(&self) -> bool {
+        self.prune.is_some() || self.quant_bits.is_some()
+    }
 }
 
 /// A tokenizer as its two HF files.
@@ -86,6 +150,9 @@ pub struct PackageMeta {
     pub tokenizer: Option<TokenizerFiles>,
     /// The program that wrote it.
     pub created_by: String,
+    /// The tensors stored compressed (pruned and/or quantized emulator weights), by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub encodings: BTreeMap<String, Encoding>,
 }
 
 /// An emulator package in memory.
@@ -93,8 +160,10 @@ pub struct PackageMeta {
 pub struct Package {
     /// Its metadata.
     pub meta: PackageMeta,
-    /// Its tensors, HF names with original layer indices.
+    /// Its tensors, HF names with original layer indices (compressed ones decoded to dense).
     pub tensors: TensorMap,
+    /// The compact form of the compressed tensors, as written to disk.
+    pub encoded: BTreeMap<String, Encoded>,
 }
 
 /// Names of the tensors the package holds for `split` (embeddings, norm, head, kept layers).
@@ -127,6 +196,7 @@ impl Package {
         options: EmulatorOptions,
         origin: &Path,
     ) -> Result<Self> {
+        options.validate()?;
         let config = full.config().clone();
         let split = plan(config.num_layers, options.bottom, options.top, options.keep)?;
         let source_fingerprint = fingerprint(
@@ -135,8 +205,26 @@ impl Package {
                 .map(|(n, w)| (n.as_str(), w.tensor())),
         )?;
         let mut tensors = TensorMap::new(origin);
+        let mut encoded = BTreeMap::new();
         for (name, t) in package_tensors(full, &split) {
-            tensors.insert(name, t, origin);
+            // Only the emulator's weight matrices are compressed: the adapter is what the data
+            // owner trains, and norms are tiny.
+            let compress = options.compresses()
+                && t.rank() == 2
+                && layer_index(&name).is_some_and(|i| split.emulator.contains(&i));
+            if compress {
+                let values = t
+                    .flatten_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1()?;
+                let e = Encoded::compress(values, t.dims(), options.prune, options.quant_bits);
+                let dense =
+                    Tensor::from_vec(e.decode(), t.dims(), t.device())?.to_dtype(t.dtype())?;
+                tensors.insert(name.clone(), dense, origin);
+                encoded.insert(name, e);
+            } else {
+                tensors.insert(name, t, origin);
+            }
         }
         let package_fingerprint = fingerprint(tensors.iter())?;
         let tokenizer = tokenizer
@@ -154,14 +242,83 @@ impl Package {
                 package_fingerprint,
                 tokenizer,
                 created_by: format!("offsite {}", env!("CARGO_PKG_VERSION")),
+                encodings: encoded
+                    .iter()
+                    .map(|(n, e): (&String, &Encoded)| (n.clone(), e.encoding.metadata()))
+                    .collect(),
             },
             tensors,
+            encoded,
         })
     }
 
-    /// Writes the package atomically.
+    /// Writes the package atomically, compressed tensors in their compact form.
     pub fn save(&self, path: &Path) -> Result<()> {
-        write_with_meta(path, &self.tensors, &self.meta)
+        let mut stored = TensorMap::new(path);
+        for (name, t) in self.tensors.iter() {
+            let Some(e) = self.encoded.get(name) else {
+                stored.insert(name, t.clone(), path);
+                continue;
+            };
+            let cpu = &Device::Cpu;
+            let payload = match &e.encoding.quant {
+                Some(q) => Tensor::from_vec(q.packed.clone(), q.packed.len(), cpu)?,
+                None => Tensor::from_vec(e.values.clone(), e.values.len(), cpu)?,
+            };
+            stored.insert(name, payload, path);
+            if let Some(mask) = &e.mask {
+                let mask = Tensor::from_vec(mask.clone(), mask.len(), cpu)?;
+                stored.insert(format!("{name}{MASK_SUFFIX}"), mask, path);
+            }
+        }
+        write_with_meta(path, &stored, &self.meta)
+    }
+
+    /// Decodes the compressed tensors of a package read from `path` in place.
+    fn decode_stored(&mut self, path: &Path) -> Result<()> {
+        for (name, encoding) in &self.meta.encodings {
+            let bad =
+                |msg: String| Error::format(path, format!("compressed tensor `{name}`: {msg}"));
+            let payload = self
+                .tensors
+                .remove(name)
+                .ok_or_else(|| bad("missing".into()))?;
+            let bytes = |t: Tensor| -> Result<Vec<u8>> {
+                Ok(t.flatten_all()?
+                    .to_dtype(candle_core::DType::U8)?
+                    .to_vec1()?)
+            };
+            let mask = match encoding.sparse {
+                true => Some(bytes(
+                    self.tensors
+                        .remove(&format!("{name}{MASK_SUFFIX}"))
+                        .ok_or_else(|| bad("its mask is missing".into()))?,
+                )?),
+                false => None,
+            };
+            let mut e = Encoded {
+                encoding: encoding.clone(),
+                mask,
+                values: Vec::new(),
+            };
+            match &mut e.encoding.quant {
+                Some(q) => q.packed = bytes(payload)?,
+                None => e.values = payload.flatten_all()?.to_vec1()?,
+            }
+            e.check().map_err(bad)?;
+            let dense = Tensor::from_vec(e.decode(), encoding.shape.as_slice(), &Device::Cpu)?;
+            self.tensors
+                .insert(name, dense.to_device(&self.device())?, path);
+            self.encoded.insert(name.clone(), e);
+        }
+        Ok(())
+    }
+
+    fn device(&self) -> Device {
+        self.tensors
+            .iter()
+            .next()
+            .map_or(Device::Cpu, |(_, t)| t.device().clone())
     }
 
     /// Reads a package, checking its format, version and that it holds exactly the tensors its
@@ -177,7 +334,12 @@ impl Package {
                 ),
             ));
         }
-        let pkg = Package { meta, tensors };
+        let mut pkg = Package {
+            meta,
+            tensors,
+            encoded: BTreeMap::new(),
+        };
+        pkg.decode_stored(path)?;
         let kept: std::collections::HashSet<usize> =
             pkg.meta.split.layer_order().into_iter().collect();
         if let Some(extra) = pkg

@@ -16,11 +16,7 @@ fn config() -> ModelConfig {
 }
 
 fn options() -> EmulatorOptions {
-    EmulatorOptions {
-        bottom: 2,
-        top: 1,
-        keep: 3,
-    }
+    EmulatorOptions::layer_drop(2, 3, 1)
 }
 
 fn package_of(model: &Model) -> Package {
@@ -385,4 +381,87 @@ fn every_method_round_trips_and_plugs_in() {
             "{kind}"
         );
     }
+}
+
+#[test]
+fn compressed_packages_shrink_and_read_back_bit_identical() {
+    let model = Model::random(&config(), 10, DType::F32).unwrap();
+    let dense = package_of(&model);
+    let dir = tempfile::tempdir().unwrap();
+    let dense_path = dir.path().join("dense.offsite");
+    dense.save(&dense_path).unwrap();
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    for (prune, bits) in [(Some(0.6), None), (None, Some(4)), (Some(0.3), Some(3))] {
+        let options = EmulatorOptions {
+            prune,
+            quant_bits: bits,
+            ..options()
+        };
+        let pkg = Package::build(&model, None, options.clone(), Path::new("c.offsite")).unwrap();
+        let path = dir.path().join(format!("{prune:?}-{bits:?}.offsite"));
+        pkg.save(&path).unwrap();
+        assert!(
+            size(&path) < size(&dense_path),
+            "{prune:?} {bits:?}: no smaller"
+        );
+        let back = Package::load(&path, &Device::Cpu).unwrap();
+        assert_eq!(back.meta, pkg.meta);
+        assert_eq!(back.meta.options, options);
+        for (name, t) in pkg.tensors.iter() {
+            let u = back.tensors.get(name, t.dims()).unwrap();
+            assert_eq!(t.to_vec1_any(), u.to_vec1_any(), "{name}");
+            let original = dense.tensors.get(name, t.dims()).unwrap().to_vec1_any();
+            let values = t.to_vec1_any();
+            let emulator =
+                package::layer_index(name).is_some_and(|i| pkg.meta.split.emulator.contains(&i));
+            if !(emulator && t.rank() == 2) {
+                assert_eq!(
+                    values, original,
+                    "{name} is not an emulator matrix but changed"
+                );
+                continue;
+            }
+            let zeros = values.iter().filter(|v| **v == 0.0).count();
+            if let Some(r) = prune {
+                assert_eq!(zeros, (r * values.len() as f64).floor() as usize, "{name}");
+            }
+            if let Some(b) = bits {
+                let mut levels: Vec<u32> = values
+                    .iter()
+                    .filter(|v| **v != 0.0)
+                    .map(|v| v.to_bits())
+                    .collect();
+                levels.sort_unstable();
+                levels.dedup();
+                assert!(levels.len() <= 1 << b, "{name}: {} levels", levels.len());
+            }
+            assert_ne!(values, original, "{name} was not compressed");
+        }
+    }
+    // Bad compression options are refused with the flag's name.
+    let bad = EmulatorOptions {
+        quant_bits: Some(9),
+        ..options()
+    };
+    let err = Package::build(&model, None, bad, Path::new("x"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--quant-bits"), "{err}");
+}
+
+#[test]
+fn a_damaged_compressed_tensor_is_reported_by_name() {
+    let model = Model::random(&config(), 11, DType::F32).unwrap();
+    let options = EmulatorOptions {
+        prune: Some(0.5),
+        ..options()
+    };
+    let mut pkg = Package::build(&model, None, options, Path::new("c.offsite")).unwrap();
+    let name = pkg.encoded.keys().next().unwrap().clone();
+    pkg.encoded.get_mut(&name).unwrap().values.pop();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.offsite");
+    pkg.save(&path).unwrap();
+    let err = Package::load(&path, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains(&name) && err.contains("bad.offsite"), "{err}");
 }

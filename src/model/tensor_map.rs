@@ -46,6 +46,11 @@ impl TensorMap {
         Ok(tensor.clone())
     }
 
+    /// Takes `name` out of the map.
+    pub fn remove(&mut self, name: &str) -> Option<Tensor> {
+        self.tensors.remove(name).map(|(t, _)| t)
+    }
+
     /// Whether `name` is present.
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
