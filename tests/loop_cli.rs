@@ -534,3 +534,32 @@ fn compressed_emulators_are_smaller_and_say_how_they_were_made() {
         &["--quant-bits"],
     );
 }
+
+#[test]
+fn distilled_emulators_record_their_distillation() {
+    let d = tempfile::tempdir().unwrap();
+    let (model, train, _) = model_data_emulator(d.path(), 8);
+    let emu = d.path().join("distilled.offsite");
+    let train = s(&train);
+    let out = make_emulator(
+        &model,
+        &emu,
+        &[
+            "--distill",
+            train,
+            "--distill-steps",
+            "2",
+            "--block-size",
+            "16",
+        ],
+    );
+    assert!(out.contains("distilled on"), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(offsite(&["inspect", s(&emu), "--json"]))).unwrap();
+    assert_eq!(v["distillation"]["metrics"]["steps"], 2);
+    assert_eq!(v["distillation"]["weights"]["kd_weight"], 30.0);
+    assert!(v["distillation"]["metrics"]["best_val_loss"].is_number());
+    // Its checkpoints are gone, its metrics log stays beside it.
+    assert!(!d.path().join("distilled.offsite.ckpt").exists());
+    assert!(d.path().join("distilled.offsite.metrics.jsonl").is_file());
+}

@@ -1,9 +1,13 @@
-//! `offsite emulator MODEL --bottom 2 --top 2 --keep K -o EMU.offsite` (the model owner).
+//! `offsite emulator MODEL --bottom 2 --top 2 --keep K [--prune R] [--quant-bits B]
+//! [--distill CORPUS …] -o EMU.offsite` (the model owner).
 
 use super::ModelSpec;
 use anyhow::Result;
+use offsite::data::{load_training_data, Sequence};
+use offsite::emulator::distill::{distill, DistillRecord, DistillWeights};
 use offsite::emulator::fingerprint::short;
 use offsite::emulator::{EmulatorOptions, Package};
+use offsite::train::TrainOptions;
 use std::path::PathBuf;
 
 /// Arguments of `offsite emulator`.
@@ -16,16 +20,90 @@ pub struct Args {
     /// The package to write.
     #[arg(short, long)]
     output: PathBuf,
+    /// Distil the emulator layers on this corpus (JSONL {"text"} or .txt): they learn to
+    /// reproduce the full model's middle layers (hidden-state KD) while the emulator keeps
+    /// modelling language (LM loss). Training flags below apply.
+    #[arg(long)]
+    distill: Option<PathBuf>,
+    /// Held-out corpus for validation during distillation (default: the last 5% of the
+    /// corpus's blocks).
+    #[arg(long, requires = "distill")]
+    distill_val: Option<PathBuf>,
+    /// Optimizer steps of the distillation (overrides --max-steps).
+    #[arg(long, requires = "distill")]
+    distill_steps: Option<usize>,
+    #[command(flatten)]
+    weights: DistillWeights,
+    #[command(flatten)]
+    train: TrainOptions,
+}
+
+/// Splits off the last 5% (at least one) of `seqs` as validation data.
+fn hold_out(mut seqs: Vec<Sequence>) -> (Vec<Sequence>, Vec<Sequence>) {
+    let n = (seqs.len() / 20).max(1).min(seqs.len().saturating_sub(1));
+    let val = seqs.split_off(seqs.len() - n);
+    (seqs, val)
 }
 
 /// Builds and writes the package, then describes it.
 pub fn run(args: Args) -> Result<()> {
     let ckpt = args.model.load()?;
     let full = ckpt.model()?;
-    let package = Package::build(
+    let distilled = match &args.distill {
+        None => None,
+        Some(corpus) => {
+            let tok = ckpt.tokenizer()?;
+            let mut options = args.train.clone();
+            if let Some(n) = args.distill_steps {
+                options.max_steps = Some(n);
+            }
+            let block = options.block_size;
+            let data = load_training_data(corpus, tok, block, None)?.sequences;
+            let (train, val) = match &args.distill_val {
+                Some(v) => (data, load_training_data(v, tok, block, None)?.sequences),
+                None => hold_out(data),
+            };
+            eprintln!(
+                "distillation: {} training blocks, {} validation blocks of {block} tokens",
+                train.len(),
+                val.len()
+            );
+            // The layer-dropped emulator is the starting point.
+            let plain = Package::build(
+                &full,
+                None,
+                EmulatorOptions::layer_drop(
+                    args.options.bottom,
+                    args.options.keep,
+                    args.options.top,
+                ),
+                &args.output,
+            )?;
+            let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
+            let (weights, metrics) = distill(
+                &full,
+                &plain,
+                &train,
+                Some(&val),
+                &options,
+                &args.weights,
+                pad,
+                &args.output,
+            )?;
+            let record = DistillRecord {
+                corpus: corpus.display().to_string(),
+                weights: args.weights.clone(),
+                training: options,
+                metrics,
+            };
+            Some((weights, record))
+        }
+    };
+    let package = Package::build_with(
         &full,
         ckpt.tokenizer.as_ref(),
         args.options.clone(),
+        distilled.as_ref().map(|(w, r)| (w, r.clone())),
         &args.output,
     )?;
     package.save(&args.output)?;
@@ -51,6 +129,16 @@ pub fn run(args: Args) -> Result<()> {
         m.source_parameters,
         short(&m.source_fingerprint)
     );
+    if let Some(d) = &m.distillation {
+        println!(
+            "distilled on {}: {} steps, best validation loss {}",
+            d.corpus,
+            d.metrics.steps,
+            d.metrics
+                .best_val_loss
+                .map_or("-".into(), |l| format!("{l:.4}"))
+        );
+    }
     if m.options.compresses() {
         let dense: usize = package
             .encoded

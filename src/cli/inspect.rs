@@ -43,6 +43,7 @@ fn inspect_package(path: &Path, as_json: bool) -> Result<()> {
         "options": m.options,
         "compression": m.options.compression(),
         "compressed_tensors": pkg.encoded.len(),
+        "distillation": m.distillation,
         "parameters": params,
         "source_parameters": m.source_parameters,
         "percent_of_full": share,
@@ -77,6 +78,18 @@ fn inspect_package(path: &Path, as_json: bool) -> Result<()> {
         m.config.num_layers - m.split.bottom.len() - m.split.top.len(),
         m.options.compression()
     );
+    if let Some(d) = &m.distillation {
+        println!(
+            "distilled     on {} ({} steps, kd weight {}, lm weight {}, best validation loss {})",
+            d.corpus,
+            d.metrics.steps,
+            d.weights.kd_weight,
+            d.weights.lm_weight,
+            d.metrics
+                .best_val_loss
+                .map_or("-".into(), |l| format!("{l:.4}"))
+        );
+    }
     println!(
         "parameters    {params} ({share:.1}% of the full model's {})",
         m.source_parameters

@@ -3,6 +3,7 @@
 
 pub mod adapter;
 pub mod compress;
+pub mod distill;
 pub mod fingerprint;
 pub mod package;
 pub mod plan;

@@ -3,6 +3,7 @@
 //! format version, model config, tokenizer, the layer map, the options and fingerprints.
 
 use super::compress::{Encoded, Encoding, MASK_SUFFIX};
+use super::distill::DistillRecord;
 use super::fingerprint::fingerprint;
 use super::plan::{plan, Split};
 use crate::io::atomic;
@@ -150,6 +151,9 @@ pub struct PackageMeta {
     pub tokenizer: Option<TokenizerFiles>,
     /// The program that wrote it.
     pub created_by: String,
+    /// How the emulator layers were distilled, when they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distillation: Option<DistillRecord>,
     /// The tensors stored compressed (pruned and/or quantized emulator weights), by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub encodings: BTreeMap<String, Encoding>,
@@ -196,6 +200,18 @@ impl Package {
         options: EmulatorOptions,
         origin: &Path,
     ) -> Result<Self> {
+        Self::build_with(full, tokenizer, options, None, origin)
+    }
+
+    /// [`Package::build`] with distilled emulator-layer weights in place of the full model's
+    /// (then compressed, if the options say so).
+    pub fn build_with(
+        full: &Model,
+        tokenizer: Option<&Tokenizer>,
+        options: EmulatorOptions,
+        distilled: Option<(&BTreeMap<String, Tensor>, DistillRecord)>,
+        origin: &Path,
+    ) -> Result<Self> {
         options.validate()?;
         let config = full.config().clone();
         let split = plan(config.num_layers, options.bottom, options.top, options.keep)?;
@@ -206,7 +222,23 @@ impl Package {
         )?;
         let mut tensors = TensorMap::new(origin);
         let mut encoded = BTreeMap::new();
+        let (distilled, distillation) = match distilled {
+            Some((w, record)) => (Some(w), Some(record)),
+            None => (None, None),
+        };
+        if let Some(bad) = distilled.and_then(|w| {
+            w.keys()
+                .find(|n| !layer_index(n).is_some_and(|i| split.emulator.contains(&i)))
+        }) {
+            return Err(Error::Invalid(format!(
+                "`{bad}` is not a weight of an emulator layer"
+            )));
+        }
         for (name, t) in package_tensors(full, &split) {
+            let t = match distilled.and_then(|w| w.get(&name)) {
+                Some(d) => d.clone(),
+                None => t,
+            };
             // Only the emulator's weight matrices are compressed: the adapter is what the data
             // owner trains, and norms are tiny.
             let compress = options.compresses()
@@ -242,6 +274,7 @@ impl Package {
                 package_fingerprint,
                 tokenizer,
                 created_by: format!("offsite {}", env!("CARGO_PKG_VERSION")),
+                distillation,
                 encodings: encoded
                     .iter()
                     .map(|(n, e): (&String, &Encoded)| (n.clone(), e.encoding.metadata()))

@@ -16,16 +16,23 @@ pub fn masked_nll_sum(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> Re
 }
 
 /// Mean cross-entropy of `model` on the counted targets of `batch`; `dropout_seed` (training)
-/// draws the dropout masks. On the CPU the LM head and the cross-entropy run fused (no
-/// `[tokens × vocab]` logits); elsewhere as plain candle ops.
+/// draws the dropout masks. See [`head_loss`].
 pub fn lm_loss(model: &Model, batch: &Batch, dropout_seed: Option<u64>) -> Result<Tensor> {
+    let h = model.hidden_seeded(&batch.inputs, dropout_seed)?;
+    head_loss(model, &h, batch)
+}
+
+/// Mean cross-entropy of the counted targets of `batch` from `hidden`, the final norm's output
+/// `[batch, seq, hidden]`. On the CPU the LM head and the cross-entropy run fused (no
+/// `[tokens × vocab]` logits); elsewhere as plain candle ops.
+pub fn head_loss(model: &Model, hidden: &Tensor, batch: &Batch) -> Result<Tensor> {
     let n = batch.num_targets.max(1) as f64;
     if !model.device().is_cpu() {
-        let logits = model.forward(&batch.inputs)?;
+        // The fused op is CPU code; elsewhere the logits are materialised.
+        let logits = model.logits(hidden)?;
         return masked_nll_sum(&logits, &batch.targets, &batch.weights)? / n;
     }
-    let h = model.hidden_seeded(&batch.inputs, dropout_seed)?;
-    let d = h.dim(D::Minus1)?;
+    let d = hidden.dim(D::Minus1)?;
     let targets = batch.targets.flatten_all()?.to_vec1::<u32>()?;
     let weights: Vec<f64> = batch
         .weights
@@ -35,6 +42,6 @@ pub fn lm_loss(model: &Model, batch: &Batch, dropout_seed: Option<u64>) -> Resul
         .map(|w| w as f64 / n)
         .collect();
     let head = model.head_weight();
-    let h = h.reshape(((), d))?.to_dtype(head.tensor().dtype())?;
+    let h = hidden.reshape(((), d))?.to_dtype(head.tensor().dtype())?;
     lm_head_loss(&h, head.tensor(), head.is_trainable(), &targets, &weights)
 }

@@ -1,0 +1,355 @@
+//! Emulator distillation (the paper's §3.3): starting from the layer-dropped emulator, train only
+//! the emulator layers so that the residual stream at the emulator's output matches what the full
+//! model's middle layers produce from the same input, plus the emulator model's own language
+//! modelling loss. The adapter layers, embeddings and head stay frozen — they are the parts the
+//! data owner will tune and the model owner will plug back.
+
+use super::package::{layer_index, Package};
+use crate::data::{Batch, Sequence};
+use crate::model::Model;
+use crate::train::{self, trainable_params, TrainJob, TrainOptions, TrainSummary};
+use crate::{Error, Result};
+use candle_core::{Tensor, D};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The distillation loss weights (also the `--kd-weight`/`--lm-weight` flags).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct DistillWeights {
+    /// Weight of the hidden-state distillation loss.
+    #[arg(long, default_value_t = 30.0)]
+    pub kd_weight: f64,
+    /// Weight of the emulator model's language-modelling loss.
+    #[arg(long, default_value_t = 1.0)]
+    pub lm_weight: f64,
+}
+
+/// What a distilled package records about its distillation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DistillRecord {
+    /// The corpus it was distilled on (as given).
+    pub corpus: String,
+    /// Loss weights.
+    pub weights: DistillWeights,
+    /// Trainer options.
+    pub training: TrainOptions,
+    /// How training went.
+    pub metrics: TrainSummary,
+}
+
+/// `mean((teacher − student)²) / mean(teacher²)` over the positions where `mask` (`[batch,
+/// seq]`, 1/0) is set: the squared error relative to the teacher's energy, so the loss does not
+/// depend on the scale of the residual stream.
+pub fn kd_loss(teacher: &Tensor, student: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    let mask = mask.unsqueeze(D::Minus1)?.to_dtype(teacher.dtype())?;
+    let err = (teacher - student)?
+        .sqr()?
+        .broadcast_mul(&mask)?
+        .sum_all()?;
+    // The teacher is outside the graph: its energy is a constant of the step.
+    let energy = teacher.sqr()?.broadcast_mul(&mask)?.sum_all()?.detach();
+    err.broadcast_div(&energy)
+}
+
+/// The student and teacher sides of a distillation step.
+struct Pair<'a> {
+    student: &'a Model,
+    teacher: &'a Model,
+    /// Positions in the student's layer list: adapter bottom, emulator, adapter top.
+    bottom: usize,
+    emulator: usize,
+    /// Positions of the full model's middle layers in its layer list.
+    middle: std::ops::Range<usize>,
+    weights: &'a DistillWeights,
+}
+
+impl Pair<'_> {
+    /// `kd_weight · KD + lm_weight · LM` on `batch`.
+    fn loss(&self, batch: &Batch, seed: Option<u64>) -> candle_core::Result<Tensor> {
+        let (_, t) = batch.inputs.dims2()?;
+        let mut ctx = self.student.layer_context(0, t)?;
+        ctx.dropout_seed = seed;
+        // Embeddings and the bottom adapter layers are frozen and shared by both sides: run
+        // them once, outside the graph.
+        let h = self.student.embed(&batch.inputs)?;
+        let h = self
+            .student
+            .forward_layers(h, &ctx, 0..self.bottom)?
+            .detach();
+        let teacher_ctx = self.teacher.layer_context(0, t)?;
+        let teacher = self
+            .teacher
+            .forward_layers(h.clone(), &teacher_ctx, self.middle.clone())?
+            .detach();
+        let emulator = self.bottom..self.bottom + self.emulator;
+        let student = self.student.forward_layers(h, &ctx, emulator.clone())?;
+        let mask = position_mask(batch)?;
+        let kd = kd_loss(&teacher, &student, &mask)?;
+        let rest = emulator.end..self.student.layers().len();
+        let top = self.student.forward_layers(student, &ctx, rest)?;
+        let hidden = self.student.final_norm(&top)?;
+        let lm = crate::train::loss::head_loss(self.student, &hidden, batch)?;
+        (kd * self.weights.kd_weight)? + (lm * self.weights.lm_weight)?
+    }
+}
+
+/// 1 for the non-padding positions of each row of `batch` (`[batch, seq]`).
+fn position_mask(batch: &Batch) -> candle_core::Result<Tensor> {
+    let (b, t) = batch.inputs.dims2()?;
+    // A row's real tokens are those up to its last counted target; packed corpora count every
+    // position, so this is the row's length without the padding.
+    let w = batch.weights.to_vec2::<f32>()?;
+    let mut m = vec![0f32; b * t];
+    for (r, row) in w.iter().enumerate() {
+        if let Some(last) = row.iter().rposition(|&x| x > 0.0) {
+            m[r * t..r * t + last + 1].fill(1.0);
+        }
+    }
+    Tensor::from_vec(m, (b, t), batch.inputs.device())
+}
+
+/// Distils the emulator layers of `package` (plain layer drop, built from `full`) on `train`
+/// (validating on `val`), with checkpoints and a metrics log beside `output`. Returns the trained
+/// emulator-layer weights by name and the run's summary.
+#[allow(clippy::too_many_arguments)]
+pub fn distill(
+    full: &Model,
+    package: &Package,
+    train_data: &[Sequence],
+    val: Option<&[Sequence]>,
+    options: &TrainOptions,
+    weights: &DistillWeights,
+    pad: u32,
+    output: &Path,
+) -> Result<(BTreeMap<String, Tensor>, TrainSummary)> {
+    distill_until(
+        full, package, train_data, val, options, weights, pad, output, None,
+    )
+}
+
+/// [`distill`], stopped as if killed after optimizer step `stop_at` (for crash tests).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn distill_until(
+    full: &Model,
+    package: &Package,
+    train_data: &[Sequence],
+    val: Option<&[Sequence]>,
+    options: &TrainOptions,
+    weights: &DistillWeights,
+    pad: u32,
+    output: &Path,
+    stop_at: Option<usize>,
+) -> Result<(BTreeMap<String, Tensor>, TrainSummary)> {
+    let split = &package.meta.split;
+    if full.layer_ids() != (0..split.num_layers).collect::<Vec<_>>() {
+        return Err(Error::Invalid(
+            "distillation needs the full model with all its layers as the teacher".into(),
+        ));
+    }
+    if split.emulator.is_empty() {
+        return Err(Error::Invalid(
+            "the emulator keeps no layers: nothing to distil".into(),
+        ));
+    }
+    let mut student = package.model()?;
+    let emulator = split.emulator.clone();
+    let params = trainable_params(&mut student, |name| {
+        layer_index(name).is_some_and(|i| emulator.contains(&i))
+    })?;
+    let pair = Pair {
+        student: &student,
+        teacher: full,
+        bottom: split.bottom.len(),
+        emulator: split.emulator.len(),
+        middle: split.bottom.len()..split.num_layers - split.top.len(),
+        weights,
+    };
+    let total = student.num_parameters();
+    let mut job = TrainJob::beside(
+        output, "distill", params, train_data, val, pad, options, total,
+    );
+    job.device = student.device().clone();
+    job.stop_at = stop_at;
+    let checkpoint_dir = job.checkpoint_dir.clone();
+    let outcome = train::train(job, &|batch, seed| pair.loss(batch, seed))?;
+    let _ = std::fs::remove_dir_all(&checkpoint_dir);
+    Ok((outcome.params, outcome.summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulator::EmulatorOptions;
+    use crate::model::ModelConfig;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn kd_loss_matches_a_hand_computation() {
+        // Two positions of width 2; the second is padding and must not count.
+        let t = Tensor::new(&[[[1.0f32, 2.0], [9.0, 9.0]]], &Device::Cpu).unwrap();
+        let s = Tensor::new(&[[[0.0f32, 4.0], [0.0, 0.0]]], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[[1.0f32, 0.0]], &Device::Cpu).unwrap();
+        let kd = kd_loss(&t, &s, &mask).unwrap().to_scalar::<f32>().unwrap();
+        // mean((1-0)², (2-4)²) / mean(1², 2²) = 2.5 / 2.5 = 1.
+        assert!((kd - 1.0).abs() < 1e-7, "{kd}");
+        let same = kd_loss(&t, &t, &mask).unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(same, 0.0);
+    }
+
+    fn setup() -> (Model, Package, Vec<Sequence>) {
+        let config = ModelConfig {
+            num_layers: 8,
+            ..ModelConfig::tiny()
+        };
+        let full = Model::random(&config, 12, DType::F32).unwrap();
+        let options = EmulatorOptions::layer_drop(2, 2, 1);
+        let pkg = Package::build(&full, None, options, Path::new("d.offsite")).unwrap();
+        let data = (0..12)
+            .map(|i| Sequence {
+                ids: (0..10).map(|j| ((i * 5 + j * 7) % 31 + 1) as u32).collect(),
+                loss_from: 1,
+            })
+            .collect();
+        (full, pkg, data)
+    }
+
+    fn opts() -> TrainOptions {
+        TrainOptions {
+            max_steps: Some(6),
+            batch_size: 3,
+            lr: 1e-2,
+            eval_every: 2,
+            save_every: 2,
+            ..TrainOptions::default()
+        }
+    }
+
+    #[test]
+    fn distillation_trains_only_emulator_layers_and_lowers_the_kd_loss() {
+        let (full, pkg, data) = setup();
+        let dir = tempfile::tempdir().unwrap();
+        let weights = DistillWeights {
+            kd_weight: 1.0,
+            lm_weight: 0.0,
+        };
+        let out = dir.path().join("d.offsite");
+        let options = TrainOptions {
+            max_steps: Some(12),
+            lr: 2e-3,
+            ..opts()
+        };
+        let val = Some(&data[..3]);
+        let (trained, summary) =
+            distill(&full, &pkg, &data, val, &options, &weights, 0, &out).unwrap();
+        assert_eq!(summary.steps, 12);
+        let emulator = &pkg.meta.split.emulator;
+        assert!(!trained.is_empty());
+        for name in trained.keys() {
+            assert!(
+                layer_index(name).is_some_and(|i| emulator.contains(&i)),
+                "{name} is not an emulator weight"
+            );
+        }
+        // Every emulator weight trained, each changed.
+        let expected = pkg
+            .tensors
+            .names()
+            .filter(|n| layer_index(n).is_some_and(|i| emulator.contains(&i)))
+            .count();
+        assert_eq!(trained.len(), expected);
+        // The distilled package uses the trained weights and records how it was made.
+        let record = DistillRecord {
+            corpus: "c".into(),
+            weights: weights.clone(),
+            training: options,
+            metrics: summary,
+        };
+        let built = Package::build_with(
+            &full,
+            None,
+            pkg.meta.options.clone(),
+            Some((&trained, record.clone())),
+            &out,
+        )
+        .unwrap();
+        // The KD loss on held-out data went down.
+        let val: Vec<&Sequence> = data[..3].iter().collect();
+        let batch = Batch::new(&val, 0, &Device::Cpu).unwrap();
+        let kd = |student: &Model| {
+            let pair = Pair {
+                student,
+                teacher: &full,
+                bottom: 2,
+                emulator: 2,
+                middle: 2..7,
+                weights: &weights,
+            };
+            pair.loss(&batch, None).unwrap().to_scalar::<f32>().unwrap()
+        };
+        let (before, after) = (kd(&pkg.model().unwrap()), kd(&built.model().unwrap()));
+        assert!(after < 0.8 * before, "KD {before} -> {after}");
+        built.save(&out).unwrap();
+        let back = Package::load(&out, &Device::Cpu).unwrap();
+        assert_eq!(back.meta.distillation, Some(record));
+        for (name, t) in back.tensors.iter() {
+            let original = pkg.tensors.get(name, t.dims()).unwrap();
+            let changed = crate::ops::testing::max_abs_diff(t, &original).unwrap() > 0.0;
+            assert_eq!(changed, trained.contains_key(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn killed_and_resumed_distillation_is_bit_identical() {
+        let (full, pkg, data) = setup();
+        let weights = DistillWeights::default_for_tests();
+        let d1 = tempfile::tempdir().unwrap();
+        let out1 = d1.path().join("d.offsite");
+        let (straight, _) = distill(
+            &full,
+            &pkg,
+            &data,
+            Some(&data[..3]),
+            &opts(),
+            &weights,
+            0,
+            &out1,
+        )
+        .unwrap();
+        let d2 = tempfile::tempdir().unwrap();
+        let out2 = d2.path().join("d.offsite");
+        let args = (&full, &pkg, &data, Some(&data[..3]));
+        let err = distill_until(
+            args.0,
+            args.1,
+            args.2,
+            args.3,
+            &opts(),
+            &weights,
+            0,
+            &out2,
+            Some(3),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::Interrupted(3)), "{err}");
+        let resume = TrainOptions {
+            resume: true,
+            ..opts()
+        };
+        let (resumed, _) =
+            distill(args.0, args.1, args.2, args.3, &resume, &weights, 0, &out2).unwrap();
+        for (name, t) in &straight {
+            let d = crate::ops::testing::max_abs_diff(t, &resumed[name]).unwrap();
+            assert!(d == 0.0, "{name} differs by {d:e}");
+        }
+    }
+
+    impl DistillWeights {
+        fn default_for_tests() -> Self {
+            DistillWeights {
+                kd_weight: 30.0,
+                lm_weight: 1.0,
+            }
+        }
+    }
+}
