@@ -7,26 +7,35 @@
 use super::cpu::{dispatch_float, slice, storage, Float};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType, D};
 
-/// Scores have layout `[.., t, s]`: query row `i` sits at absolute position `s - t + i` and sees
-/// keys `0..=s - t + i` (the first `s - t` keys are a cache of earlier positions).
-fn visible(t: usize, s: usize, i: usize) -> usize {
-    s - t + i + 1
+/// Scores have layout `[.., t, s]`: query row `i` sits at absolute position `p = s - t + i` and
+/// sees keys `0..=p` (the first `s - t` keys are a cache of earlier positions); with a sliding
+/// `window`, only the last `window` of them (`p - window < j <= p`, Gemma's local layers).
+fn visible(t: usize, s: usize, i: usize, window: Option<usize>) -> std::ops::Range<usize> {
+    let end = s - t + i + 1;
+    let start = window.map_or(0, |w| end.saturating_sub(w));
+    start..end
 }
 
-fn forward_kernel<T: Float>(x: &[T], t: usize, s: usize, scale: T) -> Vec<T> {
+fn forward_kernel<T: Float>(
+    x: &[T],
+    t: usize,
+    s: usize,
+    scale: T,
+    window: Option<usize>,
+) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
     for (m, (row, orow)) in x.chunks_exact(s).zip(out.chunks_exact_mut(s)).enumerate() {
-        let n = visible(t, s, m % t);
-        let max = row[..n].iter().fold(T::neg_infinity(), |a, &b| {
+        let r = visible(t, s, m % t, window);
+        let max = row[r.clone()].iter().fold(T::neg_infinity(), |a, &b| {
             num_traits::Float::max(a, b * scale)
         });
         let mut sum = T::zero();
-        for (o, &v) in orow[..n].iter_mut().zip(&row[..n]) {
+        for (o, &v) in orow[r.clone()].iter_mut().zip(&row[r.clone()]) {
             *o = (v * scale - max).exp();
             sum += *o;
         }
         let inv = sum.recip();
-        orow[..n].iter_mut().for_each(|o| *o *= inv);
+        orow[r].iter_mut().for_each(|o| *o *= inv);
     }
     out
 }
@@ -50,6 +59,7 @@ fn backward_kernel<T: Float>(y: &[T], dy: &[T], s: usize, scale: T) -> Vec<T> {
 /// `softmax(scale · x)` over the last dim with the causal mask applied.
 struct CausalSoftmax {
     scale: f64,
+    window: Option<usize>,
 }
 
 impl CustomOp1 for CausalSoftmax {
@@ -62,7 +72,7 @@ impl CustomOp1 for CausalSoftmax {
         let (t, s) = (dims[dims.len() - 2], dims[dims.len() - 1]);
         dispatch_float!(st, self.name(), T => {
             let scale = <T as WithDType>::from_f64(self.scale);
-            let out = forward_kernel(slice::<T>(st, l)?, t, s, scale);
+            let out = forward_kernel(slice::<T>(st, l)?, t, s, scale, self.window);
             Ok((storage(out), l.shape().clone()))
         })
     }
@@ -102,13 +112,13 @@ impl CustomOp2 for CausalSoftmaxGrad {
 }
 
 /// The same function as candle ops (off the CPU, and as the tests' reference).
-pub fn causal_softmax_reference(x: &Tensor, scale: f64) -> Result<Tensor> {
+pub fn causal_softmax_reference(x: &Tensor, scale: f64, window: Option<usize>) -> Result<Tensor> {
     let dims = x.dims();
     let (t, s) = (dims[dims.len() - 2], dims[dims.len() - 1]);
     let mask: Vec<f32> = (0..t)
         .flat_map(|i| {
             (0..s).map(move |j| {
-                if j < visible(t, s, i) {
+                if visible(t, s, i, window).contains(&j) {
                     0.0
                 } else {
                     f32::NEG_INFINITY
@@ -123,6 +133,12 @@ pub fn causal_softmax_reference(x: &Tensor, scale: f64) -> Result<Tensor> {
 /// Causally masked `softmax(scale · x)` over the last dimension of scores `[.., t, s]` (`s ≥ t`;
 /// the last `t` keys are the queries' own positions).
 pub fn causal_softmax(x: &Tensor, scale: f64) -> Result<Tensor> {
+    windowed_causal_softmax(x, scale, None)
+}
+
+/// [`causal_softmax`] where each query sees at most the last `window` keys up to itself
+/// (sliding-window attention); `None` is plain causal.
+pub fn windowed_causal_softmax(x: &Tensor, scale: f64, window: Option<usize>) -> Result<Tensor> {
     let dims = x.dims();
     if dims.len() < 2 || dims[dims.len() - 1] < dims[dims.len() - 2] {
         candle_core::bail!(
@@ -131,9 +147,12 @@ pub fn causal_softmax(x: &Tensor, scale: f64) -> Result<Tensor> {
         );
     }
     if !x.device().is_cpu() {
-        return causal_softmax_reference(x, scale);
+        return causal_softmax_reference(x, scale, window);
     }
-    x.contiguous()?.apply_op1(CausalSoftmax { scale })
+    if window == Some(0) {
+        candle_core::bail!("causal_softmax: a sliding window must hold at least one key");
+    }
+    x.contiguous()?.apply_op1(CausalSoftmax { scale, window })
 }
 
 #[cfg(test)]
@@ -148,7 +167,12 @@ mod tests {
             let x = rand_tensor(&[2, 3, t, s], DType::F32, 1)?;
             assert_close(
                 &causal_softmax(&x, 0.7)?,
-                &causal_softmax_reference(&x, 0.7)?,
+                &causal_softmax_reference(&x, 0.7, None)?,
+                1e-6,
+            )?;
+            assert_close(
+                &windowed_causal_softmax(&x, 0.7, Some(2))?,
+                &causal_softmax_reference(&x, 0.7, Some(2))?,
                 1e-6,
             )?;
         }
@@ -158,6 +182,9 @@ mod tests {
     #[test]
     fn gradient_matches_finite_differences() -> Result<()> {
         finite_difference_check(&[2, 2, 3, 3], 3, |x| causal_softmax(x, 0.5))?;
-        finite_difference_check(&[1, 2, 2, 4], 4, |x| causal_softmax(x, 1.3))
+        finite_difference_check(&[1, 2, 2, 4], 4, |x| causal_softmax(x, 1.3))?;
+        finite_difference_check(&[1, 2, 4, 5], 5, |x| {
+            windowed_causal_softmax(x, 0.9, Some(2))
+        })
     }
 }

@@ -1,0 +1,350 @@
+//! Every model family against the tiny PyTorch/transformers reference checkpoints in
+//! `../shared/reference/tiny`: logits and every hidden state, mean cross-entropy, greedy
+//! decoding and (where the reference has them) gradients. Run in release mode.
+
+use candle_core::{Device, Tensor};
+use offsite::eval::score::score_ids;
+use offsite::io::checkpoint::{self, Checkpoint};
+use offsite::model::generate::{generate, Sampling};
+use offsite::model::{Model, Weight};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+mod common;
+use common::max_abs_diff;
+
+/// Logits and hidden states: about 20× the float32 noise of the reference.
+const TOL: f64 = 1e-4;
+/// Mean cross-entropy.
+const CE_TOL: f64 = 1e-5;
+/// Gradients (their float32-vs-float64 noise is at most 1.3e-6).
+const GRAD_TOL: f64 = 1e-5;
+
+fn dir(family: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/reference/tiny")
+        .join(family)
+}
+
+struct Reference {
+    json: Value,
+    tensors: HashMap<String, Tensor>,
+    ckpt: Checkpoint,
+    model: Model,
+}
+
+fn reference(family: &str) -> Reference {
+    let d = dir(family);
+    let json =
+        serde_json::from_str(&std::fs::read_to_string(d.join("reference.json")).unwrap()).unwrap();
+    let tensors =
+        candle_core::safetensors::load(d.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let ckpt = checkpoint::load(&d, &Device::Cpu).unwrap();
+    let model = ckpt.model().unwrap();
+    Reference {
+        json,
+        tensors,
+        ckpt,
+        model,
+    }
+}
+
+fn ids(r: &Reference, seq: &str) -> Vec<u32> {
+    r.json[seq]["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn batch(ids: &[u32]) -> Tensor {
+    Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+}
+
+fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
+    let d = max_abs_diff(a, b);
+    assert!(d <= tol, "{what}: max |diff| {d:e} > {tol:e}");
+}
+
+/// Logits of both sequences, every hidden state, the final norm, mean CE and greedy decoding.
+fn check_forward(family: &str) {
+    let r = reference(family);
+    let m = &r.model;
+    for seq in ["a", "b"] {
+        let ids = ids(&r, &format!("seq_{seq}"));
+        let logits = m.forward(&batch(&ids)).unwrap().squeeze(0).unwrap();
+        assert_close(
+            &format!("{family} logits {seq}"),
+            &logits,
+            &r.tensors[&format!("{seq}.logits")],
+            TOL,
+        );
+        let ce = score_ids(m, &ids).unwrap().mean_ce;
+        let want = r.json[format!("seq_{seq}")]["ce_mean"].as_f64().unwrap();
+        assert!(
+            (ce - want).abs() <= CE_TOL,
+            "{family} CE {seq}: {ce} vs {want}"
+        );
+    }
+    let a = ids(&r, "seq_a");
+    let hs = m.hidden_states(&batch(&a)).unwrap();
+    let want = &r.tensors["a.hidden_states"];
+    let n = hs.len() - 1;
+    assert_eq!(want.dim(0).unwrap(), n + 1);
+    for (i, h) in hs.iter().enumerate().take(n) {
+        let w = want.get(i).unwrap();
+        assert_close(
+            &format!("{family} hidden state {i}"),
+            &h.squeeze(0).unwrap(),
+            &w,
+            TOL,
+        );
+    }
+    assert_close(
+        &format!("{family} last layer output"),
+        &hs[n].squeeze(0).unwrap(),
+        &r.tensors["a.pre_final_norm"],
+        TOL,
+    );
+    assert_close(
+        &format!("{family} final norm"),
+        &m.final_norm(&hs[n]).unwrap().squeeze(0).unwrap(),
+        &want.get(n).unwrap(),
+        TOL,
+    );
+    let greedy: Vec<u32> = r.json["seq_a"]["greedy_next_8"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let got = generate(m, &a, greedy.len(), &[], &Sampling::Greedy).unwrap();
+    assert_eq!(got, greedy, "{family} greedy continuation");
+    // The HF directory round trip keeps the family and the weights.
+    let out = tempfile::tempdir().unwrap();
+    offsite::io::hf_dir::save(out.path(), m, None).unwrap();
+    let back = checkpoint::load(out.path(), &Device::Cpu).unwrap();
+    assert_eq!(back.config, r.ckpt.config, "{family} config round trip");
+    let again = back.model().unwrap().forward(&batch(&a)).unwrap();
+    assert_eq!(max_abs_diff(&again, &m.forward(&batch(&a)).unwrap()), 0.0);
+}
+
+/// The gradients of seq A's mean CE with every weight trainable, against PyTorch's.
+fn check_gradients(family: &str) {
+    let r = reference(family);
+    let grads = candle_core::safetensors::load(dir(family).join("grads.safetensors"), &Device::Cpu)
+        .unwrap();
+    let a = ids(&r, "seq_a");
+    let mut model = r.model;
+    for (_, w) in model.named_weights_mut() {
+        w.set_trainable(true).unwrap();
+    }
+    let loss = model.mean_next_token_ce(&batch(&a)).unwrap();
+    let want_loss = grads["a.loss"].to_scalar::<f32>().unwrap();
+    let got_loss = loss.to_scalar::<f32>().unwrap();
+    assert!(
+        (got_loss - want_loss).abs() <= 1e-5,
+        "{family} loss {got_loss} vs {want_loss}"
+    );
+    let store = loss.backward().unwrap();
+    let weights = model.named_weights();
+    for (name, want) in grads.iter().filter(|(n, _)| n.as_str() != "a.loss") {
+        let (_, w) = weights
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("{family}: no weight `{name}`"));
+        let Weight::Trainable(v) = w else {
+            panic!("{name} is frozen")
+        };
+        let got = store
+            .get(v)
+            .unwrap_or_else(|| panic!("{name}: no gradient"));
+        assert_close(&format!("{family} gradient {name}"), got, want, GRAD_TOL);
+    }
+}
+
+macro_rules! family_tests {
+    ($($name:ident: $family:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                check_forward($family);
+            }
+        )*
+    };
+}
+
+family_tests! {
+    llama_matches_transformers: "llama",
+    llama_tied_matches_transformers: "llama_tied",
+    qwen2_matches_transformers: "qwen2",
+    gpt2_matches_transformers: "gpt2",
+    opt_matches_transformers: "opt",
+    bloom_matches_transformers: "bloom",
+    gemma3_matches_transformers: "gemma3",
+}
+
+#[test]
+fn llama_gradients_match_pytorch() {
+    check_gradients("llama");
+}
+
+#[test]
+fn gpt2_gradients_match_pytorch() {
+    check_gradients("gpt2");
+}
+
+/// Logits of a fixed sequence, as plain numbers (for exact comparisons).
+fn logits(model: &Model) -> Vec<f32> {
+    let ids = batch(&[5, 17, 300, 42, 7, 99]);
+    model
+        .forward(&ids)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// The offsite-tuning loop on the family's tiny checkpoint: emulator package, untrained adapters
+/// (full and LoRA) plugged back exactly, a few steps of LoRA and BitFit tuning, the PEFT export
+/// and plug-in of the tuned LoRA.
+fn check_loop(family: &str) {
+    use offsite::data::Sequence;
+    use offsite::emulator::{plug, tune::tune, Adapter, EmulatorOptions, Package};
+    use offsite::peft::{add_lora, is_lora_weight, LoraConfig, Method};
+    use offsite::train::TrainOptions;
+
+    let r = reference(family);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("e.offsite");
+    let options = EmulatorOptions {
+        bottom: 1,
+        top: 1,
+        keep: 1,
+    };
+    Package::build(&r.model, None, options, &path)
+        .unwrap()
+        .save(&path)
+        .unwrap();
+    let pkg = Package::load(&path, &Device::Cpu).unwrap();
+    let prefix = pkg.meta.config.layer_prefix();
+    assert!(pkg
+        .tensors
+        .names()
+        .all(|n| !n.starts_with(&format!("{prefix}2."))));
+    let base = logits(&r.model);
+
+    // Untrained adapters reproduce the model exactly.
+    let untrained = Adapter::from_weights(&pkg, &Default::default(), None, None).unwrap();
+    assert_eq!(
+        logits(&plug(&r.ckpt, &untrained).unwrap()),
+        base,
+        "{family}"
+    );
+    let lora = LoraConfig {
+        dropout: 0.0,
+        ..Default::default()
+    };
+    let mut emulator = pkg.model().unwrap();
+    add_lora(&mut emulator, &pkg.meta.split.adapter(), &lora, 1).unwrap();
+    let weights = emulator
+        .named_weights()
+        .into_iter()
+        .filter(|(n, _)| is_lora_weight(n))
+        .map(|(n, w)| (n, w.tensor().clone()))
+        .collect();
+    let untrained = Adapter::from_lora(&pkg, &lora, &weights, None, None).unwrap();
+    assert_eq!(
+        logits(&plug(&r.ckpt, &untrained).unwrap()),
+        base,
+        "{family} LoRA"
+    );
+
+    // A few steps of LoRA and BitFit through the emulator.
+    let data: Vec<Sequence> = (0..6u32)
+        .map(|i| Sequence {
+            ids: (0..10).map(|j| 3 + (i * 37 + j * 11) % 500).collect(),
+            loss_from: 1,
+        })
+        .collect();
+    let train = TrainOptions {
+        max_steps: Some(2),
+        batch_size: 2,
+        block_size: 10,
+        lr: 1e-2,
+        ..Default::default()
+    };
+    let out = tmp.path().join("lora");
+    tune(&pkg, &data, None, &train, &Method::Lora(lora), 0, &out).unwrap();
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    let arch = offsite::model::architecture(pkg.meta.config.family);
+    let targets: Vec<&str> = config["target_modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(targets, arch.lora_targets(), "{family}");
+    assert_eq!(
+        config["fan_in_fan_out"].as_bool(),
+        Some(arch.fan_in_fan_out())
+    );
+    let peft = candle_core::safetensors::load(out.join("adapter_model.safetensors"), &Device::Cpu)
+        .unwrap();
+    let last = pkg.meta.config.num_layers - 1;
+    assert!(!peft.is_empty());
+    for name in peft.keys() {
+        let layer0 = format!("base_model.model.{prefix}0.");
+        let top = format!("base_model.model.{prefix}{last}.");
+        assert!(
+            name.starts_with(&layer0) || name.starts_with(&top),
+            "{family}: PEFT key {name}"
+        );
+    }
+    let tuned = Adapter::load(&out, &Device::Cpu).unwrap();
+    let plugged = logits(&plug(&r.ckpt, &tuned).unwrap());
+    assert!(plugged.iter().all(|v| v.is_finite()));
+    assert_ne!(plugged, base, "{family}: LoRA training changed nothing");
+
+    let out = tmp.path().join("bitfit.safetensors");
+    let bitfit = tune(&pkg, &data, None, &train, &Method::BitFit, 0, &out).unwrap();
+    assert!(bitfit.tensors.iter().all(|(_, t)| t.rank() == 1));
+    let has_bias = r
+        .model
+        .named_weights()
+        .iter()
+        .any(|(n, _)| n.ends_with(".bias"));
+    assert_eq!(
+        bitfit.tensors.names().any(|n| n.ends_with(".bias")),
+        has_bias,
+        "{family}: BitFit and biases"
+    );
+}
+
+macro_rules! loop_tests {
+    ($($name:ident: $family:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                check_loop($family);
+            }
+        )*
+    };
+}
+
+loop_tests! {
+    llama_offsite_loop: "llama",
+    qwen2_offsite_loop: "qwen2",
+    gpt2_offsite_loop: "gpt2",
+    opt_offsite_loop: "opt",
+    bloom_offsite_loop: "bloom",
+    gemma3_offsite_loop: "gemma3",
+}
