@@ -353,16 +353,21 @@ loop_tests! {
 /// entries per weight: checks the backward of every op each family uses (LayerNorm, ALiBi,
 /// windowed softmax, q/k norms, `Conv1D`, biases), frozen and trainable paths alike.
 fn check_finite_differences(family: &str) {
-    use offsite::model::TensorMap;
     let r = reference(family);
+    // 12 tokens: more than Gemma 3's sliding window of 8.
+    finite_differences(&r.ckpt, &ids(&r, "seq_a"), family);
+}
+
+/// [`check_finite_differences`] for any checkpoint, on the sequence `ids`.
+fn finite_differences(ckpt: &Checkpoint, ids: &[u32], family: &str) {
+    use offsite::model::TensorMap;
     let origin = std::path::Path::new("<f64>");
     let mut map = TensorMap::new(origin);
-    for (name, t) in r.ckpt.tensors.iter() {
+    for (name, t) in ckpt.tensors.iter() {
         map.insert(name, t.to_dtype(DType::F64).unwrap(), origin);
     }
-    let base = Model::from_tensors(&r.ckpt.config, &map, None).unwrap();
-    // 12 tokens: more than Gemma 3's sliding window of 8.
-    let a = batch(&ids(&r, "seq_a"));
+    let base = Model::from_tensors(&ckpt.config, &map, None).unwrap();
+    let a = batch(ids);
     let loss = |m: &Model| m.mean_next_token_ce(&a).unwrap();
     let mut trained = base.clone();
     for (_, w) in trained.named_weights_mut() {
@@ -421,4 +426,87 @@ gradient_tests! {
     opt_gradients_match_finite_differences: "opt",
     bloom_gradients_match_finite_differences: "bloom",
     gemma3_gradients_match_finite_differences: "gemma3",
+}
+
+/// OPT-350m's variant — post-LN layers, no final norm, embeddings narrower than the hidden size
+/// with `project_in`/`project_out` — built from the tiny OPT: it loads, its KV cache agrees with
+/// the full forward, its gradients agree with finite differences, and it round-trips.
+#[test]
+fn opt_350m_layout_runs_and_trains() {
+    use offsite::model::ModelCache;
+    let r = reference("opt");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir("opt").join("config.json")).unwrap())
+            .unwrap();
+    config["do_layer_norm_before"] = false.into();
+    config["word_embed_proj_dim"] = 32.into();
+    std::fs::write(tmp.path().join("config.json"), config.to_string()).unwrap();
+    let mut tensors: std::collections::BTreeMap<String, Tensor> = r
+        .ckpt
+        .tensors
+        .iter()
+        .filter(|(n, _)| !n.starts_with("model.decoder.final_layer_norm."))
+        .map(|(n, t)| (n.to_string(), t.clone()))
+        .collect();
+    let randn = |shape: &[usize]| Tensor::randn(0f32, 0.125, shape, &Device::Cpu).unwrap();
+    for (name, shape) in [
+        ("model.decoder.embed_tokens.weight", [512, 32]),
+        ("model.decoder.project_in.weight", [64, 32]),
+        ("model.decoder.project_out.weight", [32, 64]),
+    ] {
+        tensors.insert(name.into(), randn(&shape));
+    }
+    let file = tmp.path().join("model.safetensors");
+    let bytes = offsite::io::hf_dir::safetensors_bytes(&tensors, &[], &file).unwrap();
+    std::fs::write(&file, bytes).unwrap();
+    let ckpt = checkpoint::load(tmp.path(), &Device::Cpu).unwrap();
+    let model = ckpt.model().unwrap();
+    let a = ids(&r, "seq_a");
+    let full = model.forward(&batch(&a)).unwrap();
+    let mut cache = ModelCache::default();
+    let first = model.forward_cached(&batch(&a[..5]), &mut cache).unwrap();
+    let rest = model.forward_cached(&batch(&a[5..]), &mut cache).unwrap();
+    let cached = Tensor::cat(&[first, rest], 1).unwrap();
+    assert_close("OPT-350m layout KV cache", &cached, &full, 1e-5);
+    finite_differences(&ckpt, &a, "OPT-350m layout");
+    let out = tempfile::tempdir().unwrap();
+    offsite::io::hf_dir::save(out.path(), &model, None).unwrap();
+    let back = checkpoint::load(out.path(), &Device::Cpu).unwrap();
+    assert_eq!(back.config, ckpt.config);
+    assert_eq!(back.tensors.len(), tensors.len());
+}
+
+/// Configs the families cannot run are refused with the file named, never a panic.
+#[test]
+fn unsupported_configs_name_the_file_and_the_problem() {
+    let cases: [(&str, &str, Value, &str); 5] = [
+        ("llama", "model_type", "mamba".into(), "mamba"),
+        ("qwen2", "use_sliding_window", true.into(), "sliding-window"),
+        ("gpt2", "activation_function", "swiglu".into(), "swiglu"),
+        ("gpt2", "n_head", 5.into(), "5 heads"),
+        (
+            "gemma3",
+            "final_logit_softcapping",
+            30.0.into(),
+            "final_logit_softcapping",
+        ),
+    ];
+    for (family, key, value, needle) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir(family).join("config.json")).unwrap(),
+        )
+        .unwrap();
+        config[key] = value;
+        let path = tmp.path().join("config.json");
+        std::fs::write(&path, config.to_string()).unwrap();
+        let err = offsite::model::ModelConfig::from_hf_json(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("config.json") && err.contains(needle),
+            "{family} {key}: {err}"
+        );
+    }
 }

@@ -79,6 +79,12 @@ pub struct ClassicDims {
 /// The [`ModelConfig`] of a classic family: no grouped-query attention, no RoPE, a tied head
 /// unless the file says otherwise, and the file itself kept for the family's other settings.
 pub fn classic_config(json: &HfJson, family: Family, d: ClassicDims) -> crate::Result<ModelConfig> {
+    if d.heads == 0 || !d.hidden.is_multiple_of(d.heads) {
+        return Err(json.error(format!(
+            "hidden size {} does not split into {} heads",
+            d.hidden, d.heads
+        )));
+    }
     Ok(ModelConfig {
         family,
         num_layers: d.layers,

@@ -66,6 +66,15 @@ pub fn common_config(
     json.expect_plain_rope()?;
     let hidden_size = json.required(&["hidden_size"])?;
     let num_heads = json.required(&["num_attention_heads"])?;
+    let head_dim = match json.usize(&["head_dim"])? {
+        Some(d) => d,
+        None if num_heads > 0 && hidden_size.is_multiple_of(num_heads) => hidden_size / num_heads,
+        None => {
+            return Err(json.error(format!(
+                "hidden size {hidden_size} does not split into {num_heads} heads"
+            )))
+        }
+    };
     Ok(ModelConfig {
         family,
         num_layers: json.required(&["num_hidden_layers"])?,
@@ -73,9 +82,7 @@ pub fn common_config(
         intermediate_size: json.required(&["intermediate_size"])?,
         num_heads,
         num_kv_heads: json.usize(&["num_key_value_heads"])?.unwrap_or(num_heads),
-        head_dim: json
-            .usize(&["head_dim"])?
-            .unwrap_or(hidden_size / num_heads.max(1)),
+        head_dim,
         vocab_size: json.required(&["vocab_size"])?,
         // transformers 5 nests RoPE in `rope_parameters`; 4.x configs have it at the top level.
         rope_theta: json
