@@ -510,3 +510,42 @@ fn unsupported_configs_name_the_file_and_the_problem() {
         );
     }
 }
+
+/// Checkpoints saved from the base model class, as the original GPT-2, OPT and BLOOM uploads
+/// are (`h.0.…`, `decoder.…`, `word_embeddings.…`, plus GPT-2's attention-mask buffers), load
+/// as the same model.
+#[test]
+fn base_model_checkpoints_load_under_causal_lm_names() {
+    for (family, prefix) in [
+        ("gpt2", "transformer."),
+        ("bloom", "transformer."),
+        ("opt", "model."),
+        ("qwen2", "model."),
+    ] {
+        let r = reference(family);
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            dir(family).join("config.json"),
+            tmp.path().join("config.json"),
+        )
+        .unwrap();
+        let mut tensors: std::collections::BTreeMap<String, Tensor> = r
+            .ckpt
+            .tensors
+            .iter()
+            .map(|(n, t)| (n.strip_prefix(prefix).unwrap().to_string(), t.clone()))
+            .collect();
+        tensors.insert(
+            "h.0.attn.bias".into(),
+            Tensor::ones((1, 1, 4, 4), DType::F32, &Device::Cpu).unwrap(),
+        );
+        let file = tmp.path().join("model.safetensors");
+        let bytes = offsite::io::hf_dir::safetensors_bytes(&tensors, &[], &file).unwrap();
+        std::fs::write(&file, bytes).unwrap();
+        let model = checkpoint::load(tmp.path(), &Device::Cpu)
+            .unwrap()
+            .model()
+            .unwrap();
+        assert_eq!(logits(&model), logits(&r.model), "{family}");
+    }
+}

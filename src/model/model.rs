@@ -136,7 +136,8 @@ impl Model {
         })
     }
 
-    /// A model with random weights (normal, std 0.02; norms 1 + noise), for tests and examples.
+    /// A LLaMA-layout model with random weights (uniform, ±0.035; norms 1 ± 0.1), for tests and
+    /// examples. Other families load their (tiny) checkpoints instead.
     pub fn random(config: &ModelConfig, seed: u64, dtype: DType) -> crate::Result<Self> {
         let tensors = random_tensors(config, seed, dtype)?;
         Self::from_tensors(config, &tensors, None)
@@ -383,9 +384,15 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     picked.mean_all()?.neg()
 }
 
-/// Random HF-named tensors for `config` (see [`Model::random`]).
+/// Random HF-named tensors for `config`, in LLaMA's layout (see [`Model::random`]).
 pub fn random_tensors(config: &ModelConfig, seed: u64, dtype: DType) -> crate::Result<TensorMap> {
     use rand::{Rng, SeedableRng};
+    if config.family != super::config::Family::Llama {
+        return Err(crate::Error::Invalid(format!(
+            "random weights exist for LLaMA's layout only, not {}",
+            config.family.name()
+        )));
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let origin = Path::new("<random>");
     let mut map = TensorMap::new(origin);

@@ -47,6 +47,10 @@ impl Architecture for Bloom {
         "transformer.h."
     }
 
+    fn base_prefix(&self) -> &'static str {
+        "transformer."
+    }
+
     fn stem(&self, config: &ModelConfig, tensors: &TensorMap) -> crate::Result<Stem> {
         let root = root_loader(tensors);
         let (v, h, eps) = (config.vocab_size, config.hidden_size, config.rms_norm_eps);

@@ -68,6 +68,10 @@ impl Architecture for Gpt2 {
         "transformer.h."
     }
 
+    fn base_prefix(&self) -> &'static str {
+        "transformer."
+    }
+
     fn stem(&self, config: &ModelConfig, tensors: &TensorMap) -> crate::Result<Stem> {
         let root = root_loader(tensors);
         let (v, h) = (config.vocab_size, config.hidden_size);

@@ -62,6 +62,34 @@ pub trait Architecture: Sync {
     fn fan_in_fan_out(&self) -> bool {
         false
     }
+
+    /// The prefix of the base model's weights in the causal-LM class (`model.`, GPT-2's and
+    /// BLOOM's `transformer.`). Checkpoints saved from the base class (the original GPT-2, OPT
+    /// and BLOOM uploads) lack it; [`canonical_names`] adds it.
+    fn base_prefix(&self) -> &'static str {
+        "model."
+    }
+}
+
+/// Renames the tensors of a checkpoint saved from the family's base model class (`h.0.…`,
+/// `decoder.…`, `word_embeddings.…`) to the causal-LM names the family reads
+/// (`transformer.h.0.…`): when no tensor has the base-model prefix, every tensor but the LM head
+/// gets it.
+pub fn canonical_names(family: Family, tensors: TensorMap) -> TensorMap {
+    let prefix = architecture(family).base_prefix();
+    if tensors.names().any(|n| n.starts_with(prefix)) {
+        return tensors;
+    }
+    let mut out = TensorMap::new(tensors.origin());
+    for (name, tensor, file) in tensors.into_entries() {
+        let name = if name.starts_with("lm_head.") {
+            name
+        } else {
+            format!("{prefix}{name}")
+        };
+        out.insert(name, tensor, &file);
+    }
+    out
 }
 
 /// The original layer index of an HF weight name, for any family (`None` for the stem's
