@@ -5,7 +5,10 @@ use crate::ops;
 use candle_core::{Result, Tensor, Var, D};
 
 /// A parameter tensor: a `Var` when it is trained, a plain `Tensor` when it is frozen. Frozen
-/// weights never enter the autograd graph (our ops hold them), so they cost no gradient.
+/// matrices (linear maps, RMSNorm weights) are held inside our ops and never enter the autograd
+/// graph, so they cost no gradient. Frozen biases and LayerNorm parameters are plain operands of
+/// candle ops: behind a trainable layer candle's backward computes their (`[hidden]`-sized)
+/// gradients too, which nobody reads; cheap next to the matmuls, but not free.
 #[derive(Clone, Debug)]
 pub enum Weight {
     /// Not trained: no gradient is ever computed for it.
