@@ -549,3 +549,51 @@ fn base_model_checkpoints_load_under_causal_lm_names() {
         assert_eq!(logits(&model), logits(&r.model), "{family}");
     }
 }
+
+/// With only layer 0 trainable, every later (frozen) weight — linear maps, biases, LayerNorm
+/// parameters, positions, the tied head — gets no gradient at all: frozen weights never enter
+/// the autograd graph, in any family.
+#[test]
+fn frozen_weights_get_no_gradient_in_any_family() {
+    for family in ["llama", "qwen2", "gpt2", "opt", "bloom", "gemma3"] {
+        let r = reference(family);
+        let a = ids(&r, "seq_a");
+        let mut model = r.model;
+        let prefix = format!("{}0.", model.config().layer_prefix());
+        for (name, w) in model.named_weights_mut() {
+            w.set_trainable(name.starts_with(&prefix)).unwrap();
+        }
+        let store = model
+            .mean_next_token_ce(&batch(&a))
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, w) in model.named_weights() {
+            match w {
+                Weight::Trainable(v) => assert!(store.get(v).is_some(), "{family} {name}"),
+                Weight::Frozen(t) => {
+                    assert!(
+                        store.get(t).is_none(),
+                        "{family}: frozen {name} got a gradient"
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// A frozen layer's backward computes the input's gradient and nothing else: no constant or
+/// frozen operand (bias, LayerNorm parameter, ALiBi bias, mask) gets a gradient entry.
+#[test]
+fn frozen_layer_backward_computes_only_the_input_gradient() {
+    for family in ["llama", "qwen2", "gpt2", "opt", "bloom", "gemma3"] {
+        let r = reference(family);
+        let h = r.model.config().hidden_size;
+        let x = candle_core::Var::randn(0f32, 1.0, (1, 12, h), &Device::Cpu).unwrap();
+        let ctx = r.model.layer_context(0, 12).unwrap();
+        let y = r.model.layers()[1].forward(&x, &ctx, None).unwrap();
+        let store = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(store.get(&x).is_some());
+        assert_eq!(store.get_ids().count(), 1, "{family}: extra gradients");
+    }
+}

@@ -50,12 +50,13 @@ pub fn attend(
     if let Some(slopes) = spec.alibi {
         // The softmax op scales its input, so the bias is divided by the scale beforehand.
         // HF adds `slope · j` (absolute key position), which softmax sees as `slope · (j - i)`.
+        // A constant operand of a candle op would get a gradient; the frozen op takes none.
         let bias: Vec<f32> = slopes
             .iter()
-            .flat_map(|m| (0..s).map(move |j| (m * j as f64 / spec.scale) as f32))
+            .flat_map(|m| (0..t * s).map(move |k| (m * (k % s) as f64 / spec.scale) as f32))
             .collect();
-        let bias = Tensor::from_vec(bias, (1, nh, 1, s), q.device())?.to_dtype(q.dtype())?;
-        scores = scores.broadcast_add(&bias)?;
+        let bias = Tensor::from_vec(bias, (nh, t, s), q.device())?.to_dtype(q.dtype())?;
+        scores = ops::frozen_affine(&scores, None, Some(&bias))?;
     }
     let probs = ops::windowed_causal_softmax(&scores, spec.scale, spec.window)?;
     probs

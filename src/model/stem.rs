@@ -63,7 +63,13 @@ impl Stem {
                     rows - p.offset
                 );
             }
-            h = h.broadcast_add(&p.weight.tensor().narrow(0, first, t)?.unsqueeze(0)?)?;
+            let rows = p.weight.tensor().narrow(0, first, t)?;
+            h = match &p.weight {
+                Weight::Frozen(_) => {
+                    crate::ops::frozen_affine(&h, None, Some(&rows.contiguous()?))?
+                }
+                Weight::Trainable(_) => h.broadcast_add(&rows.unsqueeze(0)?)?,
+            };
         }
         match &self.embed_norm {
             Some((_, n)) => n.forward(&h),

@@ -5,10 +5,7 @@ use crate::ops;
 use candle_core::{Result, Tensor, Var, D};
 
 /// A parameter tensor: a `Var` when it is trained, a plain `Tensor` when it is frozen. Frozen
-/// matrices (linear maps, RMSNorm weights) are held inside our ops and never enter the autograd
-/// graph, so they cost no gradient. Frozen biases and LayerNorm parameters are plain operands of
-/// candle ops: behind a trainable layer candle's backward computes their (`[hidden]`-sized)
-/// gradients too, which nobody reads; cheap next to the matmuls, but not free.
+/// weights never enter the autograd graph (our ops hold them), so they cost no gradient.
 #[derive(Clone, Debug)]
 pub enum Weight {
     /// Not trained: no gradient is ever computed for it.
@@ -110,9 +107,11 @@ impl Linear {
     /// Applies the map; `seed` (training) draws the PEFT modules' dropout masks.
     pub fn forward_seeded(&self, x: &Tensor, seed: Option<u64>) -> Result<Tensor> {
         let mut y = self.base(x)?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b.tensor())?;
-        }
+        y = match &self.bias {
+            Some(Weight::Frozen(b)) => ops::frozen_affine(&y, None, Some(b))?,
+            Some(Weight::Trainable(b)) => y.broadcast_add(b)?,
+            None => y,
+        };
         if let Some(lora) = &self.lora {
             y = (y + lora.forward(x, seed)?)?;
         }
@@ -266,6 +265,11 @@ impl Norm {
                 let xc = x.broadcast_sub(&mean)?;
                 let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
                 let y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+                let bias_frozen = self.bias.as_ref().is_none_or(|b| !b.is_trainable());
+                if !w.is_trainable() && bias_frozen {
+                    let b = self.bias.as_ref().map(Weight::tensor);
+                    return ops::frozen_affine(&y, Some(w.tensor()), b);
+                }
                 let y = y.broadcast_mul(w.tensor())?;
                 match &self.bias {
                     Some(b) => y.broadcast_add(b.tensor()),
