@@ -12,10 +12,8 @@ use candle_core::{Result, Tensor};
 pub struct AttentionSpec<'a> {
     /// Multiplies `q·k` (usually `1/√head_dim`).
     pub scale: f64,
-    /// Sliding window: each query sees at most this many keys up to itself.
-    pub window: Option<usize>,
-    /// Per-head ALiBi slopes: `slope_h · j` is added to the scaled score of key position `j`.
-    pub alibi: Option<&'a [f64]>,
+    /// Sliding window and ALiBi slopes, if any.
+    pub mask: ops::SoftmaxMask<'a>,
 }
 
 /// Attention of `q` (`[b, t, heads, hd]`) over `k`, `v` (`[b, t, kv_heads, hd]`, after any
@@ -46,19 +44,8 @@ pub fn attend(
     // key/value head (HF's repeat_interleave order) are stacked along the sequence axis.
     let group = nh / nkv;
     let q = q.reshape((b, nkv, group * t, hd))?;
-    let mut scores = q.matmul(&k.t()?)?.reshape((b, nh, t, s))?;
-    if let Some(slopes) = spec.alibi {
-        // The softmax op scales its input, so the bias is divided by the scale beforehand.
-        // HF adds `slope · j` (absolute key position), which softmax sees as `slope · (j - i)`.
-        // A constant operand of a candle op would get a gradient; the frozen op takes none.
-        let bias: Vec<f32> = slopes
-            .iter()
-            .flat_map(|m| (0..t * s).map(move |k| (m * (k % s) as f64 / spec.scale) as f32))
-            .collect();
-        let bias = Tensor::from_vec(bias, (nh, t, s), q.device())?.to_dtype(q.dtype())?;
-        scores = ops::frozen_affine(&scores, None, Some(&bias))?;
-    }
-    let probs = ops::windowed_causal_softmax(&scores, spec.scale, spec.window)?;
+    let scores = q.matmul(&k.t()?)?.reshape((b, nh, t, s))?;
+    let probs = ops::causal_softmax_with(&scores, spec.scale, spec.mask)?;
     probs
         .reshape((b, nkv, group * t, s))?
         .matmul(&v)?

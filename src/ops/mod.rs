@@ -18,4 +18,4 @@ pub use frozen_linear::frozen_linear;
 pub use lm_head_loss::{lm_head_loss, lm_head_nll};
 pub use rms_norm::rms_norm;
 pub use rope::rope;
-pub use softmax::{causal_softmax, windowed_causal_softmax};
+pub use softmax::{causal_softmax, causal_softmax_with, SoftmaxMask};

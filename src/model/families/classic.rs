@@ -8,6 +8,7 @@ use crate::model::attention::{attend, AttentionSpec};
 use crate::model::config::{Family, HfJson, ModelConfig};
 use crate::model::layer::{DecoderLayer, LayerCache, LayerContext, ModuleMut, ModuleRef};
 use crate::model::weight::{Linear, Norm};
+use crate::ops::SoftmaxMask;
 use candle_core::{Result, Tensor};
 
 /// How the q, k, v projections are stored.
@@ -210,8 +211,10 @@ impl ClassicLayer {
         };
         let spec = AttentionSpec {
             scale: self.spec.scale,
-            window: None,
-            alibi: self.alibi.as_deref(),
+            mask: SoftmaxMask {
+                window: None,
+                alibi: self.alibi.as_deref(),
+            },
         };
         let out = attend(&q, &k, &v, cache, spec)?;
         self.out.forward_seeded(&out, self.seed(ctx, 3))

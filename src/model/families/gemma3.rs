@@ -10,6 +10,7 @@ use crate::model::layer::{DecoderLayer, LayerCache, LayerContext, ModuleMut, Mod
 use crate::model::stem::Stem;
 use crate::model::tensor_map::TensorMap;
 use crate::model::weight::{Linear, Norm, NormKind};
+use crate::ops::SoftmaxMask;
 use candle_core::{Result, Tensor};
 
 /// The Gemma 3 family.
@@ -209,8 +210,10 @@ impl Gemma3Layer {
         let [q, k, v] = [0, 1, 2].map(|i| self.linear(i, x, ctx));
         let spec = AttentionSpec {
             scale: self.scale,
-            window: self.window,
-            alibi: None,
+            mask: SoftmaxMask {
+                window: self.window,
+                alibi: None,
+            },
         };
         let heads = (self.num_heads, self.num_kv_heads, self.head_dim);
         // q/k norms run per head, before RoPE.

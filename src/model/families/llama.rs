@@ -8,6 +8,7 @@ use crate::model::layer::{DecoderLayer, LayerCache, LayerContext, ModuleMut, Mod
 use crate::model::stem::Stem;
 use crate::model::tensor_map::TensorMap;
 use crate::model::weight::{Linear, Norm, NormKind};
+use crate::ops::SoftmaxMask;
 use candle_core::{Result, Tensor};
 
 /// HF names of a LLaMA layer's weights, relative to `model.layers.N.`, in a fixed order.
@@ -226,8 +227,7 @@ impl LlamaLayer {
         let [q, k, v] = [Q, K, V].map(|i| self.linear(i, x, ctx));
         let spec = AttentionSpec {
             scale: 1.0 / (self.head_dim as f64).sqrt(),
-            window: None,
-            alibi: None,
+            mask: SoftmaxMask::default(),
         };
         let heads = (self.num_heads, self.num_kv_heads, self.head_dim);
         let out = rotary_attention([q?, k?, v?], heads, None, self.rope_theta, ctx, cache, spec)?;
