@@ -4,7 +4,8 @@
 //! trainer, plug-in, evaluation) is family-agnostic.
 //!
 //! Adding a family: write `families/<name>.rs` with a config reader, a stem builder and a layer
-//! (forward + module list), add a [`Family`] variant and its arm in [`architecture`].
+//! (forward + module list); add a [`Family`] variant (with its HF `model_type` in
+//! `Family::name` and its entry in `Family::ALL`) and its arm in [`architecture`].
 
 pub mod bloom;
 pub mod classic;
