@@ -5,20 +5,10 @@ use candle_core::{DType, Device, Tensor};
 use offsite::io::tokenizer::Tokenizer;
 use offsite::model::{Model, ModelConfig};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn offsite(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_offsite"))
-        .args(args)
-        .output()
-        .expect("runs")
-}
-
-fn ok(o: Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "failed: {err}");
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+mod common;
+use common::{offsite, ok, s};
 
 fn fails(o: Output, needles: &[&str]) {
     let err = String::from_utf8_lossy(&o.stderr);
@@ -121,10 +111,6 @@ fn eval_json(test: &Path, args: &[&str]) -> serde_json::Value {
     all.extend_from_slice(args);
     all.extend_from_slice(&["--data", s(test), "--block-size", "16", "--json"]);
     serde_json::from_str(&ok(offsite(&all))).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]

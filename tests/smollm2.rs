@@ -12,6 +12,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+mod common;
+use common::max_abs_diff;
+
 fn reference_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/smollm2")
 }
@@ -52,20 +55,6 @@ fn prompt_ids(i: usize) -> Vec<u32> {
         .iter()
         .map(|v| v.as_u64().unwrap() as u32)
         .collect()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
 }
 
 /// The residual stream within 1e-3 absolute, except SmolLM2's "massive activation" (channel 507

@@ -232,8 +232,11 @@ pub fn run(args: Args) -> Result<()> {
         }
     );
     println!("vocabulary    {}", c.vocab_size);
+    let local = c
+        .local_rope_theta
+        .map_or(String::new(), |t| format!(" (local layers {t})"));
     println!(
-        "rope theta    {}   rms eps {:e}   context {}",
+        "rope theta    {}{local}   norm eps {:e}   context {}",
         c.rope_theta, c.rms_norm_eps, c.max_position_embeddings
     );
     let dtypes: Vec<String> = ckpt

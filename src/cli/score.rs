@@ -1,4 +1,4 @@
-//! `offsite score MODEL --text T [--json]`.
+//! `offsite score MODEL (--text T | --ids 5,17,300) [--json]`.
 
 use super::ModelSpec;
 use anyhow::Result;
@@ -6,32 +6,56 @@ use offsite::eval::score::score_ids;
 
 /// Arguments of `offsite score`.
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["text", "ids"])))]
 pub struct Args {
     /// A .gguf file, a Hugging Face model directory, or `smollm2`.
     model: ModelSpec,
     /// The text to score (tokenized as is, no BOS added).
     #[arg(long)]
-    text: String,
+    text: Option<String>,
+    /// Token ids to score instead of a text, comma-separated (for checkpoints without a
+    /// tokenizer).
+    #[arg(long, value_delimiter = ',')]
+    ids: Option<Vec<u32>>,
     /// Print `{"ids", "logprobs", "mean_ce"}` as JSON.
     #[arg(long)]
     json: bool,
 }
 
-/// Scores the text.
+/// Scores the text or the ids.
 pub fn run(args: Args) -> Result<()> {
     let ckpt = args.model.load()?;
-    let tok = ckpt.tokenizer()?;
     let model = ckpt.model()?;
-    let ids = tok.encode(&args.text)?;
+    let (ids, tok) = match (&args.ids, &args.text) {
+        (Some(ids), _) => (ids.clone(), ckpt.tokenizer.as_ref()),
+        (None, Some(text)) => {
+            let tok = ckpt.tokenizer()?;
+            (tok.encode(text)?, Some(tok))
+        }
+        (None, None) => anyhow::bail!("give --text or --ids"),
+    };
+    if let Some(bad) = ids.iter().find(|&&i| i as usize >= ckpt.config.vocab_size) {
+        anyhow::bail!(
+            "token id {bad} is outside the vocabulary of {} ({} tokens)",
+            ckpt.path.display(),
+            ckpt.config.vocab_size
+        );
+    }
     let scores = score_ids(&model, &ids)?;
     if args.json {
         println!("{}", serde_json::to_string(&scores)?);
         return Ok(());
     }
+    let show = |id: u32| -> Result<String> {
+        Ok(match tok {
+            Some(t) => format!("{:?}", t.decode(&[id])?),
+            None => String::new(),
+        })
+    };
     println!("{:>8}  {:>10}  token", "id", "logprob");
-    println!("{:>8}  {:>10}  {:?}", ids[0], "", tok.decode(&ids[..1])?);
+    println!("{:>8}  {:>10}  {}", ids[0], "", show(ids[0])?);
     for (id, lp) in ids[1..].iter().zip(&scores.logprobs) {
-        println!("{id:>8}  {lp:>10.4}  {:?}", tok.decode(&[*id])?);
+        println!("{id:>8}  {lp:>10.4}  {}", show(*id)?);
     }
     println!(
         "mean next-token cross-entropy {:.5} nats (perplexity {:.3}) over {} predictions",

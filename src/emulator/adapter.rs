@@ -212,7 +212,7 @@ impl Adapter {
             "layers_pattern": null,
             "base_model_name_or_path": self.meta.source_fingerprint,
             "bias": "none",
-            "fan_in_fan_out": false,
+            "fan_in_fan_out": lora.fan_in_fan_out,
             "inference_mode": true,
             "init_lora_weights": true,
             "modules_to_save": null,

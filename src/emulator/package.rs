@@ -183,13 +183,10 @@ fn package_tensors(full: &Model, split: &Split) -> Vec<(String, Tensor)> {
         .collect()
 }
 
-/// The layer index in an HF name `model.layers.N.…`.
+/// The original layer index of an HF weight name (`model.layers.N.…`, `transformer.h.N.…`, …,
+/// whatever the family), or `None` for embeddings, final norm and head.
 pub fn layer_index(name: &str) -> Option<usize> {
-    name.strip_prefix("model.layers.")?
-        .split('.')
-        .next()?
-        .parse()
-        .ok()
+    crate::model::families::layer_index(name)
 }
 
 impl Package {

@@ -21,6 +21,7 @@ pub fn tune(
     pad: u32,
     output: &Path,
 ) -> Result<Adapter> {
+    let method = &method.for_model(&package.meta.config);
     let mut model = package.model()?;
     let adapter_layers = package.meta.split.adapter();
     let in_adapter = |name: &str| layer_index(name).is_some_and(|i| adapter_layers.contains(&i));

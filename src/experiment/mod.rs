@@ -408,12 +408,12 @@ pub fn write_report(
             "LoRA r {} alpha {} on {}",
             l.r,
             l.alpha,
-            l.targets.join(",")
+            targets_text(&l.targets)
         ),
         Method::Adapter(b) => format!(
             "bottleneck adapters of size {} after {}",
             b.size,
-            b.targets.join(",")
+            targets_text(&b.targets)
         ),
         Method::BitFit => "BitFit (1-D parameters)".to_string(),
     };
@@ -485,4 +485,13 @@ pub fn write_report(
         &out.join("chart.svg"),
         chart::bar_chart(&title, axis, &bars).as_bytes(),
     )
+}
+
+/// PEFT target maps as the report names them (none given: the family's defaults).
+fn targets_text(targets: &[String]) -> String {
+    if targets.is_empty() {
+        "the family's default maps".into()
+    } else {
+        targets.join(",")
+    }
 }

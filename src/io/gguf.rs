@@ -54,6 +54,13 @@ fn config_from_metadata(content: &Content, path: &Path) -> Result<ModelConfig> {
         }
     };
     let family = Family::parse(&arch, path)?;
+    // GGUF tensor names are mapped to HF names for LLaMA's layout only.
+    if family != Family::Llama {
+        return Err(Error::format(
+            path,
+            format!("GGUF files of `{arch}` models are not supported (only llama); use the Hugging Face directory"),
+        ));
+    }
     let key = |k: &str| format!("{arch}.{k}");
     let hidden = required(content, &key("embedding_length"), path)? as usize;
     let heads = required(content, &key("attention.head_count"), path)? as usize;
@@ -86,6 +93,8 @@ fn config_from_metadata(content: &Content, path: &Path) -> Result<ModelConfig> {
         tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
         bos_token_id: number(content, "tokenizer.ggml.bos_token_id").map(|v| v as u32),
         eos_token_id: number(content, "tokenizer.ggml.eos_token_id").map(|v| v as u32),
+        local_rope_theta: None,
+        hf_config: None,
     };
     config.validate().map_err(|msg| Error::format(path, msg))?;
     Ok(config)

@@ -86,6 +86,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
     for file in weight_files(dir)? {
         read_safetensors(&file, device, &mut tensors, &mut stored_dtypes)?;
     }
+    let tensors = crate::model::families::canonical_names(config.family, tensors);
     let tok_path = dir.join("tokenizer.json");
     let tokenizer = if tok_path.is_file() {
         Some(Tokenizer::from_file(&tok_path)?)

@@ -5,34 +5,60 @@ use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// Model families offsite implements.
+/// Model families offsite implements. Everything a family needs beyond the common
+/// [`ModelConfig`] fields lives in its own module under `model/families`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     /// LLaMA and its relatives (SmolLM2, TinyLlama, Mistral-style without sliding window).
     Llama,
+    /// Qwen2 / Qwen2.5: LLaMA with q/k/v biases.
+    Qwen2,
+    /// GPT-2.
+    Gpt2,
+    /// Meta's OPT.
+    Opt,
+    /// BigScience's BLOOM.
+    Bloom,
+    /// Gemma 3, text only.
+    Gemma3,
 }
 
 impl Family {
+    /// Every family, in the order of [`Family::SUPPORTED`].
+    pub const ALL: [Family; 6] = [
+        Family::Llama,
+        Family::Qwen2,
+        Family::Gpt2,
+        Family::Opt,
+        Family::Bloom,
+        Family::Gemma3,
+    ];
+
     /// The names accepted for each family (HF `model_type`, GGUF `general.architecture`).
-    pub const SUPPORTED: &'static str = "llama";
+    pub const SUPPORTED: &'static str = "llama, qwen2, gpt2, opt, bloom, gemma3_text";
 
     /// Parses an HF `model_type` / GGUF architecture; `path` names the file that declared it.
     pub fn parse(arch: &str, path: &Path) -> Result<Self> {
-        match arch {
-            "llama" => Ok(Family::Llama),
-            other => Err(Error::UnsupportedArchitecture {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.name() == arch)
+            .ok_or_else(|| Error::UnsupportedArchitecture {
                 path: path.to_path_buf(),
-                arch: other.to_string(),
+                arch: arch.to_string(),
                 supported: Self::SUPPORTED.to_string(),
-            }),
-        }
+            })
     }
 
     /// The HF `model_type` string.
     pub fn name(self) -> &'static str {
         match self {
             Family::Llama => "llama",
+            Family::Qwen2 => "qwen2",
+            Family::Gpt2 => "gpt2",
+            Family::Opt => "opt",
+            Family::Bloom => "bloom",
+            Family::Gemma3 => "gemma3_text",
         }
     }
 }
@@ -56,9 +82,9 @@ pub struct ModelConfig {
     pub head_dim: usize,
     /// Vocabulary size (rows of the embedding).
     pub vocab_size: usize,
-    /// RoPE base θ.
+    /// RoPE base θ (of the global layers, where a family has local ones too).
     pub rope_theta: f64,
-    /// RMSNorm epsilon.
+    /// Epsilon of the normalisations (RMSNorm or LayerNorm, whichever the family uses).
     pub rms_norm_eps: f64,
     /// Longest context the model was trained for.
     pub max_position_embeddings: usize,
@@ -68,58 +94,120 @@ pub struct ModelConfig {
     pub bos_token_id: Option<u32>,
     /// End-of-sequence token.
     pub eos_token_id: Option<u32>,
+    /// RoPE base θ of sliding-window (local) layers, for families that have them (Gemma 3).
+    #[serde(default)]
+    pub local_rope_theta: Option<f64>,
+    /// The checkpoint's own `config.json`, kept by every family but LLaMA (whose file the
+    /// fields above describe completely): the family reads its own settings (activation, norm
+    /// placement, layer types, …) from here, and saving writes it back unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hf_config: Option<serde_json::Value>,
 }
 
-/// The subset of an HF LLaMA `config.json` we read.
-#[derive(Deserialize)]
-struct HfConfig {
-    model_type: Option<String>,
-    num_hidden_layers: usize,
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_attention_heads: usize,
-    num_key_value_heads: Option<usize>,
-    head_dim: Option<usize>,
-    vocab_size: usize,
-    #[serde(default = "default_rope_theta")]
-    rope_theta: f64,
-    #[serde(default = "default_eps")]
-    rms_norm_eps: f64,
-    #[serde(default = "default_max_pos")]
-    max_position_embeddings: usize,
-    #[serde(default)]
-    tie_word_embeddings: bool,
-    bos_token_id: Option<serde_json::Value>,
-    eos_token_id: Option<serde_json::Value>,
-    rope_scaling: Option<serde_json::Value>,
-    #[serde(default)]
-    attention_bias: bool,
-    #[serde(default)]
-    mlp_bias: bool,
-    hidden_act: Option<String>,
+/// Typed access to the fields of a `config.json`, with errors that name the file. Keys may be
+/// dotted paths into nested objects (`rope_parameters.rope_theta`); of several keys the first
+/// present (and not null) wins, which covers families' and versions' different spellings.
+pub struct HfJson<'a> {
+    /// The parsed file.
+    pub raw: &'a serde_json::Value,
+    /// Where it came from.
+    pub path: &'a Path,
 }
 
-fn default_rope_theta() -> f64 {
-    10_000.0
-}
-fn default_eps() -> f64 {
-    1e-6
-}
-fn default_max_pos() -> usize {
-    2048
-}
+impl<'a> HfJson<'a> {
+    /// The first of `keys` present and not null.
+    pub fn value(&self, keys: &[&str]) -> Option<&'a serde_json::Value> {
+        keys.iter().find_map(|k| {
+            k.split('.')
+                .try_fold(self.raw, |v, part| v.get(part))
+                .filter(|v| !v.is_null())
+        })
+    }
 
-/// A token id from a config value that may be a number or a list of numbers (first one wins).
-fn token_id(v: &Option<serde_json::Value>) -> Option<u32> {
-    match v.as_ref()? {
-        serde_json::Value::Number(n) => n.as_u64().map(|n| n as u32),
-        serde_json::Value::Array(a) => a.first()?.as_u64().map(|n| n as u32),
-        _ => None,
+    fn typed<T: serde::de::DeserializeOwned>(&self, keys: &[&str]) -> Result<Option<T>> {
+        self.value(keys)
+            .map(|v| {
+                serde_json::from_value(v.clone())
+                    .map_err(|e| Error::format(self.path, format!("`{}`: {e}", keys[0])))
+            })
+            .transpose()
+    }
+
+    /// An optional number.
+    pub fn usize(&self, keys: &[&str]) -> Result<Option<usize>> {
+        self.typed(keys)
+    }
+
+    /// A number that must be present.
+    pub fn required(&self, keys: &[&str]) -> Result<usize> {
+        self.usize(keys)?
+            .ok_or_else(|| Error::format(self.path, format!("no `{}` field", keys[0])))
+    }
+
+    /// An optional float.
+    pub fn f64(&self, keys: &[&str]) -> Result<Option<f64>> {
+        self.typed(keys)
+    }
+
+    /// An optional flag.
+    pub fn bool(&self, keys: &[&str]) -> Result<Option<bool>> {
+        self.typed(keys)
+    }
+
+    /// An optional string.
+    pub fn str(&self, keys: &[&str]) -> Result<Option<String>> {
+        self.typed(keys)
+    }
+
+    /// A token id that may be a number or a list of numbers (first one wins).
+    pub fn token_id(&self, key: &str) -> Option<u32> {
+        match self.value(&[key])? {
+            serde_json::Value::Number(n) => n.as_u64().map(|n| n as u32),
+            serde_json::Value::Array(a) => a.first()?.as_u64().map(|n| n as u32),
+            _ => None,
+        }
+    }
+
+    /// An error about this file.
+    pub fn error(&self, msg: impl std::fmt::Display) -> Error {
+        Error::format(self.path, msg.to_string())
+    }
+
+    /// Fails unless the activation named by `keys` is absent or one of `allowed`.
+    pub fn expect_activation(&self, keys: &[&str], allowed: &[&str]) -> Result<()> {
+        match self.str(keys)? {
+            Some(act) if !allowed.contains(&act.as_str()) => Err(self.error(format!(
+                "activation `{act}` is not supported ({})",
+                allowed.join(", ")
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Fails when RoPE scaling of a kind other than `default` is configured.
+    pub fn expect_plain_rope(&self) -> Result<()> {
+        let scaled = |v: &serde_json::Value| {
+            v.get("rope_type")
+                .or_else(|| v.get("type"))
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| t != "default")
+        };
+        let nested = self
+            .value(&["rope_parameters"])
+            .and_then(|v| v.as_object())
+            .is_some_and(|o| o.values().any(scaled));
+        if self.value(&["rope_scaling"]).is_some_and(scaled)
+            || self.value(&["rope_parameters"]).is_some_and(scaled)
+            || nested
+        {
+            return Err(self.error("RoPE scaling is not supported"));
+        }
+        Ok(())
     }
 }
 
 impl ModelConfig {
-    /// Reads an HF `config.json`.
+    /// Reads an HF `config.json`; the family named by its `model_type` interprets the rest.
     pub fn from_hf_json(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let raw: serde_json::Value =
@@ -130,40 +218,15 @@ impl ModelConfig {
             .ok_or_else(|| Error::format(path, "no `model_type` field"))?
             .to_string();
         let family = Family::parse(&arch, path)?;
-        let hf: HfConfig = serde_json::from_value(raw).map_err(|e| Error::format(path, e))?;
-        debug_assert_eq!(hf.model_type.as_deref(), Some(arch.as_str()));
-        if hf.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(Error::format(path, "RoPE scaling is not supported"));
-        }
-        if hf.attention_bias || hf.mlp_bias {
-            return Err(Error::format(path, "LLaMA with biases is not supported"));
-        }
-        if let Some(act) = hf.hidden_act.as_deref().filter(|a| *a != "silu") {
-            return Err(Error::format(
-                path,
-                format!("activation `{act}` is not supported (silu)"),
-            ));
-        }
-        let config = ModelConfig {
-            family,
-            num_layers: hf.num_hidden_layers,
-            hidden_size: hf.hidden_size,
-            intermediate_size: hf.intermediate_size,
-            num_heads: hf.num_attention_heads,
-            num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
-            head_dim: hf
-                .head_dim
-                .unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
-            vocab_size: hf.vocab_size,
-            rope_theta: hf.rope_theta,
-            rms_norm_eps: hf.rms_norm_eps,
-            max_position_embeddings: hf.max_position_embeddings,
-            tie_word_embeddings: hf.tie_word_embeddings,
-            bos_token_id: token_id(&hf.bos_token_id),
-            eos_token_id: token_id(&hf.eos_token_id),
-        };
+        let json = HfJson { raw: &raw, path };
+        let config = super::families::architecture(family).config(&json)?;
         config.validate().map_err(|msg| Error::format(path, msg))?;
         Ok(config)
+    }
+
+    /// The HF name prefix of layer `N`'s weights, up to the index (`model.layers.`).
+    pub fn layer_prefix(&self) -> &'static str {
+        super::families::architecture(self.family).layer_prefix()
     }
 
     /// Checks the numbers are consistent with each other.
@@ -178,14 +241,15 @@ impl ModelConfig {
                 c.num_heads, c.num_kv_heads
             ));
         }
-        if !c.head_dim.is_multiple_of(2) {
-            return Err(format!("head_dim {} must be even for RoPE", c.head_dim));
-        }
         Ok(())
     }
 
-    /// The HF `config.json` for this configuration.
+    /// The HF `config.json` for this configuration: the checkpoint's own when it came with
+    /// one, otherwise a LLaMA config built from the fields.
     pub fn to_hf_json(&self) -> serde_json::Value {
+        if let Some(raw) = &self.hf_config {
+            return raw.clone();
+        }
         serde_json::json!({
             "architectures": ["LlamaForCausalLM"],
             "model_type": self.family.name(),
@@ -226,6 +290,8 @@ impl ModelConfig {
             tie_word_embeddings: true,
             bos_token_id: Some(1),
             eos_token_id: Some(2),
+            local_rope_theta: None,
+            hf_config: None,
         }
     }
 }

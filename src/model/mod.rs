@@ -1,19 +1,23 @@
 //! The network: configuration, weights (trainable or frozen), the decoder-layer abstraction, one
 //! file per family, and the model that strings embeddings, layers and head together.
 
+pub mod attention;
 pub mod config;
+pub mod families;
 pub mod generate;
 pub mod layer;
-pub mod llama;
 #[allow(clippy::module_inception)]
 pub mod model;
+pub mod stem;
 pub mod tensor_map;
 pub mod weight;
 
 pub use config::{Family, ModelConfig};
-pub use layer::{DecoderLayer, LayerCache, LayerContext};
+pub use families::{architecture, llama};
+pub use layer::{DecoderLayer, LayerCache, LayerContext, ModuleMut, ModuleRef};
 pub use model::{cross_entropy, log_softmax, Model, ModelCache};
+pub use stem::Stem;
 pub use tensor_map::TensorMap;
-pub use weight::{Linear, RmsNorm, Weight};
+pub use weight::{Linear, Norm, NormKind, Weight};
 #[cfg(test)]
 mod tests;

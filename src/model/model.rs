@@ -2,13 +2,15 @@
 //! original index, the final norm and the LM head.
 //!
 //! An emulator is a `Model` whose layer list is a subset of the original's; plug-in swaps layers
-//! by original index. Nothing outside `model/` needs to know the family.
+//! by original index. Nothing outside `model/` needs to know the family: the family builds the
+//! [`Stem`] and the layers, and this file only strings them together.
 
-use super::config::{Family, ModelConfig};
-use super::layer::{DecoderLayer, LayerCache, LayerContext};
-use super::llama::LlamaLayer;
+use super::config::ModelConfig;
+use super::families::{architecture, llama::LlamaLayer};
+use super::layer::{DecoderLayer, LayerCache, LayerContext, RopeTable};
+use super::stem::Stem;
 use super::tensor_map::TensorMap;
-use super::weight::{RmsNorm, Weight};
+use super::weight::Weight;
 use candle_core::{DType, Device, Result, Tensor, D};
 use std::path::Path;
 
@@ -16,15 +18,14 @@ use std::path::Path;
 #[derive(Debug)]
 pub struct Model {
     config: ModelConfig,
-    embed: Weight,
+    /// Embeddings, final norm and head.
+    stem: Stem,
     layers: Vec<Box<dyn DecoderLayer>>,
     /// Original index (in the full model) of each entry of `layers`.
     layer_ids: Vec<usize>,
-    norm: RmsNorm,
-    /// `None` when the head is tied to the embedding.
-    lm_head: Option<Weight>,
-    /// RoPE inverse frequencies, `[head_dim/2]`, f64 for accurate angles at long positions.
-    inv_freq: Vec<f64>,
+    /// For each RoPE θ the layers use: θ and the inverse frequencies, `[head_dim/2]`, in f64
+    /// for accurate angles at long positions.
+    inv_freq: Vec<(f64, Vec<f64>)>,
     device: Device,
 }
 
@@ -78,11 +79,9 @@ impl Clone for Model {
     fn clone(&self) -> Self {
         Model {
             config: self.config.clone(),
-            embed: self.embed.clone(),
+            stem: self.stem.clone(),
             layers: self.layers.iter().map(|l| l.boxed_clone()).collect(),
             layer_ids: self.layer_ids.clone(),
-            norm: self.norm.clone(),
-            lm_head: self.lm_head.clone(),
             inv_freq: self.inv_freq.clone(),
             device: self.device.clone(),
         }
@@ -108,47 +107,37 @@ impl Model {
                 config.num_layers
             )));
         }
-        let (v, h) = (config.vocab_size, config.hidden_size);
-        let embed = tensors.get("model.embed_tokens.weight", &[v, h])?;
-        let device = embed.device().clone();
+        let arch = architecture(config.family);
+        let stem = arch.stem(config, tensors)?;
+        let device = stem.tokens.1.tensor().device().clone();
         let layers = layer_ids
             .iter()
-            .map(|&i| -> crate::Result<Box<dyn DecoderLayer>> {
-                match config.family {
-                    Family::Llama => Ok(Box::new(LlamaLayer::load(config, tensors, i)?)),
-                }
-            })
+            .map(|&i| arch.layer(config, tensors, i))
             .collect::<crate::Result<Vec<_>>>()?;
-        let norm = RmsNorm {
-            weight: Weight::Frozen(tensors.get("model.norm.weight", &[h])?),
-            eps: config.rms_norm_eps,
-        };
-        let lm_head = if config.tie_word_embeddings {
-            None
-        } else {
-            Some(Weight::Frozen(tensors.get("lm_head.weight", &[v, h])?))
-        };
+        // Families without RoPE never ask for the tables; building them costs next to nothing.
         let half = config.head_dim / 2;
-        let inv_freq = (0..half)
-            .map(|i| {
-                1.0 / config
-                    .rope_theta
-                    .powf(2.0 * i as f64 / config.head_dim as f64)
+        let inv_freq = [Some(config.rope_theta), config.local_rope_theta]
+            .into_iter()
+            .flatten()
+            .map(|theta| {
+                let f = (0..half)
+                    .map(|i| 1.0 / theta.powf(2.0 * i as f64 / config.head_dim as f64))
+                    .collect();
+                (theta, f)
             })
             .collect();
         Ok(Model {
             config: config.clone(),
-            embed: Weight::Frozen(embed),
+            stem,
             layers,
             layer_ids,
-            norm,
-            lm_head,
             inv_freq,
             device,
         })
     }
 
-    /// A model with random weights (normal, std 0.02; norms 1 + noise), for tests and examples.
+    /// A LLaMA-layout model with random weights (uniform, ±0.035; norms 1 ± 0.1), for tests and
+    /// examples. Other families load their (tiny) checkpoints instead.
     pub fn random(config: &ModelConfig, seed: u64, dtype: DType) -> crate::Result<Self> {
         let tensors = random_tensors(config, seed, dtype)?;
         Self::from_tensors(config, &tensors, None)
@@ -166,7 +155,7 @@ impl Model {
 
     /// The dtype of the weights.
     pub fn dtype(&self) -> DType {
-        self.embed.tensor().dtype()
+        self.stem.tokens.1.tensor().dtype()
     }
 
     /// Original indices of the layers this model runs, in order.
@@ -185,33 +174,36 @@ impl Model {
     }
 
     /// Every weight with its full HF name (layers under their original index), in a fixed order:
-    /// embedding, layers, final norm, untied head.
+    /// embeddings, layers, final norm, untied head.
     pub fn named_weights(&self) -> Vec<(String, &Weight)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed)];
+        let prefix = architecture(self.config.family).layer_prefix();
+        let mut out = self.stem.weights(true);
         for (layer, &id) in self.layers.iter().zip(&self.layer_ids) {
             for (name, w) in layer.weights() {
-                out.push((format!("model.layers.{id}.{name}"), w));
+                out.push((format!("{prefix}{id}.{name}"), w));
             }
         }
-        out.push(("model.norm.weight".to_string(), &self.norm.weight));
-        if let Some(head) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), head));
-        }
+        out.extend(self.stem.weights(false));
         out
     }
 
     /// Mutable [`Model::named_weights`].
     pub fn named_weights_mut(&mut self) -> Vec<(String, &mut Weight)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), &mut self.embed)];
-        for (layer, &id) in self.layers.iter_mut().zip(&self.layer_ids) {
+        let prefix = architecture(self.config.family).layer_prefix();
+        let Model {
+            stem,
+            layers,
+            layer_ids,
+            ..
+        } = self;
+        let (before, after) = stem.weights_mut();
+        let mut out = before;
+        for (layer, &id) in layers.iter_mut().zip(layer_ids.iter()) {
             for (name, w) in layer.weights_mut() {
-                out.push((format!("model.layers.{id}.{name}"), w));
+                out.push((format!("{prefix}{id}.{name}"), w));
             }
         }
-        out.push(("model.norm.weight".to_string(), &mut self.norm.weight));
-        if let Some(head) = &mut self.lm_head {
-            out.push(("lm_head.weight".to_string(), head));
-        }
+        out.extend(after);
         out
     }
 
@@ -232,34 +224,39 @@ impl Model {
         map
     }
 
-    /// Token embeddings of `ids` (`[batch, seq]` u32) → `[batch, seq, hidden]`.
+    /// The input of the first layer for `ids` (`[batch, seq]` u32) at positions `0..seq`:
+    /// token embeddings plus whatever the family adds (positions, scale, norm).
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        self.embed
-            .tensor()
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.config.hidden_size))
+        self.stem.embed(ids, 0)
     }
 
     /// The per-forward context for `seq` positions starting at `offset`.
     pub fn layer_context(&self, offset: usize, seq: usize) -> Result<LayerContext> {
-        let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(seq * half);
-        let mut sin = Vec::with_capacity(seq * half);
-        for pos in offset..offset + seq {
-            for &f in &self.inv_freq {
-                let angle = pos as f64 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
         let dtype = self.dtype();
-        let cos = Tensor::from_vec(cos, (seq, half), &self.device)?.to_dtype(dtype)?;
-        let sin = Tensor::from_vec(sin, (seq, half), &self.device)?.to_dtype(dtype)?;
+        let rope = self
+            .inv_freq
+            .iter()
+            .map(|(theta, freqs)| {
+                let half = freqs.len();
+                let mut cos = Vec::with_capacity(seq * half);
+                let mut sin = Vec::with_capacity(seq * half);
+                for pos in offset..offset + seq {
+                    for &f in freqs {
+                        let angle = pos as f64 * f;
+                        cos.push(angle.cos());
+                        sin.push(angle.sin());
+                    }
+                }
+                Ok(RopeTable {
+                    theta: *theta,
+                    cos: Tensor::from_vec(cos, (seq, half), &self.device)?.to_dtype(dtype)?,
+                    sin: Tensor::from_vec(sin, (seq, half), &self.device)?.to_dtype(dtype)?,
+                })
+            })
+            .collect::<Result<_>>()?;
         Ok(LayerContext {
             offset,
-            cos,
-            sin,
+            rope,
             dropout_seed: None,
         })
     }
@@ -279,12 +276,12 @@ impl Model {
 
     /// Final norm + LM head: `[batch, seq, hidden]` → logits `[batch, seq, vocab]`.
     pub fn head(&self, h: &Tensor) -> Result<Tensor> {
-        self.logits(&self.norm.forward(h)?)
+        self.logits(&self.stem.final_norm(h)?)
     }
 
     /// The LM head's weight `[vocab, hidden]` (the embedding when tied).
     pub fn head_weight(&self) -> &Weight {
-        self.lm_head.as_ref().unwrap_or(&self.embed)
+        self.stem.head_weight()
     }
 
     /// The final norm's output for token ids `[batch, seq]`: what the LM head reads. Losses use
@@ -299,12 +296,12 @@ impl Model {
         let mut ctx = self.layer_context(0, t)?;
         ctx.dropout_seed = dropout_seed;
         let h = self.forward_layers(self.embed(ids)?, &ctx, 0..self.layers.len())?;
-        self.norm.forward(&h)
+        self.stem.final_norm(&h)
     }
 
     /// The final norm's output, `[batch, seq, hidden]`.
     pub fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
-        self.norm.forward(h)
+        self.stem.final_norm(h)
     }
 
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`.
@@ -354,12 +351,12 @@ impl Model {
             cache.len = 0;
         }
         let ctx = self.layer_context(cache.len, t)?;
-        let mut h = self.embed(ids)?;
+        let mut h = self.stem.embed(ids, cache.len)?;
         for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
             h = layer.forward(&h, &ctx, Some(lc))?;
         }
         cache.len += t;
-        self.norm.forward(&h)
+        self.stem.final_norm(&h)
     }
 
     /// Mean next-token cross-entropy of `ids` (`[batch, seq]`), each position predicting the next.
@@ -387,9 +384,15 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     picked.mean_all()?.neg()
 }
 
-/// Random HF-named tensors for `config` (see [`Model::random`]).
+/// Random HF-named tensors for `config`, in LLaMA's layout (see [`Model::random`]).
 pub fn random_tensors(config: &ModelConfig, seed: u64, dtype: DType) -> crate::Result<TensorMap> {
     use rand::{Rng, SeedableRng};
+    if config.family != super::config::Family::Llama {
+        return Err(crate::Error::Invalid(format!(
+            "random weights exist for LLaMA's layout only, not {}",
+            config.family.name()
+        )));
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let origin = Path::new("<random>");
     let mut map = TensorMap::new(origin);

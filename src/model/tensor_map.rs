@@ -76,6 +76,11 @@ impl TensorMap {
         &self.origin
     }
 
+    /// Name, tensor and source file of every entry, by value, sorted by name.
+    pub fn into_entries(self) -> impl Iterator<Item = (String, Tensor, PathBuf)> {
+        self.tensors.into_iter().map(|(k, (t, f))| (k, t, f))
+    }
+
     /// Number of tensors.
     pub fn len(&self) -> usize {
         self.tensors.len()

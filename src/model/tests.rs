@@ -28,7 +28,8 @@ fn layer_from(config: &ModelConfig, ws: &[Tensor]) -> crate::Result<Box<dyn Deco
             "<test>".as_ref(),
         );
     }
-    let mut layer: Box<dyn DecoderLayer> = Box::new(llama::LlamaLayer::load(config, &map, 0)?);
+    let mut layer: Box<dyn DecoderLayer> =
+        Box::new(llama::LlamaLayer::load(config, &map, 0, false)?);
     for (_, w) in layer.weights_mut() {
         *w = Weight::Trainable(Var::from_tensor(w.tensor())?);
     }

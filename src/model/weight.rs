@@ -2,7 +2,7 @@
 //! property of the weight: a layer never branches on it, it asks its weights for the right op.
 
 use crate::ops;
-use candle_core::{Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var, D};
 
 /// A parameter tensor: a `Var` when it is trained, a plain `Tensor` when it is frozen. Frozen
 /// weights never enter the autograd graph (our ops hold them), so they cost no gradient.
@@ -55,12 +55,18 @@ impl Weight {
     }
 }
 
-/// `y = x · Wᵀ` with `W` stored `[out, in]` as PyTorch's `nn.Linear` does, plus an optional
-/// LoRA update.
+/// `y = x · Wᵀ (+ b)` with `W` stored `[out, in]` as PyTorch's `nn.Linear` does (or `[in, out]`
+/// as GPT-2's `Conv1D` does, see [`Linear::fan_in_fan_out`]), plus an optional LoRA update and
+/// bottleneck adapter.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    /// `[out, in]`.
+    /// `[out, in]`, or `[in, out]` when `fan_in_fan_out`.
     pub weight: Weight,
+    /// `[out]`, when the map has a bias.
+    pub bias: Option<Weight>,
+    /// The weight is stored `[in, out]` (GPT-2's `Conv1D`): kept in that layout so that names,
+    /// shapes and fingerprints stay those of the checkpoint, and PEFT is told so.
+    pub fan_in_fan_out: bool,
     /// A low-rank update added to the output, when the map is LoRA-adapted.
     pub lora: Option<crate::peft::lora::Lora>,
     /// A bottleneck adapter applied to the output, when the map has one.
@@ -68,13 +74,29 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// A linear map over `weight` (`[out, in]`).
+    /// A linear map over `weight` (`[out, in]`), without bias.
     pub fn new(weight: Weight) -> Self {
         Linear {
             weight,
+            bias: None,
+            fan_in_fan_out: false,
             lora: None,
             adapter: None,
         }
+    }
+
+    /// A linear map over `weight` (`[out, in]`) with an optional `bias` (`[out]`).
+    pub fn with_bias(weight: Weight, bias: Option<Weight>) -> Self {
+        Linear {
+            bias,
+            ..Self::new(weight)
+        }
+    }
+
+    /// `(out, in)` features, whatever the storage layout.
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        let (a, b) = self.weight.tensor().dims2()?;
+        Ok(if self.fan_in_fan_out { (b, a) } else { (a, b) })
     }
 
     /// Applies the map to the last dimension of `x` (LoRA without dropout).
@@ -85,6 +107,11 @@ impl Linear {
     /// Applies the map; `seed` (training) draws the PEFT modules' dropout masks.
     pub fn forward_seeded(&self, x: &Tensor, seed: Option<u64>) -> Result<Tensor> {
         let mut y = self.base(x)?;
+        y = match &self.bias {
+            Some(Weight::Frozen(b)) => ops::frozen_affine(&y, None, Some(b))?,
+            Some(Weight::Trainable(b)) => y.broadcast_add(b)?,
+            None => y,
+        };
         if let Some(lora) = &self.lora {
             y = (y + lora.forward(x, seed)?)?;
         }
@@ -92,6 +119,13 @@ impl Linear {
             Some(adapter) => adapter.forward(&y, seed),
             None => Ok(y),
         }
+    }
+
+    /// The map's own weights, named relative to the map (`weight`, `bias`).
+    pub fn base_weights(&self) -> Vec<(&'static str, &Weight)> {
+        let mut out = vec![("weight", &self.weight)];
+        out.extend(self.bias.iter().map(|b| ("bias", b)));
+        out
     }
 
     /// The PEFT modules' weights, named relative to the map (`lora_A.weight`,
@@ -111,14 +145,24 @@ impl Linear {
         out
     }
 
-    /// The base weight and, separately, the PEFT weights as [`Linear::peft_weights`] names
-    /// and orders them — all mutable at once.
-    pub fn weights_mut(&mut self) -> (&mut Weight, Vec<(&'static str, &mut Weight)>) {
+    /// The base weights (as [`Linear::base_weights`]) and, separately, the PEFT weights as
+    /// [`Linear::peft_weights`] names and orders them — all mutable at once.
+    #[allow(clippy::type_complexity)]
+    pub fn weights_mut(
+        &mut self,
+    ) -> (
+        Vec<(&'static str, &mut Weight)>,
+        Vec<(&'static str, &mut Weight)>,
+    ) {
         let Linear {
             weight,
+            bias,
             lora,
             adapter,
+            ..
         } = self;
+        let mut base = vec![("weight", weight)];
+        base.extend(bias.iter_mut().map(|b| ("bias", b)));
         let mut peft = Vec::new();
         if let Some(lora) = lora {
             peft.extend([
@@ -133,14 +177,17 @@ impl Linear {
                     .zip(adapter.weights_mut()),
             );
         }
-        (weight, peft)
+        (base, peft)
     }
 
     /// Folds the LoRA update into the weight (`W + scale·B·A`), leaving a plain, frozen map.
     pub fn merge_lora(&mut self) -> Result<()> {
         if let Some(lora) = self.lora.take() {
-            let merged =
-                (self.weight.tensor() + lora.delta()?.to_dtype(self.weight.tensor().dtype())?)?;
+            let mut delta = lora.delta()?.to_dtype(self.weight.tensor().dtype())?;
+            if self.fan_in_fan_out {
+                delta = delta.t()?;
+            }
+            let merged = (self.weight.tensor() + delta)?;
             self.weight = Weight::Frozen(merged);
         }
         Ok(())
@@ -148,15 +195,19 @@ impl Linear {
 
     fn base(&self, x: &Tensor) -> Result<Tensor> {
         match &self.weight {
+            // The op reads an `[in, out]` weight through a transposed view, without a copy.
+            Weight::Frozen(w) if self.fan_in_fan_out => ops::frozen_linear(x, &w.t()?),
             Weight::Frozen(w) => ops::frozen_linear(x, w),
             Weight::Trainable(w) => {
                 let dims = x.dims();
                 let k = dims[dims.len() - 1];
                 let m = x.elem_count() / k.max(1);
-                let y = x
-                    .contiguous()?
-                    .reshape((m, k))?
-                    .matmul(&w.as_tensor().t()?)?;
+                let w = if self.fan_in_fan_out {
+                    w.as_tensor().clone()
+                } else {
+                    w.as_tensor().t()?
+                };
+                let y = x.contiguous()?.reshape((m, k))?.matmul(&w)?;
                 let mut out = dims.to_vec();
                 *out.last_mut().expect("non-empty") = y.dim(1)?;
                 y.reshape(out)
@@ -165,23 +216,80 @@ impl Linear {
     }
 }
 
-/// RMSNorm over the last dimension.
+/// Which normalisation a [`Norm`] applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    /// RMSNorm scaled by `w` (LLaMA, Qwen2).
+    Rms,
+    /// RMSNorm scaled by `1 + w` (Gemma: the stored weights are centred on 0).
+    RmsPlusOne,
+    /// LayerNorm with weight and bias (GPT-2, OPT, BLOOM).
+    Layer,
+}
+
+/// A normalisation over the last dimension.
 #[derive(Clone, Debug)]
-pub struct RmsNorm {
+pub struct Norm {
+    /// What it computes.
+    pub kind: NormKind,
     /// Per-channel scale.
     pub weight: Weight,
-    /// Added to the mean square before the square root.
+    /// Per-channel shift (LayerNorm only).
+    pub bias: Option<Weight>,
+    /// Added to the variance (mean square) before the square root.
     pub eps: f64,
 }
 
-impl RmsNorm {
+impl Norm {
+    /// An RMSNorm of either kind.
+    pub fn rms(kind: NormKind, weight: Weight, eps: f64) -> Self {
+        Norm {
+            kind,
+            weight,
+            bias: None,
+            eps,
+        }
+    }
+
     /// Normalises `x`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::rms_norm(
-            x,
-            self.weight.tensor(),
-            self.eps,
-            self.weight.is_trainable(),
-        )
+        let w = &self.weight;
+        match self.kind {
+            NormKind::Rms => ops::rms_norm(x, w.tensor(), self.eps, w.is_trainable()),
+            // `w + 1` is an ordinary op, so a trainable `w` still gets its gradient through it.
+            NormKind::RmsPlusOne => {
+                ops::rms_norm(x, &(w.tensor() + 1.0)?, self.eps, w.is_trainable())
+            }
+            NormKind::Layer => {
+                let mean = x.mean_keepdim(D::Minus1)?;
+                let xc = x.broadcast_sub(&mean)?;
+                let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+                let y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+                let bias_frozen = self.bias.as_ref().is_none_or(|b| !b.is_trainable());
+                if !w.is_trainable() && bias_frozen {
+                    let b = self.bias.as_ref().map(Weight::tensor);
+                    return ops::frozen_affine(&y, Some(w.tensor()), b);
+                }
+                let y = y.broadcast_mul(w.tensor())?;
+                match &self.bias {
+                    Some(b) => y.broadcast_add(b.tensor()),
+                    None => Ok(y),
+                }
+            }
+        }
+    }
+
+    /// The norm's weights, named relative to it (`weight`, `bias`).
+    pub fn weights(&self) -> Vec<(&'static str, &Weight)> {
+        let mut out = vec![("weight", &self.weight)];
+        out.extend(self.bias.iter().map(|b| ("bias", b)));
+        out
+    }
+
+    /// Mutable [`Norm::weights`].
+    pub fn weights_mut(&mut self) -> Vec<(&'static str, &mut Weight)> {
+        let mut out = vec![("weight", &mut self.weight)];
+        out.extend(self.bias.iter_mut().map(|b| ("bias", b)));
+        out
     }
 }

@@ -104,7 +104,9 @@ pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     } else {
         x.contiguous()?
     };
-    let w = if w.is_contiguous() {
+    // A transposed view of a contiguous matrix (GPT-2's `[in, out]` weights) is read as is:
+    // the matmul takes either stride order, so no copy per call.
+    let w = if w.is_contiguous() || (w.rank() == 2 && w.t()?.is_contiguous()) {
         w.clone()
     } else {
         w.contiguous()?
@@ -132,6 +134,16 @@ mod tests {
         let y = frozen_linear(&x, &w)?;
         let want = x.broadcast_matmul(&w.t()?)?;
         assert_close(&y, &want, 1e-6)
+    }
+
+    #[test]
+    fn transposed_weight_view_matches_matmul() -> Result<()> {
+        let x = rand_tensor(&[2, 3, 5], DType::F32, 1)?;
+        let w_in_out = rand_tensor(&[5, 4], DType::F32, 2)?;
+        let y = frozen_linear(&x, &w_in_out.t()?)?;
+        assert_close(&y, &x.broadcast_matmul(&w_in_out)?, 1e-6)?;
+        let w = w_in_out.to_dtype(DType::F64)?;
+        finite_difference_check(&[2, 3, 5], 4, |x| frozen_linear(x, &w.t()?))
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! and an equality test against the plain candle composition.
 
 mod cpu;
+pub mod frozen_affine;
 pub mod frozen_linear;
 pub mod lm_head_loss;
 pub mod rms_norm;
@@ -12,8 +13,9 @@ pub mod softmax;
 #[cfg(test)]
 pub(crate) mod testing;
 
+pub use frozen_affine::frozen_affine;
 pub use frozen_linear::frozen_linear;
 pub use lm_head_loss::{lm_head_loss, lm_head_nll};
 pub use rms_norm::rms_norm;
 pub use rope::rope;
-pub use softmax::causal_softmax;
+pub use softmax::{causal_softmax, causal_softmax_with, SoftmaxMask};

@@ -1,4 +1,5 @@
-//! Scaled, causally masked softmax over attention scores, with its backward.
+//! Scaled, causally masked softmax over attention scores, with its backward; optionally with a
+//! sliding window (Gemma 3's local layers) and ALiBi biases (BLOOM), both computed in the kernel.
 //!
 //! candle-nn's fused `softmax_last_dim` has no backward. Masking inside the op also keeps the
 //! `[t, s]` mask tensor out of the autograd graph (candle would compute a gradient for it) and
@@ -7,26 +8,46 @@
 use super::cpu::{dispatch_float, slice, storage, Float};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType, D};
 
-/// Scores have layout `[.., t, s]`: query row `i` sits at absolute position `s - t + i` and sees
-/// keys `0..=s - t + i` (the first `s - t` keys are a cache of earlier positions).
-fn visible(t: usize, s: usize, i: usize) -> usize {
-    s - t + i + 1
+/// Scores have layout `[.., t, s]`: query row `i` sits at absolute position `p = s - t + i` and
+/// sees keys `0..=p` (the first `s - t` keys are a cache of earlier positions); with a sliding
+/// `window`, only the last `window` of them (`p - window < j <= p`, Gemma's local layers).
+fn visible(t: usize, s: usize, i: usize, window: Option<usize>) -> std::ops::Range<usize> {
+    let end = s - t + i + 1;
+    let start = window.map_or(0, |w| end.saturating_sub(w));
+    start..end
 }
 
-fn forward_kernel<T: Float>(x: &[T], t: usize, s: usize, scale: T) -> Vec<T> {
+fn forward_kernel<T: Float>(
+    x: &[T],
+    t: usize,
+    s: usize,
+    scale: T,
+    window: Option<usize>,
+    alibi: Option<&[f64]>,
+) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
     for (m, (row, orow)) in x.chunks_exact(s).zip(out.chunks_exact_mut(s)).enumerate() {
-        let n = visible(t, s, m % t);
-        let max = row[..n].iter().fold(T::neg_infinity(), |a, &b| {
-            num_traits::Float::max(a, b * scale)
-        });
+        let r = visible(t, s, m % t, window);
+        // Rows are `[.., heads, t, s]`: this row's head picks its ALiBi slope.
+        let slope = alibi.map_or(0.0, |a| a[(m / t) % a.len()]);
+        let value = |j: usize, v: T| v * scale + T::from_f64(slope * j as f64);
+        let max = row[r.clone()]
+            .iter()
+            .zip(r.clone())
+            .fold(T::neg_infinity(), |a, (&v, j)| {
+                num_traits::Float::max(a, value(j, v))
+            });
         let mut sum = T::zero();
-        for (o, &v) in orow[..n].iter_mut().zip(&row[..n]) {
-            *o = (v * scale - max).exp();
+        for ((o, &v), j) in orow[r.clone()]
+            .iter_mut()
+            .zip(&row[r.clone()])
+            .zip(r.clone())
+        {
+            *o = (value(j, v) - max).exp();
             sum += *o;
         }
         let inv = sum.recip();
-        orow[..n].iter_mut().for_each(|o| *o *= inv);
+        orow[r].iter_mut().for_each(|o| *o *= inv);
     }
     out
 }
@@ -50,6 +71,8 @@ fn backward_kernel<T: Float>(y: &[T], dy: &[T], s: usize, scale: T) -> Vec<T> {
 /// `softmax(scale · x)` over the last dim with the causal mask applied.
 struct CausalSoftmax {
     scale: f64,
+    window: Option<usize>,
+    alibi: Option<Vec<f64>>,
 }
 
 impl CustomOp1 for CausalSoftmax {
@@ -62,7 +85,8 @@ impl CustomOp1 for CausalSoftmax {
         let (t, s) = (dims[dims.len() - 2], dims[dims.len() - 1]);
         dispatch_float!(st, self.name(), T => {
             let scale = <T as WithDType>::from_f64(self.scale);
-            let out = forward_kernel(slice::<T>(st, l)?, t, s, scale);
+            let alibi = self.alibi.as_deref();
+            let out = forward_kernel(slice::<T>(st, l)?, t, s, scale, self.window, alibi);
             Ok((storage(out), l.shape().clone()))
         })
     }
@@ -101,14 +125,25 @@ impl CustomOp2 for CausalSoftmaxGrad {
     }
 }
 
+/// What [`causal_softmax_with`] adds to the causal mask.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SoftmaxMask<'a> {
+    /// Each query sees at most the last `window` keys up to itself (sliding-window attention).
+    pub window: Option<usize>,
+    /// ALiBi slopes, one per head (the third-last dim): `slope · j` is added to the scaled score
+    /// of key `j` (BLOOM; HF adds it for the absolute key position, which softmax sees as
+    /// `slope · (j − i)`). Held in the op, so the bias is never materialised or differentiated.
+    pub alibi: Option<&'a [f64]>,
+}
+
 /// The same function as candle ops (off the CPU, and as the tests' reference).
-pub fn causal_softmax_reference(x: &Tensor, scale: f64) -> Result<Tensor> {
+pub fn causal_softmax_reference(x: &Tensor, scale: f64, mask: SoftmaxMask) -> Result<Tensor> {
     let dims = x.dims();
     let (t, s) = (dims[dims.len() - 2], dims[dims.len() - 1]);
-    let mask: Vec<f32> = (0..t)
+    let causal: Vec<f32> = (0..t)
         .flat_map(|i| {
             (0..s).map(move |j| {
-                if j < visible(t, s, i) {
+                if visible(t, s, i, mask.window).contains(&j) {
                     0.0
                 } else {
                     f32::NEG_INFINITY
@@ -116,13 +151,27 @@ pub fn causal_softmax_reference(x: &Tensor, scale: f64) -> Result<Tensor> {
             })
         })
         .collect();
-    let mask = Tensor::from_vec(mask, (t, s), x.device())?.to_dtype(x.dtype())?;
-    candle_nn::ops::softmax(&x.affine(scale, 0.0)?.broadcast_add(&mask)?, D::Minus1)
+    let causal = Tensor::from_vec(causal, (t, s), x.device())?.to_dtype(x.dtype())?;
+    let mut scores = x.affine(scale, 0.0)?.broadcast_add(&causal)?;
+    if let Some(slopes) = mask.alibi {
+        let bias: Vec<f64> = slopes
+            .iter()
+            .flat_map(|m| (0..s).map(move |j| m * j as f64))
+            .collect();
+        let bias = Tensor::from_vec(bias, (slopes.len(), 1, s), x.device())?.to_dtype(x.dtype())?;
+        scores = scores.broadcast_add(&bias.detach())?;
+    }
+    candle_nn::ops::softmax(&scores, D::Minus1)
 }
 
 /// Causally masked `softmax(scale · x)` over the last dimension of scores `[.., t, s]` (`s ≥ t`;
 /// the last `t` keys are the queries' own positions).
 pub fn causal_softmax(x: &Tensor, scale: f64) -> Result<Tensor> {
+    causal_softmax_with(x, scale, SoftmaxMask::default())
+}
+
+/// [`causal_softmax`] with a sliding window and/or ALiBi biases.
+pub fn causal_softmax_with(x: &Tensor, scale: f64, mask: SoftmaxMask) -> Result<Tensor> {
     let dims = x.dims();
     if dims.len() < 2 || dims[dims.len() - 1] < dims[dims.len() - 2] {
         candle_core::bail!(
@@ -130,10 +179,25 @@ pub fn causal_softmax(x: &Tensor, scale: f64) -> Result<Tensor> {
             dims
         );
     }
-    if !x.device().is_cpu() {
-        return causal_softmax_reference(x, scale);
+    if mask.window == Some(0) {
+        candle_core::bail!("causal_softmax: a sliding window must hold at least one key");
     }
-    x.contiguous()?.apply_op1(CausalSoftmax { scale })
+    if let Some(a) = mask.alibi {
+        if dims.len() < 3 || dims[dims.len() - 3] != a.len() {
+            candle_core::bail!(
+                "causal_softmax: {} ALiBi slopes for scores {dims:?}",
+                a.len()
+            );
+        }
+    }
+    if !x.device().is_cpu() {
+        return causal_softmax_reference(x, scale, mask);
+    }
+    x.contiguous()?.apply_op1(CausalSoftmax {
+        scale,
+        window: mask.window,
+        alibi: mask.alibi.map(<[f64]>::to_vec),
+    })
 }
 
 #[cfg(test)]
@@ -148,9 +212,26 @@ mod tests {
             let x = rand_tensor(&[2, 3, t, s], DType::F32, 1)?;
             assert_close(
                 &causal_softmax(&x, 0.7)?,
-                &causal_softmax_reference(&x, 0.7)?,
+                &causal_softmax_reference(&x, 0.7, SoftmaxMask::default())?,
                 1e-6,
             )?;
+            let slopes = [0.25, 0.0625, 0.015625];
+            for mask in [
+                SoftmaxMask {
+                    window: Some(2),
+                    alibi: None,
+                },
+                SoftmaxMask {
+                    window: None,
+                    alibi: Some(&slopes),
+                },
+            ] {
+                assert_close(
+                    &causal_softmax_with(&x, 0.7, mask)?,
+                    &causal_softmax_reference(&x, 0.7, mask)?,
+                    1e-6,
+                )?;
+            }
         }
         Ok(())
     }
@@ -158,6 +239,13 @@ mod tests {
     #[test]
     fn gradient_matches_finite_differences() -> Result<()> {
         finite_difference_check(&[2, 2, 3, 3], 3, |x| causal_softmax(x, 0.5))?;
-        finite_difference_check(&[1, 2, 2, 4], 4, |x| causal_softmax(x, 1.3))
+        finite_difference_check(&[1, 2, 2, 4], 4, |x| causal_softmax(x, 1.3))?;
+        finite_difference_check(&[1, 2, 4, 5], 5, |x| {
+            let mask = SoftmaxMask {
+                window: Some(2),
+                alibi: Some(&[0.5, 0.125]),
+            };
+            causal_softmax_with(x, 0.9, mask)
+        })
     }
 }

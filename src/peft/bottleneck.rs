@@ -22,13 +22,13 @@ pub struct BottleneckConfig {
         default_value_t = 0.1
     )]
     pub dropout: f64,
-    /// Linear maps whose output gets an adapter, by module name.
+    /// Linear maps whose output gets an adapter, by module name [default: the family's
+    /// attention and MLP output maps, e.g. o_proj,down_proj for LLaMA].
     // Ids of their own: LoRA's flags have fields of the same names in the same commands.
     #[arg(
         id = "adapter_targets",
         long = "adapter-targets",
-        value_delimiter = ',',
-        default_value = "o_proj,down_proj"
+        value_delimiter = ','
     )]
     pub targets: Vec<String>,
 }
@@ -38,7 +38,8 @@ impl Default for BottleneckConfig {
         BottleneckConfig {
             size: 64,
             dropout: 0.1,
-            targets: vec!["o_proj".into(), "down_proj".into()],
+            // Empty: the family's default maps.
+            targets: Vec::new(),
         }
     }
 }

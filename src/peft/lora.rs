@@ -19,13 +19,15 @@ pub struct LoraConfig {
     /// Dropout probability on the LoRA branch's input (training only).
     #[arg(long = "lora-dropout", default_value_t = 0.1)]
     pub dropout: f64,
-    /// Linear maps to adapt, by module name.
-    #[arg(
-        long = "lora-targets",
-        value_delimiter = ',',
-        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-    )]
+    /// Linear maps to adapt, by module name [default: the family's, e.g. q_proj,k_proj,v_proj,
+    /// o_proj,gate_proj,up_proj,down_proj for LLaMA, c_attn,c_proj,c_fc for GPT-2].
+    #[arg(long = "lora-targets", value_delimiter = ',')]
     pub targets: Vec<String>,
+    /// The adapted weights are stored `[in, out]` (GPT-2's `Conv1D`); set from the model, and
+    /// written to PEFT's `adapter_config.json`.
+    #[arg(skip)]
+    #[serde(default)]
+    pub fan_in_fan_out: bool,
 }
 
 impl Default for LoraConfig {
@@ -34,17 +36,9 @@ impl Default for LoraConfig {
             r: 8,
             alpha: 32.0,
             dropout: 0.1,
-            targets: [
-                "q_proj",
-                "k_proj",
-                "v_proj",
-                "o_proj",
-                "gate_proj",
-                "up_proj",
-                "down_proj",
-            ]
-            .map(String::from)
-            .to_vec(),
+            // Empty: the family's default maps.
+            targets: Vec::new(),
+            fan_in_fan_out: false,
         }
     }
 }

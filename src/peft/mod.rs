@@ -8,7 +8,7 @@ pub mod lora;
 pub use bottleneck::{Bottleneck, BottleneckConfig};
 pub use lora::{Lora, LoraConfig};
 
-use crate::model::{Linear, Model, TensorMap};
+use crate::model::{architecture, Linear, Model, ModelConfig, TensorMap};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +37,23 @@ impl Method {
         }
     }
 
+    /// The method with the family's default target maps filled in where none were given (the
+    /// adapter files then record the maps actually adapted).
+    pub fn for_model(&self, config: &ModelConfig) -> Method {
+        match self {
+            Method::Lora(c) => Method::Lora(LoraConfig {
+                targets: default_targets(config, &c.targets, false),
+                fan_in_fan_out: architecture(config.family).fan_in_fan_out(),
+                ..c.clone()
+            }),
+            Method::Adapter(c) => Method::Adapter(BottleneckConfig {
+                targets: default_targets(config, &c.targets, true),
+                ..c.clone()
+            }),
+            other => other.clone(),
+        }
+    }
+
     /// Adds the method's modules (if any) to `layers` (original indices) of `model`, seeded.
     pub fn inject(&self, model: &mut Model, layers: &[usize], seed: u64) -> Result<()> {
         match self {
@@ -55,6 +72,21 @@ impl Method {
             Method::BitFit => rank == 1 && !is_peft_weight(name),
         }
     }
+}
+
+/// `targets`, or when empty the family's default LoRA (or, with `adapter`, bottleneck adapter)
+/// targets.
+fn default_targets(config: &ModelConfig, targets: &[String], adapter: bool) -> Vec<String> {
+    if !targets.is_empty() {
+        return targets.to_vec();
+    }
+    let arch = architecture(config.family);
+    let names = if adapter {
+        arch.adapter_targets()
+    } else {
+        arch.lora_targets()
+    };
+    names.iter().map(|s| s.to_string()).collect()
 }
 
 /// Calls `f(original layer index, position of the map in its layer, map)` for every linear map
@@ -97,8 +129,9 @@ pub fn add_lora(model: &mut Model, layers: &[usize], config: &LoraConfig, seed: 
         return Err(Error::Invalid("LoRA rank must be at least 1".into()));
     }
     let dtype = model.dtype();
-    for_each_target(model, layers, &config.targets, |id, j, linear| {
-        let (out_f, in_f) = linear.weight.tensor().dims2()?;
+    let targets = default_targets(model.config(), &config.targets, false);
+    for_each_target(model, layers, &targets, |id, j, linear| {
+        let (out_f, in_f) = linear.dims()?;
         let s = lora::mix_seed(seed, (id * 64 + j) as u64);
         linear.lora = Some(Lora::init(out_f, in_f, config, s, dtype)?);
         Ok(())
@@ -124,8 +157,9 @@ pub fn add_bottleneck(
         )));
     }
     let dtype = model.dtype();
-    for_each_target(model, layers, &config.targets, |id, j, linear| {
-        let (out_f, _) = linear.weight.tensor().dims2()?;
+    let targets = default_targets(model.config(), &config.targets, true);
+    for_each_target(model, layers, &targets, |id, j, linear| {
+        let (out_f, _) = linear.dims()?;
         // Offset from LoRA's streams so that both on one map would not share an init.
         let s = lora::mix_seed(seed, (id * 64 + j) as u64 + 0x4000_0000);
         linear.adapter = Some(Bottleneck::init(out_f, config, s, dtype)?);
@@ -137,14 +171,15 @@ pub fn add_bottleneck(
 /// offsite's format — on the maps of `model` they belong to. Returns how many it attached.
 pub fn attach_stored_bottlenecks(model: &mut Model, tensors: &TensorMap) -> Result<usize> {
     let ids = model.layer_ids().to_vec();
+    let prefix = model.config().layer_prefix();
     let mut attached = 0;
     for (layer, id) in model.layers_mut().iter_mut().zip(ids) {
         for (module, linear) in layer.linears_mut() {
-            let name = |suffix: &str| format!("model.layers.{id}.{module}.{suffix}");
+            let name = |suffix: &str| format!("{prefix}{id}.{module}.{suffix}");
             if !tensors.contains(&name(bottleneck::WEIGHT_SUFFIXES[0])) {
                 continue;
             }
-            let (dim, _) = linear.weight.tensor().dims2()?;
+            let (dim, _) = linear.dims()?;
             // The shape checks below report a malformed tensor against its file.
             let size = tensors
                 .dims(&name(bottleneck::WEIGHT_SUFFIXES[0]))
