@@ -9,9 +9,10 @@ use offsite::experiment::{run, ExperimentConfig, Row};
 use offsite::train::TrainOptions;
 use std::path::PathBuf;
 
-/// Arguments of `offsite experiment`.
+/// What an experiment (or each point of an ablation) runs on and how it trains: everything but
+/// the emulator options.
 #[derive(clap::Args)]
-pub struct Args {
+pub struct StudyArgs {
     /// The full model.
     model: ModelSpec,
     /// Training data (tune and full fine-tuning).
@@ -26,8 +27,6 @@ pub struct Args {
     /// Read train/val/test as this task's Hugging Face records, with lm-eval's prompts.
     #[arg(long, value_enum)]
     task: Option<Task>,
-    #[command(flatten)]
-    emulator: EmulatorOptions,
     /// Rows not to run (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     skip: Vec<Row>,
@@ -43,9 +42,9 @@ pub struct Args {
     /// Evaluation block size (perplexity) or longest scored sequence (multiple choice).
     #[arg(long, default_value_t = 512)]
     eval_block_size: usize,
-    /// Output folder (report.md, report.json, chart.svg, and the artifacts).
+    /// Output folder (reports, charts, and the artifacts).
     #[arg(short, long)]
-    output: PathBuf,
+    pub output: PathBuf,
     // Applied to the adapter tuning; full fine-tuning trains every weight.
     #[command(flatten)]
     peft: super::PeftArgs,
@@ -53,27 +52,40 @@ pub struct Args {
     train_options: TrainOptions,
 }
 
+impl StudyArgs {
+    /// The experiment these flags describe, with `emulator`'s options.
+    pub fn config(self, emulator: EmulatorOptions) -> Result<ExperimentConfig> {
+        Ok(ExperimentConfig {
+            model: self.model.path()?,
+            train: self.train,
+            val: self.val,
+            test: self.test,
+            task: self.task,
+            emulator,
+            training: self.train_options,
+            method: self.peft.method(),
+            skip: self.skip,
+            limit_train: self.limit_train,
+            limit_val: self.limit_val,
+            limit_test: self.limit_test,
+            eval_block_size: self.eval_block_size,
+        })
+    }
+}
+
+/// Arguments of `offsite experiment`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    study: StudyArgs,
+    #[command(flatten)]
+    emulator: EmulatorOptions,
+}
+
 /// Runs or resumes the experiment and prints the report.
 pub fn run_cmd(args: Args) -> Result<()> {
-    let cfg = ExperimentConfig {
-        model: args.model.path()?,
-        train: args.train,
-        val: args.val,
-        test: args.test,
-        task: args.task,
-        emulator: args.emulator,
-        training: args.train_options,
-        method: args.peft.method(),
-        skip: args.skip,
-        limit_train: args.limit_train,
-        limit_val: args.limit_val,
-        limit_test: args.limit_test,
-        eval_block_size: args.eval_block_size,
-    };
-    run(&cfg, &args.output)?;
-    print!(
-        "{}",
-        std::fs::read_to_string(args.output.join("report.md"))?
-    );
+    let out = args.study.output.clone();
+    run(&args.study.config(args.emulator)?, &out)?;
+    print!("{}", std::fs::read_to_string(out.join("report.md"))?);
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Command-line interface: one file per command, each a clap `Args` struct with a `run`.
 
+mod ablate;
 mod bench;
 mod demo;
 mod emulator;
@@ -50,6 +51,9 @@ enum Command {
     /// The paper's five-row table (zero-shot, emulator zero-shot, emulator fine-tuned, plug-in,
     /// full fine-tuning) for one model and task: report.md, report.json and chart.svg.
     Experiment(experiment::Args),
+    /// Emulator compression ablation (layer drop, pruning, quantization) against emulator and
+    /// plug-in quality: ablation.md, ablation.json and line charts (the paper's Figure 4).
+    Ablate(ablate::Args),
     /// The whole exchange on the demo model: emulator → tune → plug → eval.
     Demo(demo::Args),
     /// Training and inference throughput and peak memory per mode (ft, ot, infer).
@@ -73,6 +77,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Eval(a) => eval::run(a),
         Command::Finetune(a) => finetune::run(a),
         Command::Experiment(a) => experiment::run_cmd(a),
+        Command::Ablate(a) => ablate::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
         Command::BenchWorker(a) => bench::worker(a),

@@ -3,6 +3,7 @@
 //! goes through the same library calls as the separate commands (`emulator`, `tune`, `plug`,
 //! `finetune`, `eval`); each finished artifact and row is kept on disk and not recomputed.
 
+pub mod ablation;
 pub mod chart;
 
 use crate::data::records::{data_kind, DataKind};
