@@ -1,0 +1,106 @@
+//! Micro-benchmarks of the fused ops against their unfused candle compositions, forward and
+//! forward + backward, at SmolLM2-135M's shapes for a batch of 4 × 128 tokens.
+//! Run: `cargo bench --bench ops` (add `-- NAME` to pick one).
+
+use candle_core::{Device, Result, Tensor, Var};
+use criterion::{criterion_group, criterion_main, Criterion};
+use offsite::ops;
+
+const TOKENS: usize = 4 * 128;
+const HIDDEN: usize = 576;
+const HEADS: usize = 9;
+const HEAD_DIM: usize = 64;
+const SEQ: usize = 128;
+const MLP: usize = 1536;
+const VOCAB: usize = 49_152;
+
+fn randn(shape: &[usize]) -> Tensor {
+    Tensor::randn(0f32, 1.0, shape, &Device::Cpu).expect("random tensor")
+}
+
+/// Times `f` (forward) and `f` followed by a backward pass of the sum of its output.
+fn pair(c: &mut Criterion, name: &str, x: &Var, f: impl Fn(&Tensor) -> Result<Tensor>) {
+    let mut g = c.benchmark_group(name);
+    g.sample_size(10);
+    g.bench_function("forward", |b| {
+        b.iter(|| f(&x.as_tensor().detach()).expect("forward"))
+    });
+    g.bench_function("forward+backward", |b| {
+        b.iter(|| {
+            f(x.as_tensor())
+                .and_then(|y| y.sum_all())
+                .and_then(|s| s.backward())
+                .expect("backward")
+        })
+    });
+    g.finish();
+}
+
+fn frozen_linear(c: &mut Criterion) {
+    let x = Var::from_tensor(&randn(&[TOKENS, HIDDEN])).expect("var");
+    let w = randn(&[MLP, HIDDEN]);
+    pair(c, "frozen_linear/fused", &x, |x| ops::frozen_linear(x, &w));
+    // candle's matmul also computes the (unwanted) weight gradient when the weight is a Var.
+    let wv = Var::from_tensor(&w).expect("var");
+    pair(c, "frozen_linear/matmul", &x, |x| {
+        x.matmul(&wv.as_tensor().t()?)
+    });
+}
+
+fn rms_norm(c: &mut Criterion) {
+    let x = Var::from_tensor(&randn(&[4, SEQ, HIDDEN])).expect("var");
+    let w = randn(&[HIDDEN]);
+    pair(c, "rms_norm/fused", &x, |x| {
+        ops::rms_norm(x, &w, 1e-5, false)
+    });
+    pair(c, "rms_norm/composed", &x, |x| {
+        ops::rms_norm::rms_norm_reference(x, &w, 1e-5)
+    });
+}
+
+fn rope(c: &mut Criterion) {
+    let x = Var::from_tensor(&randn(&[4, SEQ, HEADS, HEAD_DIM])).expect("var");
+    let cos = randn(&[SEQ, HEAD_DIM / 2]);
+    let sin = randn(&[SEQ, HEAD_DIM / 2]);
+    pair(c, "rope/fused", &x, |x| ops::rope(x, &cos, &sin));
+    pair(c, "rope/composed", &x, |x| {
+        ops::rope::rope_reference(x, &cos, &sin)
+    });
+}
+
+fn causal_softmax(c: &mut Criterion) {
+    let x = Var::from_tensor(&randn(&[4, HEADS, SEQ, SEQ])).expect("var");
+    let scale = 1.0 / (HEAD_DIM as f64).sqrt();
+    pair(c, "causal_softmax/fused", &x, |x| {
+        ops::causal_softmax(x, scale)
+    });
+    pair(c, "causal_softmax/composed", &x, |x| {
+        ops::softmax::causal_softmax_reference(x, scale, Default::default())
+    });
+}
+
+fn lm_head_loss(c: &mut Criterion) {
+    let h = Var::from_tensor(&(randn(&[TOKENS, HIDDEN]) * 0.05).expect("scale")).expect("var");
+    let w = (randn(&[VOCAB, HIDDEN]) * 0.05).expect("scale");
+    let targets: Vec<u32> = (0..TOKENS).map(|i| (i * 7919 % VOCAB) as u32).collect();
+    let weights = vec![1.0 / TOKENS as f64; TOKENS];
+    pair(c, "lm_head_loss/fused", &h, |h| {
+        ops::lm_head_loss(h, &w, false, &targets, &weights)
+    });
+    let t = Tensor::new(targets.as_slice(), &Device::Cpu).expect("targets");
+    pair(c, "lm_head_loss/logits", &h, |h| {
+        let logits = h.matmul(&w.t()?)?;
+        let logp = offsite::model::log_softmax(&logits)?;
+        logp.gather(&t.unsqueeze(1)?, 1)?.mean_all()?.neg()
+    });
+}
+
+criterion_group!(
+    benches,
+    frozen_linear,
+    rms_norm,
+    rope,
+    causal_softmax,
+    lm_head_loss
+);
+criterion_main!(benches);
