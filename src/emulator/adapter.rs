@@ -323,12 +323,6 @@ impl Adapter {
         }
     }
 
-    /// Whether plugging it in keeps extra modules (a bottleneck adapter cannot be merged into
-    /// the model's own weights).
-    pub fn needs_modules(&self) -> bool {
-        self.meta.bottleneck.is_some()
-    }
-
     /// Checks that the adapter was tuned through `package`.
     pub fn check_package(&self, package: &Package) -> Result<()> {
         if self.meta.package_fingerprint != package.meta.package_fingerprint {
