@@ -21,14 +21,25 @@ fn ids() -> Tensor {
     Tensor::new(&[[1u32, 5, 3, 9, 2], [4, 4, 7, 0, 10]], &Device::Cpu).unwrap()
 }
 
-/// Gives every LoRA B random values (a trained-looking update).
-fn perturb_b(model: &mut Model) {
+/// Gives every weight whose name ends with one of `suffixes` small random values (a
+/// trained-looking update), trainable or frozen.
+fn perturb(model: &mut Model, suffixes: &[&str], seed: u64, trainable: bool) {
     for (name, w) in model.named_weights_mut() {
-        if name.ends_with("lora_B.weight") {
-            let t = crate::ops::testing::rand_tensor(w.tensor().dims(), DType::F32, 9).unwrap();
-            *w = Weight::Frozen((t * 0.1).unwrap());
+        if suffixes.iter().any(|s| name.ends_with(s)) {
+            let t = crate::ops::testing::rand_tensor(w.tensor().dims(), DType::F32, seed).unwrap();
+            let t = (t * 0.1).unwrap();
+            *w = if trainable {
+                Weight::Trainable(candle_core::Var::from_tensor(&t).unwrap())
+            } else {
+                Weight::Frozen(t)
+            };
         }
     }
+}
+
+/// Gives every LoRA B random values.
+fn perturb_b(model: &mut Model) {
+    perturb(model, &["lora_B.weight"], 9, false);
 }
 
 #[test]
@@ -124,12 +135,7 @@ fn unknown_target_is_an_error() {
 
 /// Gives every bottleneck's `up` random values (a trained-looking adapter).
 fn perturb_up(model: &mut Model) {
-    for (name, w) in model.named_weights_mut() {
-        if name.ends_with("adapter.up.weight") || name.ends_with("adapter.up.bias") {
-            let t = crate::ops::testing::rand_tensor(w.tensor().dims(), DType::F32, 5).unwrap();
-            *w = Weight::Trainable(candle_core::Var::from_tensor(&(t * 0.1).unwrap()).unwrap());
-        }
-    }
+    perturb(model, &["adapter.up.weight", "adapter.up.bias"], 5, true);
 }
 
 #[test]
