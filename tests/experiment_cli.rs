@@ -58,12 +58,17 @@ fn experiment(dir: &Path, out: &Path, extra: &[&str]) -> (bool, String, String) 
 }
 
 fn setup(dir: &Path) -> std::path::PathBuf {
+    setup_with_seed(dir, 7)
+}
+
+/// [`setup`] with a model drawn from `seed`.
+fn setup_with_seed(dir: &Path, seed: u64) -> std::path::PathBuf {
     let config = ModelConfig {
         vocab_size: 263,
         num_layers: 5,
         ..ModelConfig::tiny()
     };
-    let model = Model::random(&config, 7, DType::F32).unwrap();
+    let model = Model::random(&config, seed, DType::F32).unwrap();
     let path = dir.join("model");
     offsite::io::hf_dir::save(&path, &model, Some(&Tokenizer::tiny_byte_level())).unwrap();
     for (name, n) in [("train", 8), ("val", 3), ("test", 5)] {
@@ -276,4 +281,80 @@ fn ablation_grid_reports_size_and_quality_per_point() {
         let svg = std::fs::read_to_string(out.join(format!("ablation-{kind}.svg"))).unwrap();
         assert!(svg.contains("<polyline"), "{kind}");
     }
+}
+
+#[test]
+fn a_given_distilled_package_is_used_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = setup(dir.path());
+    let pkg = dir.path().join("distilled.offsite");
+    let (ok, _, err) = offsite(&[
+        "emulator",
+        s(&model),
+        "--bottom",
+        "1",
+        "--top",
+        "1",
+        "--keep",
+        "2",
+        "--distill",
+        s(&dir.path().join("train.jsonl")),
+        "--distill-steps",
+        "2",
+        "--block-size",
+        "32",
+        "-o",
+        s(&pkg),
+    ]);
+    assert!(ok, "{err}");
+    let out = dir.path().join("exp");
+    let skip = "zero-shot,full-ft";
+    let (ok, report, err) = experiment(
+        dir.path(),
+        &out,
+        &["--emulator-package", s(&pkg), "--skip", skip],
+    );
+    assert!(ok, "{err}");
+    assert!(report.contains("distilled on"), "{report}");
+    assert!(report.contains("| plug-in |"), "{report}");
+    // The experiment did not build an emulator of its own.
+    assert!(!out.join("emulator.offsite").exists());
+
+    // Flags that do not describe the package: refused, naming the package.
+    let (ok, _, err) = experiment(
+        dir.path(),
+        &dir.path().join("exp-k3"),
+        &["--emulator-package", s(&pkg), "--prune", "0.5"],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("distilled.offsite") && err.contains("other emulator options"),
+        "{err}"
+    );
+
+    // A package of another model: refused.
+    let other = tempfile::tempdir().unwrap();
+    setup_with_seed(other.path(), 8);
+    let (ok, _, err) = offsite(&[
+        "experiment",
+        s(&other.path().join("model")),
+        "--train",
+        s(&dir.path().join("train.jsonl")),
+        "--test",
+        s(&dir.path().join("test.jsonl")),
+        "--bottom",
+        "1",
+        "--top",
+        "1",
+        "--keep",
+        "2",
+        "--emulator-package",
+        s(&pkg),
+        "--skip",
+        skip,
+        "-o",
+        s(&dir.path().join("exp-other")),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("another model"), "{err}");
 }

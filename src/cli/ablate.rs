@@ -31,7 +31,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let out = args.study.output.clone();
     let emulator = offsite::emulator::EmulatorOptions::layer_drop(args.bottom, 0, args.top);
-    let cfg = args.study.config(emulator)?;
+    let cfg = args.study.config(emulator, None)?;
     ablate(
         &cfg,
         &grid(&args.keep_grid, &args.prune_grid, &args.bits_grid),

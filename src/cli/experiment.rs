@@ -54,7 +54,11 @@ pub struct StudyArgs {
 
 impl StudyArgs {
     /// The experiment these flags describe, with `emulator`'s options.
-    pub fn config(self, emulator: EmulatorOptions) -> Result<ExperimentConfig> {
+    pub fn config(
+        self,
+        emulator: EmulatorOptions,
+        emulator_package: Option<PathBuf>,
+    ) -> Result<ExperimentConfig> {
         Ok(ExperimentConfig {
             model: self.model.path()?,
             train: self.train,
@@ -62,6 +66,7 @@ impl StudyArgs {
             test: self.test,
             task: self.task,
             emulator,
+            emulator_package,
             training: self.train_options,
             method: self.peft.method(),
             skip: self.skip,
@@ -80,12 +85,19 @@ pub struct Args {
     study: StudyArgs,
     #[command(flatten)]
     emulator: EmulatorOptions,
+    /// Use this emulator package of MODEL (e.g. one made with `offsite emulator --distill`)
+    /// instead of building one; the emulator flags must match how it was made.
+    #[arg(long)]
+    emulator_package: Option<PathBuf>,
 }
 
 /// Runs or resumes the experiment and prints the report.
 pub fn run_cmd(args: Args) -> Result<()> {
     let out = args.study.output.clone();
-    run(&args.study.config(args.emulator)?, &out)?;
+    run(
+        &args.study.config(args.emulator, args.emulator_package)?,
+        &out,
+    )?;
     print!("{}", std::fs::read_to_string(out.join("report.md"))?);
     Ok(())
 }

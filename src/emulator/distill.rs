@@ -171,6 +171,7 @@ pub(crate) fn distill_until(
     );
     job.device = student.device().clone();
     job.stop_at = stop_at;
+    job.loss_is_nll = false;
     let checkpoint_dir = job.checkpoint_dir.clone();
     let outcome = train::train(job, &|batch, seed| pair.loss(batch, seed))?;
     let _ = std::fs::remove_dir_all(&checkpoint_dir);

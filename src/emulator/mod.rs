@@ -13,6 +13,6 @@ pub mod tune;
 pub use adapter::Adapter;
 pub use package::{EmulatorOptions, Package};
 pub use plan::{plan, uniform_choice, Split};
-pub use plug::plug;
+pub use plug::{model_fingerprint, plug};
 #[cfg(test)]
 mod tests;

@@ -430,7 +430,6 @@ pub fn write_with_meta(path: &Path, tensors: &TensorMap, meta: &impl Serialize) 
 /// or `None` for any other file (a model checkpoint, a plain safetensors file). Reads the header
 /// only.
 pub fn offsite_format(path: &Path) -> Option<String> {
-    use std::io::Read;
     if path.is_dir() {
         // A LoRA adapter in PEFT's layout carries our metadata in its weights file.
         let weights = path.join("adapter_model.safetensors");
@@ -439,6 +438,13 @@ pub fn offsite_format(path: &Path) -> Option<String> {
             .then(|| offsite_format(&weights))
             .flatten();
     }
+    Some(offsite_meta(path)?.get("format")?.as_str()?.to_string())
+}
+
+/// The offsite metadata of a safetensors file as JSON, reading the header only (`None` when the
+/// file is unreadable or not one of ours).
+pub fn offsite_meta(path: &Path) -> Option<serde_json::Value> {
+    use std::io::Read;
     let mut f = std::fs::File::open(path).ok()?;
     let mut len = [0u8; 8];
     f.read_exact(&mut len).ok()?;
@@ -450,8 +456,7 @@ pub fn offsite_format(path: &Path) -> Option<String> {
     f.read_exact(&mut header).ok()?;
     let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
     let meta = header.get("__metadata__")?.get(METADATA_KEY)?.as_str()?;
-    let meta: serde_json::Value = serde_json::from_str(meta).ok()?;
-    Some(meta.get("format")?.as_str()?.to_string())
+    serde_json::from_str(meta).ok()
 }
 
 /// Reads a safetensors file with our metadata: the parsed metadata and the tensors (as f32).

@@ -147,6 +147,7 @@ fn run(
         total_params: pkg.num_parameters(),
         label: "test".into(),
         stop_at,
+        loss_is_nll: true,
     };
     let out = train::train(job, &|b, s| lm_loss(&model, b, s))?;
     Adapter::from_weights(pkg, &out.params, None, None)

@@ -10,8 +10,9 @@ use crate::data::records::{data_kind, DataKind};
 use crate::data::sequences::record_sequence;
 use crate::data::tasks::{load_mc, load_task, McRecord, Task};
 use crate::data::{load_training_data, read_texts, Dataset, Sequence};
+use crate::emulator::distill::DistillRecord;
 use crate::emulator::tune::tune;
-use crate::emulator::{plug, Adapter, EmulatorOptions, Package};
+use crate::emulator::{model_fingerprint, plug, Adapter, EmulatorOptions, Package};
 use crate::eval::multiple_choice::evaluate_mc;
 use crate::eval::perplexity;
 use crate::io::tokenizer::Tokenizer;
@@ -93,6 +94,10 @@ pub struct ExperimentConfig {
     pub task: Option<Task>,
     /// How the emulator is made.
     pub emulator: EmulatorOptions,
+    /// A ready emulator package of the model (e.g. a distilled one) to use instead of building
+    /// one; it must have been made from the model with `emulator`'s options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emulator_package: Option<PathBuf>,
     /// Training options of both the adapter tuning and full fine-tuning.
     pub training: TrainOptions,
     /// What of the adapter is tuned (full fine-tuning always trains every weight).
@@ -184,23 +189,47 @@ fn validation_data(cfg: &ExperimentConfig, tok: &Tokenizer) -> Result<Option<Dat
         .transpose()
 }
 
-/// The emulator package in `out` (built by the same code as `offsite emulator` when missing).
+/// The emulator package: the given one (checked against the model and the options), or the one
+/// in `out` (built by the same code as `offsite emulator` when missing).
 fn emulator_package(
     cfg: &ExperimentConfig,
     ckpt: &checkpoint::Checkpoint,
     tok: &Tokenizer,
     out: &Path,
 ) -> Result<Package> {
-    let path = out.join("emulator.offsite");
-    if !path.is_file() {
+    let path = match &cfg.emulator_package {
+        Some(given) => given.clone(),
+        None => out.join("emulator.offsite"),
+    };
+    if cfg.emulator_package.is_none() && !path.is_file() {
         eprintln!("experiment: building the emulator");
         Package::build(&ckpt.model()?, Some(tok), cfg.emulator.clone(), &path)?.save(&path)?;
     }
     let package = Package::load(&path, &Device::Cpu)?;
     if package.meta.options != cfg.emulator {
+        let hint = if cfg.emulator_package.is_some() {
+            format!(
+                "was built with other emulator options ({} + {} + {} layers, {}) than this \
+                 experiment's flags; pass the package's --bottom/--keep/--top/--prune/--quant-bits",
+                package.meta.options.bottom,
+                package.meta.options.keep,
+                package.meta.options.top,
+                package.meta.options.compression()
+            )
+        } else {
+            "was built with other emulator options; use another output folder".into()
+        };
+        return Err(Error::format(&path, hint));
+    }
+    if cfg.emulator_package.is_some()
+        && package.meta.source_fingerprint != model_fingerprint(&ckpt.model()?)?
+    {
         return Err(Error::format(
             &path,
-            "was built with other emulator options; use another output folder",
+            format!(
+                "was built from another model than {} (its source fingerprint differs)",
+                cfg.model.display()
+            ),
         ));
     }
     Ok(package)
@@ -387,7 +416,7 @@ pub fn write_report(
         &out.join("report.json"),
         &serde_json::json!({
             "model": cfg.model, "task": cfg.task.map(|t| t.name()), "train": cfg.train,
-            "val": cfg.val, "test": cfg.test, "metric": metric, "emulator": cfg.emulator,
+            "val": cfg.val, "test": cfg.test, "metric": metric, "emulator": cfg.emulator, "emulator_package": cfg.emulator_package,
             "training": cfg.training, "method": cfg.method, "limits": {"train": cfg.limit_train, "val": cfg.limit_val, "test": cfg.limit_test},
             "rows": rows,
         }),
@@ -420,7 +449,7 @@ pub fn write_report(
     };
     let limit = |n: Option<usize>| n.map_or("all".to_string(), |n| format!("first {n}"));
     let mut md = format!(
-        "# Offsite-tuning experiment\n\nmodel `{}`, test `{}`{}; emulator {} + {} + {} layers (layer drop).\n\n\
+        "# Offsite-tuning experiment\n\nmodel `{}`, test `{}`{}; emulator {} + {} + {} layers ({}).\n\n\
          Adapter tuning ({}): {}; full fine-tuning trains every weight. Both: {} × batch {} × {} \
          tokens, lr {} ({:?}, {} warm-up steps). Records used: train {}, validation {}, test {}.\n\n\
          | row | {} | seconds |\n| --- |{} ---: |\n",
@@ -430,6 +459,7 @@ pub fn write_report(
         cfg.emulator.bottom,
         cfg.emulator.keep,
         cfg.emulator.top,
+        emulator_text(cfg),
         cfg.method.name(),
         method,
         t.max_steps.map_or(format!("{} epoch(s)", t.epochs), |n| format!("at most {n} steps")),
@@ -486,6 +516,25 @@ pub fn write_report(
         &out.join("chart.svg"),
         chart::bar_chart(&title, axis, &bars).as_bytes(),
     )
+}
+
+/// How the report describes the emulator: its compression, and for a given package its path
+/// and distillation (read from the package's header).
+fn emulator_text(cfg: &ExperimentConfig) -> String {
+    let mut text = cfg.emulator.compression();
+    let Some(path) = &cfg.emulator_package else {
+        return text;
+    };
+    let distillation = crate::emulator::package::offsite_meta(path)
+        .and_then(|m| m.get("distillation").cloned())
+        .and_then(|d| serde_json::from_value::<DistillRecord>(d).ok());
+    if let Some(d) = distillation {
+        text += &format!(
+            ", distilled on `{}` for {} steps (kd weight {}, lm weight {})",
+            d.corpus, d.metrics.steps, d.weights.kd_weight, d.weights.lm_weight
+        );
+    }
+    text + &format!("; package `{}`", path.display())
 }
 
 /// PEFT target maps as the report names them (none given: the family's defaults).

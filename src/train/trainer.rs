@@ -43,6 +43,9 @@ pub struct TrainJob<'a> {
     /// Stop with [`Error::Interrupted`] once this many steps are done, as a crash would (tests
     /// of resumption; `None` in normal runs).
     pub stop_at: Option<usize>,
+    /// Whether the loss is a mean token negative log-likelihood, so that its exponential is a
+    /// perplexity worth reporting (not so for a distillation's weighted sum of losses).
+    pub loss_is_nll: bool,
 }
 
 /// How the run went.
@@ -116,6 +119,7 @@ impl<'a> TrainJob<'a> {
             total_params,
             label: label.into(),
             stop_at: None,
+            loss_is_nll: true,
         }
     }
 }
@@ -316,16 +320,16 @@ pub fn train(
             state.best = Some((v, state.step));
             *best = Some(snapshot_params(&job.params)?);
         }
-        log.write(serde_json::json!({
-            "step": state.step, "val_loss": v, "val_ppl": v.exp(), "best": improved,
-        }))?;
-        let line = format!(
-            "{}: step {} validation loss {v:.4} (ppl {:.2}){}",
-            job.label,
-            state.step,
-            v.exp(),
-            if improved { " *best*" } else { "" }
-        );
+        let mut record = serde_json::json!({"step": state.step, "val_loss": v, "best": improved});
+        let mut line = format!("{}: step {} validation loss {v:.4}", job.label, state.step);
+        if job.loss_is_nll {
+            record["val_ppl"] = v.exp().into();
+            line += &format!(" (ppl {:.2})", v.exp());
+        }
+        if improved {
+            line += " *best*";
+        }
+        log.write(record)?;
         // A hidden bar (stderr not a terminal) swallows `println`.
         if pb.is_hidden() {
             eprintln!("{line}");
