@@ -68,6 +68,18 @@ fn rope(c: &mut Criterion) {
     });
 }
 
+fn silu_mul(c: &mut Criterion) {
+    let gate = Var::from_tensor(&randn(&[TOKENS, MLP])).expect("var");
+    // `up` is a Var too, so the backward computes both input gradients, as in training.
+    let up = Var::from_tensor(&randn(&[TOKENS, MLP])).expect("var");
+    pair(c, "silu_mul/fused", &gate, |g| {
+        ops::silu_mul(g, up.as_tensor())
+    });
+    pair(c, "silu_mul/composed", &gate, |g| {
+        ops::silu_mul::silu_mul_reference(g, up.as_tensor())
+    });
+}
+
 fn causal_softmax(c: &mut Criterion) {
     let x = Var::from_tensor(&randn(&[4, HEADS, SEQ, SEQ])).expect("var");
     let scale = 1.0 / (HEAD_DIM as f64).sqrt();
@@ -100,6 +112,7 @@ criterion_group!(
     frozen_linear,
     rms_norm,
     rope,
+    silu_mul,
     causal_softmax,
     lm_head_loss
 );

@@ -4,11 +4,13 @@
 //! and an equality test against the plain candle composition.
 
 mod cpu;
+pub mod exp;
 pub mod frozen_affine;
 pub mod frozen_linear;
 pub mod lm_head_loss;
 pub mod rms_norm;
 pub mod rope;
+pub mod silu_mul;
 pub mod softmax;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -18,4 +20,5 @@ pub use frozen_linear::frozen_linear;
 pub use lm_head_loss::{lm_head_loss, lm_head_nll};
 pub use rms_norm::rms_norm;
 pub use rope::rope;
+pub use silu_mul::silu_mul;
 pub use softmax::{causal_softmax, causal_softmax_with, SoftmaxMask};

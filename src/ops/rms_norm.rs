@@ -6,18 +6,24 @@
 
 use super::cpu::{dispatch_float, slice, storage, tensor_vec, Float};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 /// Normalises each row of `x` in place into `out`, scaled by `w`.
 fn forward_kernel<T: Float>(x: &[T], w: &[T], eps: f64, out: &mut Vec<T>) {
     let d = w.len();
     let eps = T::from(eps).expect("eps fits");
     let n = T::from(d).expect("d fits");
-    out.reserve(x.len());
-    for row in x.chunks_exact(d) {
-        let ms = row.iter().map(|&v| v * v).sum::<T>() / n;
-        let r = (ms + eps).sqrt().recip();
-        out.extend(row.iter().zip(w).map(|(&v, &wi)| v * r * wi));
-    }
+    out.resize(x.len(), T::zero());
+    // Rows are independent: spread them over the threads.
+    out.par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .for_each(|(orow, row)| {
+            let ms = row.iter().map(|&v| v * v).sum::<T>() / n;
+            let r = (ms + eps).sqrt().recip();
+            for ((o, &v), &wi) in orow.iter_mut().zip(row).zip(w) {
+                *o = v * r * wi;
+            }
+        });
 }
 
 /// Input gradient: with `g = w·dy` and `r = 1/rms(x)`, `dx = r·g − x·r³·mean(x·g)`.
@@ -25,25 +31,24 @@ fn input_grad_kernel<T: Float>(x: &[T], dy: &[T], w: &[T], eps: f64) -> Vec<T> {
     let d = w.len();
     let eps = T::from(eps).expect("eps fits");
     let n = T::from(d).expect("d fits");
-    let mut dx = Vec::with_capacity(x.len());
-    for (row, drow) in x.chunks_exact(d).zip(dy.chunks_exact(d)) {
-        let ms = row.iter().map(|&v| v * v).sum::<T>() / n;
-        let r = (ms + eps).sqrt().recip();
-        let dot = row
-            .iter()
-            .zip(drow)
-            .zip(w)
-            .map(|((&v, &g), &wi)| v * g * wi)
-            .sum::<T>()
-            / n;
-        let c = r * r * r * dot;
-        dx.extend(
-            row.iter()
+    let mut dx = vec![T::zero(); x.len()];
+    dx.par_chunks_mut(d)
+        .zip(x.par_chunks(d).zip(dy.par_chunks(d)))
+        .for_each(|(dxr, (row, drow))| {
+            let ms = row.iter().map(|&v| v * v).sum::<T>() / n;
+            let r = (ms + eps).sqrt().recip();
+            let dot = row
+                .iter()
                 .zip(drow)
                 .zip(w)
-                .map(|((&v, &g), &wi)| r * g * wi - v * c),
-        );
-    }
+                .map(|((&v, &g), &wi)| v * g * wi)
+                .sum::<T>()
+                / n;
+            let c = r * r * r * dot;
+            for (((o, &v), &g), &wi) in dxr.iter_mut().zip(row).zip(drow).zip(w) {
+                *o = r * g * wi - v * c;
+            }
+        });
     dx
 }
 

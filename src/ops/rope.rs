@@ -6,6 +6,7 @@
 
 use super::cpu::{dispatch_float, slice, storage, tensor_vec, Float};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType, D};
+use rayon::prelude::*;
 
 /// Rotates `x` of layout `[batch, seq, heads, head_dim]` by the angles whose cos/sin are given per
 /// position (`[seq, head_dim/2]`). `sign = -1` rotates backwards (the gradient).
@@ -13,25 +14,25 @@ fn kernel<T: Float>(x: &[T], dims: &[usize], cos: &[T], sin: &[T], sign: T) -> V
     let (seq, heads, hd) = (dims[1], dims[2], dims[3]);
     let half = hd / 2;
     let mut out = vec![T::zero(); x.len()];
-    for (xb, ob) in x
-        .chunks_exact(seq * heads * hd)
-        .zip(out.chunks_exact_mut(seq * heads * hd))
-    {
-        for t in 0..seq {
+    // One work item per (batch, position): all heads of one token, rotated by that position's
+    // angles.
+    out.par_chunks_mut(heads * hd)
+        .zip(x.par_chunks(heads * hd))
+        .enumerate()
+        .for_each(|(bt, (ob, xb))| {
+            let t = bt % seq;
             let c = &cos[t * half..(t + 1) * half];
             let s = &sin[t * half..(t + 1) * half];
-            for h in 0..heads {
-                let off = (t * heads + h) * hd;
-                let (x1, x2) = xb[off..off + hd].split_at(half);
-                let (o1, o2) = ob[off..off + hd].split_at_mut(half);
+            for (xh, oh) in xb.chunks_exact(hd).zip(ob.chunks_exact_mut(hd)) {
+                let (x1, x2) = xh.split_at(half);
+                let (o1, o2) = oh.split_at_mut(half);
                 for i in 0..half {
                     let si = sign * s[i];
                     o1[i] = x1[i] * c[i] - x2[i] * si;
                     o2[i] = x2[i] * c[i] + x1[i] * si;
                 }
             }
-        }
-    }
+        });
     out
 }
 

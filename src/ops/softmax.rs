@@ -6,7 +6,9 @@
 //! skips the exponentials of masked entries.
 
 use super::cpu::{dispatch_float, slice, storage, Float};
+use super::exp::exp_in_place;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType, D};
+use rayon::prelude::*;
 
 /// Scores have layout `[.., t, s]`: query row `i` sits at absolute position `p = s - t + i` and
 /// sees keys `0..=p` (the first `s - t` keys are a cache of earlier positions); with a sliding
@@ -26,45 +28,43 @@ fn forward_kernel<T: Float>(
     alibi: Option<&[f64]>,
 ) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
-    for (m, (row, orow)) in x.chunks_exact(s).zip(out.chunks_exact_mut(s)).enumerate() {
-        let r = visible(t, s, m % t, window);
-        // Rows are `[.., heads, t, s]`: this row's head picks its ALiBi slope.
-        let slope = alibi.map_or(0.0, |a| a[(m / t) % a.len()]);
-        let value = |j: usize, v: T| v * scale + T::from_f64(slope * j as f64);
-        let max = row[r.clone()]
-            .iter()
-            .zip(r.clone())
-            .fold(T::neg_infinity(), |a, (&v, j)| {
-                num_traits::Float::max(a, value(j, v))
-            });
-        let mut sum = T::zero();
-        for ((o, &v), j) in orow[r.clone()]
-            .iter_mut()
-            .zip(&row[r.clone()])
-            .zip(r.clone())
-        {
-            *o = (value(j, v) - max).exp();
-            sum += *o;
-        }
-        let inv = sum.recip();
-        orow[r].iter_mut().for_each(|o| *o *= inv);
-    }
+    // Rows are independent: spread them over the threads.
+    out.par_chunks_mut(s)
+        .zip(x.par_chunks(s))
+        .enumerate()
+        .for_each(|(m, (orow, row))| {
+            let r = visible(t, s, m % t, window);
+            // Rows are `[.., heads, t, s]`: this row's head picks its ALiBi slope.
+            let slope = alibi.map_or(0.0, |a| a[(m / t) % a.len()]);
+            let value = |j: usize, v: T| v * scale + T::from_f64(slope * j as f64);
+            let max = row[r.clone()]
+                .iter()
+                .zip(r.clone())
+                .fold(T::neg_infinity(), |a, (&v, j)| {
+                    num_traits::Float::max(a, value(j, v))
+                });
+            let visible_out = &mut orow[r.clone()];
+            for ((o, &v), j) in visible_out.iter_mut().zip(&row[r.clone()]).zip(r) {
+                *o = value(j, v) - max;
+            }
+            exp_in_place(visible_out);
+            let inv = visible_out.iter().copied().sum::<T>().recip();
+            visible_out.iter_mut().for_each(|o| *o *= inv);
+        });
     out
 }
 
 /// `dx = scale · y · (dy − Σ dy·y)`, row by row; masked entries have `y = 0` and so `dx = 0`.
 fn backward_kernel<T: Float>(y: &[T], dy: &[T], s: usize, scale: T) -> Vec<T> {
     let mut dx = vec![T::zero(); y.len()];
-    for ((yr, dyr), dxr) in y
-        .chunks_exact(s)
-        .zip(dy.chunks_exact(s))
-        .zip(dx.chunks_exact_mut(s))
-    {
-        let dot = yr.iter().zip(dyr).map(|(&a, &b)| a * b).sum::<T>();
-        for ((o, &a), &b) in dxr.iter_mut().zip(yr).zip(dyr) {
-            *o = scale * a * (b - dot);
-        }
-    }
+    dx.par_chunks_mut(s)
+        .zip(y.par_chunks(s).zip(dy.par_chunks(s)))
+        .for_each(|(dxr, (yr, dyr))| {
+            let dot = yr.iter().zip(dyr).map(|(&a, &b)| a * b).sum::<T>();
+            for ((o, &a), &b) in dxr.iter_mut().zip(yr).zip(dyr) {
+                *o = scale * a * (b - dot);
+            }
+        });
     dx
 }
 

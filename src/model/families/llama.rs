@@ -235,9 +235,9 @@ impl LlamaLayer {
     }
 
     fn mlp(&self, x: &Tensor, ctx: &LayerContext) -> Result<Tensor> {
-        let gate = self.linear(GATE, x, ctx)?.silu()?;
+        let gate = self.linear(GATE, x, ctx)?;
         let up = self.linear(UP, x, ctx)?;
-        self.linear(DOWN, &(gate * up)?, ctx)
+        self.linear(DOWN, &crate::ops::silu_mul(&gate, &up)?, ctx)
     }
 }
 
