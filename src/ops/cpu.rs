@@ -25,6 +25,32 @@ pub fn slice<'a, T: Float>(storage: &'a CpuStorage, layout: &Layout) -> Result<&
     Ok(&storage.as_slice::<T>()?[start..end])
 }
 
+/// The elements a contiguous layout covers, mutably (for in-place ops).
+pub fn slice_mut<'a, T: Float>(
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+) -> Result<&'a mut [T]> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("custom op: operand must be contiguous");
+    };
+    let all: &mut [T] = match storage {
+        CpuStorage::F32(v) if T::DTYPE == DType::F32 => {
+            // SAFETY: `T` is `f32` (its dtype says so).
+            unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), v.len()) }
+        }
+        CpuStorage::F64(v) if T::DTYPE == DType::F64 => {
+            // SAFETY: `T` is `f64` (its dtype says so).
+            unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), v.len()) }
+        }
+        other => candle_core::bail!(
+            "custom op: storage of {:?} is not {:?}",
+            other.dtype(),
+            T::DTYPE
+        ),
+    };
+    Ok(&mut all[start..end])
+}
+
 /// Copies a (small, frozen) tensor held by an op out as a vector of `T`.
 pub fn tensor_vec<T: Float>(t: &Tensor) -> Result<Vec<T>> {
     t.flatten_all()?.to_dtype(T::DTYPE)?.to_vec1::<T>()

@@ -3,7 +3,7 @@
 //! frozen weight, constants entering the graph). Each op has a finite-difference gradient test
 //! and an equality test against the plain candle composition.
 
-mod cpu;
+pub(crate) mod cpu;
 pub mod exp;
 pub mod frozen_affine;
 pub mod frozen_linear;

@@ -1,6 +1,10 @@
 //! AdamW with decoupled weight decay (Loshchilov & Hutter), as `torch.optim.AdamW`.
 
-use candle_core::{Result, Tensor, Var};
+use crate::ops::cpu::{dispatch_float, slice, slice_mut};
+use candle_core::{
+    CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var, WithDType,
+};
+use rayon::prelude::*;
 
 /// One trained parameter.
 #[derive(Clone, Debug)]
@@ -61,19 +65,148 @@ impl AdamW {
         let bc1 = 1.0 - self.beta1.powi(self.t as i32);
         let bc2 = 1.0 - self.beta2.powi(self.t as i32);
         for (i, (p, g)) in params.iter().zip(grads).enumerate() {
-            let m = ((&self.m[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
-            let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
-            let denom = ((&v / bc2)?.sqrt()? + self.eps)?;
-            let update = ((&m / bc1)? / denom)?;
-            let mut w = p.var.as_tensor().clone();
-            if p.decay && self.weight_decay > 0.0 {
-                w = (&w * (1.0 - lr * self.weight_decay))?;
+            let decay = if p.decay { self.weight_decay } else { 0.0 };
+            let update = Update {
+                lr,
+                bc1,
+                bc2,
+                eps: self.eps,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                decay_factor: 1.0 - lr * decay,
+            };
+            let w = p.var.as_tensor();
+            let fused = w.device().is_cpu()
+                && [w, g, &self.m[i], &self.v[i]]
+                    .iter()
+                    .all(|t| t.is_contiguous() && t.dtype() == w.dtype())
+                && matches!(w.dtype(), DType::F32 | DType::F64);
+            if fused {
+                // In place, one multi-threaded pass: no temporaries per parameter.
+                let g = g.contiguous()?;
+                let (b1, b2) = (self.beta1, self.beta2);
+                self.m[i].inplace_op2(
+                    &g,
+                    &MomentOp {
+                        beta: b1,
+                        square: false,
+                    },
+                )?;
+                self.v[i].inplace_op2(
+                    &g,
+                    &MomentOp {
+                        beta: b2,
+                        square: true,
+                    },
+                )?;
+                w.inplace_op3(&self.m[i], &self.v[i], &WeightOp(update))?;
+            } else {
+                let (m, v) = update.reference(p, g, &self.m[i], &self.v[i])?;
+                self.m[i] = m;
+                self.v[i] = v;
             }
-            p.var.set(&(w - (update * lr)?)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
         }
         Ok(())
+    }
+}
+
+/// The constants of one AdamW update of one parameter.
+#[derive(Clone, Copy, Debug)]
+struct Update {
+    lr: f64,
+    bc1: f64,
+    bc2: f64,
+    eps: f64,
+    beta1: f64,
+    beta2: f64,
+    /// `1 − lr · weight_decay` (1 without decay).
+    decay_factor: f64,
+}
+
+impl Update {
+    /// The update as candle ops (other devices and dtypes); returns the new moments.
+    fn reference(&self, p: &Param, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let m = ((m * self.beta1)? + (g * (1.0 - self.beta1))?)?;
+        let v = ((v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
+        let denom = ((&v / self.bc2)?.sqrt()? + self.eps)?;
+        let update = ((&m / self.bc1)? / denom)?;
+        let w = (p.var.as_tensor() * self.decay_factor)?;
+        p.var.set(&(w - (update * self.lr)?)?)?;
+        Ok((m, v))
+    }
+}
+
+/// Elements per parallel work item.
+const BLOCK: usize = 1 << 14;
+
+/// `s ← β·s + (1−β)·g` (first moment) or `s ← β·s + (1−β)·g²` (second), in place on `s`.
+struct MomentOp {
+    beta: f64,
+    square: bool,
+}
+
+impl InplaceOp2 for MomentOp {
+    fn name(&self) -> &'static str {
+        "adamw-moment"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, sl: &Layout, g: &CpuStorage, gl: &Layout) -> Result<()> {
+        dispatch_float!(g, self.name(), T => {
+            let (b, c) = (T::from_f64(self.beta), T::from_f64(1.0 - self.beta));
+            let g = slice::<T>(g, gl)?;
+            let s = slice_mut::<T>(s, sl)?;
+            if s.len() != g.len() {
+                candle_core::bail!("adamw: moment and gradient sizes differ");
+            }
+            s.par_chunks_mut(BLOCK).zip(g.par_chunks(BLOCK)).for_each(|(s, g)| {
+                if self.square {
+                    for (s, &g) in s.iter_mut().zip(g) {
+                        *s = b * *s + c * g * g;
+                    }
+                } else {
+                    for (s, &g) in s.iter_mut().zip(g) {
+                        *s = b * *s + c * g;
+                    }
+                }
+            });
+            Ok(())
+        })
+    }
+}
+
+/// `w ← w·(1 − lr·wd) − lr · m̂ / (√v̂ + ε)`, in place on `w`.
+struct WeightOp(Update);
+
+impl InplaceOp3 for WeightOp {
+    fn name(&self) -> &'static str {
+        "adamw-weights"
+    }
+
+    fn cpu_fwd(
+        &self,
+        w: &mut CpuStorage,
+        wl: &Layout,
+        m: &CpuStorage,
+        ml: &Layout,
+        v: &CpuStorage,
+        vl: &Layout,
+    ) -> Result<()> {
+        let u = self.0;
+        dispatch_float!(m, self.name(), T => {
+            let (m, v) = (slice::<T>(m, ml)?, slice::<T>(v, vl)?);
+            let w = slice_mut::<T>(w, wl)?;
+            let keep = T::from_f64(u.decay_factor);
+            let (lr, eps) = (T::from_f64(u.lr), T::from_f64(u.eps));
+            let (inv_bc1, inv_bc2) = (T::from_f64(1.0 / u.bc1), T::from_f64(1.0 / u.bc2));
+            w.par_chunks_mut(BLOCK)
+                .zip(m.par_chunks(BLOCK).zip(v.par_chunks(BLOCK)))
+                .for_each(|(w, (m, v))| {
+                    for ((w, &m), &v) in w.iter_mut().zip(m).zip(v) {
+                        *w = *w * keep - lr * (m * inv_bc1) / ((v * inv_bc2).sqrt() + eps);
+                    }
+                });
+            Ok(())
+        })
     }
 }
 
@@ -119,6 +252,36 @@ mod tests {
             (got[1] - expect(first[1], 0.25, 1.0)).abs() < 1e-12,
             "{got:?}"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn fused_update_matches_the_candle_composition() -> Result<()> {
+        // More elements than one parallel block; three steps with weight decay.
+        let init = crate::ops::testing::rand_tensor(&[200, 100], DType::F32, 3)?;
+        let fused = Param::new("w", Var::from_tensor(&init)?);
+        let plain = Param::new("w", Var::from_tensor(&init)?);
+        let mut opt = AdamW::new(std::slice::from_ref(&fused), 0.1)?;
+        let (mut m, mut v) = (init.zeros_like()?, init.zeros_like()?);
+        for step in 1..=3 {
+            let g = crate::ops::testing::rand_tensor(&[200, 100], DType::F32, 10 + step)?;
+            opt.step(std::slice::from_ref(&fused), std::slice::from_ref(&g), 1e-2)?;
+            let update = Update {
+                lr: 1e-2,
+                bc1: 1.0 - 0.9f64.powi(step as i32),
+                bc2: 1.0 - 0.999f64.powi(step as i32),
+                eps: 1e-8,
+                beta1: 0.9,
+                beta2: 0.999,
+                decay_factor: 1.0 - 1e-2 * 0.1,
+            };
+            (m, v) = update.reference(&plain, &g, &m, &v)?;
+        }
+        let diff = |a: &Tensor, b: &Tensor| crate::ops::testing::max_abs_diff(a, b);
+        assert!(diff(fused.var.as_tensor(), plain.var.as_tensor())? < 1e-6);
+        assert!(diff(&opt.m[0], &m)? < 1e-7 && diff(&opt.v[0], &v)? < 1e-7);
+        // The weights moved.
+        assert!(diff(fused.var.as_tensor(), &init)? > 1e-3);
         Ok(())
     }
 
