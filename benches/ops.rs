@@ -91,6 +91,21 @@ fn causal_softmax(c: &mut Criterion) {
     });
 }
 
+fn attention(c: &mut Criterion) {
+    // SmolLM2: 9 query heads sharing 3 key/value heads.
+    let q = Var::from_tensor(&randn(&[4, SEQ, HEADS, HEAD_DIM])).expect("var");
+    let k = Var::from_tensor(&randn(&[4, SEQ, 3, HEAD_DIM])).expect("var");
+    let v = Var::from_tensor(&randn(&[4, SEQ, 3, HEAD_DIM])).expect("var");
+    let scale = 1.0 / (HEAD_DIM as f64).sqrt();
+    let mask = ops::SoftmaxMask::default();
+    pair(c, "attention/fused", &q, |q| {
+        ops::attention(q, k.as_tensor(), v.as_tensor(), scale, mask)
+    });
+    pair(c, "attention/composed", &q, |q| {
+        ops::attention::attention_reference(q, k.as_tensor(), v.as_tensor(), scale, mask)
+    });
+}
+
 fn lm_head_loss(c: &mut Criterion) {
     let h = Var::from_tensor(&(randn(&[TOKENS, HIDDEN]) * 0.05).expect("scale")).expect("var");
     let w = (randn(&[VOCAB, HIDDEN]) * 0.05).expect("scale");
@@ -114,6 +129,7 @@ criterion_group!(
     rope,
     silu_mul,
     causal_softmax,
+    attention,
     lm_head_loss
 );
 criterion_main!(benches);

@@ -25,33 +25,16 @@ pub fn attend(
     cache: Option<&mut LayerCache>,
     spec: AttentionSpec,
 ) -> Result<Tensor> {
-    let (b, t, nh, hd) = q.dims4()?;
-    let nkv = k.dim(2)?;
-    // [b, heads, t, hd]
-    let q = q.transpose(1, 2)?.contiguous()?;
-    let mut k = k.transpose(1, 2)?.contiguous()?;
-    let mut v = v.transpose(1, 2)?.contiguous()?;
+    let (mut k, mut v) = (k.clone(), v.clone());
     if let Some(cache) = cache {
         if let (Some(pk), Some(pv)) = (&cache.k, &cache.v) {
-            k = Tensor::cat(&[pk, &k], 2)?;
-            v = Tensor::cat(&[pv, &v], 2)?;
+            k = Tensor::cat(&[pk, &k], 1)?;
+            v = Tensor::cat(&[pv, &v], 1)?;
         }
         cache.k = Some(k.clone());
         cache.v = Some(v.clone());
     }
-    let s = k.dim(2)?;
-    // Grouped-query attention without repeating K/V: the `group` query heads that share a
-    // key/value head (HF's repeat_interleave order) are stacked along the sequence axis.
-    let group = nh / nkv;
-    let q = q.reshape((b, nkv, group * t, hd))?;
-    let scores = q.matmul(&k.t()?)?.reshape((b, nh, t, s))?;
-    let probs = ops::causal_softmax_with(&scores, spec.scale, spec.mask)?;
-    probs
-        .reshape((b, nkv, group * t, s))?
-        .matmul(&v)?
-        .reshape((b, nh, t, hd))?
-        .transpose(1, 2)?
-        .reshape((b, t, nh * hd))
+    ops::attention(q, &k, &v, spec.scale, spec.mask)
 }
 
 /// Attention with RoPE (θ `theta`, HF's rotate-half layout) over projected `q`, `k`, `v`

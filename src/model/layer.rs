@@ -48,9 +48,9 @@ impl LayerContext {
 /// Keys and values of earlier positions, for incremental decoding.
 #[derive(Clone, Debug, Default)]
 pub struct LayerCache {
-    /// `[batch, kv_heads, seq, head_dim]` keys (after RoPE).
+    /// `[batch, seq, kv_heads, head_dim]` keys (after RoPE).
     pub k: Option<Tensor>,
-    /// `[batch, kv_heads, seq, head_dim]` values.
+    /// `[batch, seq, kv_heads, head_dim]` values.
     pub v: Option<Tensor>,
 }
 

@@ -132,10 +132,25 @@ impl<'a, T> MatRef<'a, T> {
 /// `c = a · b` (or `c += a · b` with `accumulate`) for a row-major `c` of `a.rows × b.cols`,
 /// on gemm's kernels (AVX-512 where the CPU has it), using every core.
 pub fn matmul_into<T: Float>(c: &mut [T], a: MatRef<T>, b: MatRef<T>, accumulate: bool) {
+    matmul_with_threads(c, a, b, accumulate, candle_core::utils::get_num_threads())
+}
+
+/// [`matmul_into`] on the calling thread only: for the small products of work items that
+/// already run in parallel (one attention head each).
+pub fn matmul_serial<T: Float>(c: &mut [T], a: MatRef<T>, b: MatRef<T>, accumulate: bool) {
+    matmul_with_threads(c, a, b, accumulate, 1)
+}
+
+fn matmul_with_threads<T: Float>(
+    c: &mut [T],
+    a: MatRef<T>,
+    b: MatRef<T>,
+    accumulate: bool,
+    threads: usize,
+) {
     assert!(a.cols == b.rows, "matmul_into: inner dimensions differ");
     assert!(c.len() >= a.rows * b.cols, "matmul_into: output too small");
     assert!(a.fits() && b.fits(), "matmul_into: view exceeds its slice");
-    let threads = candle_core::utils::get_num_threads();
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {

@@ -3,6 +3,7 @@
 //! frozen weight, constants entering the graph). Each op has a finite-difference gradient test
 //! and an equality test against the plain candle composition.
 
+pub mod attention;
 pub(crate) mod cpu;
 pub mod exp;
 pub mod frozen_affine;
@@ -15,6 +16,7 @@ pub mod softmax;
 #[cfg(test)]
 pub(crate) mod testing;
 
+pub use attention::attention;
 pub use frozen_affine::frozen_affine;
 pub use frozen_linear::frozen_linear;
 pub use lm_head_loss::{lm_head_loss, lm_head_nll};

@@ -33,38 +33,56 @@ fn forward_kernel<T: Float>(
         .zip(x.par_chunks(s))
         .enumerate()
         .for_each(|(m, (orow, row))| {
-            let r = visible(t, s, m % t, window);
             // Rows are `[.., heads, t, s]`: this row's head picks its ALiBi slope.
             let slope = alibi.map_or(0.0, |a| a[(m / t) % a.len()]);
-            let value = |j: usize, v: T| v * scale + T::from_f64(slope * j as f64);
-            let max = row[r.clone()]
-                .iter()
-                .zip(r.clone())
-                .fold(T::neg_infinity(), |a, (&v, j)| {
-                    num_traits::Float::max(a, value(j, v))
-                });
-            let visible_out = &mut orow[r.clone()];
-            for ((o, &v), j) in visible_out.iter_mut().zip(&row[r.clone()]).zip(r) {
-                *o = value(j, v) - max;
-            }
-            exp_in_place(visible_out);
-            let inv = visible_out.iter().copied().sum::<T>().recip();
-            visible_out.iter_mut().for_each(|o| *o *= inv);
+            softmax_row(row, orow, (t, s, m % t), scale, window, slope);
         });
     out
 }
 
+/// One row of the masked softmax: query `i` of `t` over `s` keys, scores `row` (scaled by
+/// `scale`, plus `slope · j` for ALiBi) into `orow`, whose masked entries are left untouched
+/// (zero in a fresh buffer).
+pub(crate) fn softmax_row<T: Float>(
+    row: &[T],
+    orow: &mut [T],
+    (t, s, i): (usize, usize, usize),
+    scale: T,
+    window: Option<usize>,
+    slope: f64,
+) {
+    let r = visible(t, s, i, window);
+    let value = |j: usize, v: T| v * scale + T::from_f64(slope * j as f64);
+    let max = row[r.clone()]
+        .iter()
+        .zip(r.clone())
+        .fold(T::neg_infinity(), |a, (&v, j)| {
+            num_traits::Float::max(a, value(j, v))
+        });
+    let visible_out = &mut orow[r.clone()];
+    for ((o, &v), j) in visible_out.iter_mut().zip(&row[r.clone()]).zip(r) {
+        *o = value(j, v) - max;
+    }
+    exp_in_place(visible_out);
+    let inv = visible_out.iter().copied().sum::<T>().recip();
+    visible_out.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// The softmax backward of one row, in place: `g ← scale · y · (g − Σ g·y)` (masked entries
+/// have `y = 0`, so their gradient is 0).
+pub(crate) fn softmax_grad_row<T: Float>(y: &[T], g: &mut [T], scale: T) {
+    let dot = y.iter().zip(g.iter()).map(|(&a, &b)| a * b).sum::<T>();
+    for (g, &a) in g.iter_mut().zip(y) {
+        *g = scale * a * (*g - dot);
+    }
+}
+
 /// `dx = scale · y · (dy − Σ dy·y)`, row by row; masked entries have `y = 0` and so `dx = 0`.
 fn backward_kernel<T: Float>(y: &[T], dy: &[T], s: usize, scale: T) -> Vec<T> {
-    let mut dx = vec![T::zero(); y.len()];
+    let mut dx = dy.to_vec();
     dx.par_chunks_mut(s)
-        .zip(y.par_chunks(s).zip(dy.par_chunks(s)))
-        .for_each(|(dxr, (yr, dyr))| {
-            let dot = yr.iter().zip(dyr).map(|(&a, &b)| a * b).sum::<T>();
-            for ((o, &a), &b) in dxr.iter_mut().zip(yr).zip(dyr) {
-                *o = scale * a * (b - dot);
-            }
-        });
+        .zip(y.par_chunks(s))
+        .for_each(|(g, yr)| softmax_grad_row(yr, g, scale));
     dx
 }
 
