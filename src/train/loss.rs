@@ -34,14 +34,61 @@ pub fn head_loss(model: &Model, hidden: &Tensor, batch: &Batch) -> Result<Tensor
     }
     let d = hidden.dim(D::Minus1)?;
     let targets = batch.targets.flatten_all()?.to_vec1::<u32>()?;
-    let weights: Vec<f64> = batch
-        .weights
-        .flatten_all()?
-        .to_vec1::<f32>()?
-        .into_iter()
-        .map(|w| w as f64 / n)
-        .collect();
+    let weights = batch.weights.flatten_all()?.to_vec1::<f32>()?;
     let head = model.head_weight();
-    let h = hidden.reshape(((), d))?.to_dtype(head.tensor().dtype())?;
+    let mut h = hidden.reshape(((), d))?.to_dtype(head.tensor().dtype())?;
+    // Only counted positions need the head: with a prompt masked out (a multiple-choice record
+    // of 500 tokens scores one or two), the head's matmuls shrink by the same factor.
+    let counted: Vec<u32> = (0..weights.len() as u32)
+        .filter(|&i| weights[i as usize] != 0.0)
+        .collect();
+    if counted.len() < weights.len() {
+        let idx = Tensor::new(counted.as_slice(), h.device())?;
+        h = h.index_select(&idx, 0)?;
+    }
+    let targets: Vec<u32> = counted.iter().map(|&i| targets[i as usize]).collect();
+    let weights: Vec<f64> = counted
+        .iter()
+        .map(|&i| weights[i as usize] as f64 / n)
+        .collect();
     lm_head_loss(&h, head.tensor(), head.is_trainable(), &targets, &weights)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Sequence;
+    use crate::model::ModelConfig;
+    use crate::ops::testing::assert_close;
+    use candle_core::{DType, Device, Var};
+
+    #[test]
+    fn fused_loss_on_counted_rows_matches_the_logits_path() -> Result<()> {
+        let model = Model::random(&ModelConfig::tiny(), 3, DType::F32).expect("model");
+        // Prompts masked out (loss from position 5 and 3), and a padded shorter row.
+        let seqs = [
+            Sequence {
+                ids: (1..10).collect(),
+                loss_from: 5,
+            },
+            Sequence {
+                ids: (20..26).collect(),
+                loss_from: 3,
+            },
+        ];
+        let batch = Batch::new(&seqs.iter().collect::<Vec<_>>(), 0, &Device::Cpu)?;
+        let hidden = Var::from_tensor(&model.hidden_seeded(&batch.inputs, None)?)?;
+        let fused = head_loss(&model, hidden.as_tensor(), &batch)?;
+        let logits = model.logits(hidden.as_tensor())?;
+        let n = batch.num_targets as f64;
+        let plain = (masked_nll_sum(&logits, &batch.targets, &batch.weights)? / n)?;
+        assert_close(&fused, &plain, 1e-5)?;
+        let gf = fused.backward()?;
+        let gp = plain.backward()?;
+        assert_close(
+            gf.get(&hidden).expect("grad"),
+            gp.get(&hidden).expect("grad"),
+            1e-6,
+        )
+    }
 }
