@@ -19,9 +19,9 @@ pub enum Mode {
     Ft,
     /// Offsite-tuning: the adapter trained through the frozen emulator.
     Ot,
-    /// Full-model LoRA (r 8, alpha 32, all linear maps of every layer).
+    /// Full-model LoRA (r 8, alpha 32, no dropout, all linear maps of every layer).
     FtLora,
-    /// Offsite-tuning with LoRA on the adapter layers only.
+    /// Offsite-tuning with LoRA (r 8, alpha 32, no dropout) on the adapter layers only.
     OtLora,
     /// Offsite-tuning with bottleneck adapters (size 64) in the adapter layers.
     OtAdapter,
@@ -56,7 +56,12 @@ impl Mode {
     fn method(self) -> Option<Method> {
         match self {
             Mode::Ft | Mode::Ot => Some(Method::Full),
-            Mode::FtLora | Mode::OtLora => Some(Method::Lora(Default::default())),
+            // No dropout, as the PyTorch peer's LoRA (`lora_dropout=0.0`), so that the two
+            // measure the same computation.
+            Mode::FtLora | Mode::OtLora => Some(Method::Lora(offsite::peft::LoraConfig {
+                dropout: 0.0,
+                ..Default::default()
+            })),
             Mode::OtAdapter => Some(Method::Adapter(Default::default())),
             Mode::OtBitfit => Some(Method::BitFit),
             Mode::Infer => None,

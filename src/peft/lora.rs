@@ -5,6 +5,7 @@
 use crate::model::Weight;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// LoRA hyper-parameters (also the `--lora-*` flags).
@@ -70,11 +71,20 @@ pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(x.clone());
     }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let keep = (1.0 / (1.0 - p)) as f32;
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
-        .collect();
+    // Element i's draw is a hash of (seed, i): the mask is the same whatever the thread count,
+    // and its blocks are drawn in parallel (a sequential generator was a tenth of a LoRA step).
+    const BLOCK: usize = 1 << 14;
+    let mut mask = vec![0f32; x.elem_count()];
+    mask.par_chunks_mut(BLOCK)
+        .enumerate()
+        .for_each(|(block, m)| {
+            for (j, v) in m.iter_mut().enumerate() {
+                let draw = mix_seed(seed, (block * BLOCK + j) as u64) >> 11;
+                let u = draw as f64 / (1u64 << 53) as f64;
+                *v = if u < p { 0.0 } else { keep };
+            }
+        });
     let mask = Tensor::from_vec(mask, x.dims(), x.device())?.to_dtype(x.dtype())?;
     x * mask
 }
