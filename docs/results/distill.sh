@@ -28,3 +28,10 @@ cp "$OUT/spam-k13/rows/zero_shot.json" "$OUT/spam-k13/rows/full_ft.json" "$OUT/s
     --test "$SPAM/test.jsonl" --limit-val 64 --limit-test 200 --max-steps 50 --batch-size 4 \
     --warmup-steps 5 --eval-every 25 --save-every 25 --resume --keep 13 --lr 1e-4 \
     --emulator-package "$OUT/k13-distilled.offsite" -o "$OUT/spam-k13-distilled"
+# The same, tuning the adapter for 100 steps (rows that do not depend on the adapter copied).
+mkdir -p "$OUT/spam-k13-distilled-100/rows"
+cp "$OUT/spam-k13-distilled/rows/"{zero_shot,full_ft,emulator_zero_shot}.json "$OUT/spam-k13-distilled-100/rows/"
+"$B" experiment smollm2 --train "$SPAM/train.jsonl" --val "$SPAM/validation.jsonl" \
+    --test "$SPAM/test.jsonl" --limit-val 64 --limit-test 200 --max-steps 100 --batch-size 4 \
+    --warmup-steps 5 --eval-every 50 --save-every 25 --resume --keep 13 --lr 1e-4 \
+    --emulator-package "$OUT/k13-distilled.offsite" -o "$OUT/spam-k13-distilled-100"
