@@ -31,6 +31,19 @@ impl Dims {
         self.nh / self.nkv
     }
 
+    /// Work item `item` (batch row × key/value head): its batch row, its key/value head, and
+    /// that head's keys and values as `s × hd` views.
+    fn kv_item<'a, T>(
+        &self,
+        k: &'a [T],
+        v: &'a [T],
+        item: usize,
+    ) -> (usize, usize, MatRef<'a, T>, MatRef<'a, T>) {
+        let (bi, kvh) = (item / self.nkv, item % self.nkv);
+        let head = |x: &'a [T]| Dims::head(x, bi, kvh, self.s, self.nkv, self.hd);
+        (bi, kvh, head(k), head(v))
+    }
+
     /// Head `h` of batch row `bi` of a `[b, len, heads, hd]` tensor, as a `len × hd` view.
     fn head<'a, T>(
         data: &'a [T],
@@ -94,9 +107,7 @@ fn forward_kernel<T: Float>(q: &[T], k: &[T], v: &[T], d: Dims, sc: &Scoring) ->
         .par_chunks_mut(group * t * s)
         .enumerate()
         .map(|(item, p)| {
-            let (bi, kvh) = (item / nkv, item % nkv);
-            let kh = Dims::head(k, bi, kvh, s, nkv, hd);
-            let vh = Dims::head(v, bi, kvh, s, nkv, hd);
+            let (bi, kvh, kh, vh) = d.kv_item(k, v, item);
             let mut scores = vec![T::zero(); t * s];
             let mut out = vec![T::zero(); group * t * hd];
             for g in 0..group {
@@ -150,9 +161,7 @@ fn backward_kernel<T: Float>(
     let blocks: Vec<[Vec<T>; 3]> = (0..b * nkv)
         .into_par_iter()
         .map(|item| {
-            let (bi, kvh) = (item / nkv, item % nkv);
-            let kh = Dims::head(k, bi, kvh, s, nkv, hd);
-            let vh = Dims::head(v, bi, kvh, s, nkv, hd);
+            let (bi, kvh, kh, vh) = d.kv_item(k, v, item);
             let mut dq = vec![T::zero(); group * t * hd];
             let mut dk = vec![T::zero(); s * hd];
             let mut dv = vec![T::zero(); s * hd];
