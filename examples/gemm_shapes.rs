@@ -2,6 +2,7 @@
 //! shapes (4 × 128 tokens), for each operand layout, best of 12: how close the matmuls of a
 //! step can get to the CPU's peak. `aR`/`aC`: left operand row-/column-major; `bR`/`bC` the
 //! same for the right one (`x · Wᵀ` with a row-major `W` is `aRbC`).
+//! With AMX (bf16 tiles), the same shapes through `ops::amx`, for frozen weights.
 //! Run: `cargo run --release --example gemm_shapes [THREADS]` (default 2).
 use std::time::Instant;
 
@@ -67,6 +68,25 @@ fn main() {
                 run(m, n, k, ar, br, threads)
             );
         }
+        if offsite::ops::amx::available() {
+            line += &format!(" amx-bf16 {:6.1}", run_amx(m, n, k));
+        }
         println!("{line}");
     }
+}
+
+/// The same product on AMX tiles in bf16 (the right operand packed beforehand, as for a frozen
+/// weight; the left one rounded per call, as activations are).
+fn run_amx(m: usize, n: usize, k: usize) -> f64 {
+    let a = vec![0.5f32; m * k];
+    let b = vec![0.25f32; k * n];
+    let packed = offsite::ops::amx::PackedRhs::pack(&b, k, n, n, 1);
+    let mut c = vec![0f32; m * n];
+    let mut best = f64::MAX;
+    for _ in 0..12 {
+        let t = Instant::now();
+        offsite::ops::amx::matmul(&a, m, &packed, &mut c);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    2.0 * (m * n * k) as f64 / best / 1e9
 }

@@ -93,6 +93,9 @@ pub struct Settings {
     /// Untimed warm-up steps.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
+    /// Run the frozen linear maps in bf16 on AMX tiles (no effect without AMX).
+    #[arg(long)]
+    frozen_bf16: bool,
 }
 
 /// Arguments of `offsite bench`.
@@ -151,6 +154,7 @@ pub fn run(args: Args) -> Result<()> {
             ])
             .args(["--seq", &s.seq.to_string(), "--steps", &s.steps.to_string()])
             .args(["--warmup", &s.warmup.to_string()])
+            .args(s.frozen_bf16.then_some("--frozen-bf16"))
             .output()
             .context("running a bench worker")?;
         if !out.status.success() {
@@ -233,6 +237,7 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
         }
     };
     let trainable: usize = params.iter().map(|p| p.var.elem_count()).sum();
+    let bf16_bytes = model.pack_frozen_bf16(s.frozen_bf16)?;
     let mut opt = AdamW::new(&params, 0.0)?;
     let seqs: Vec<Sequence> = (0..s.batch)
         .map(|b| Sequence {
@@ -280,6 +285,7 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
             "trainable_params": trainable,
             "batch": s.batch, "seq": s.seq, "steps": s.steps,
             "threads": candle_core::utils::get_num_threads(),
+            "frozen_bf16": bf16_bytes > 0,
         })
     );
     Ok(())

@@ -27,6 +27,8 @@ pub struct Model {
     /// for accurate angles at long positions.
     inv_freq: Vec<(f64, Vec<f64>)>,
     device: Device,
+    /// The frozen LM head packed in bf16 for AMX tiles ([`Model::pack_frozen_bf16`]).
+    head_bf16: Option<std::sync::Arc<crate::ops::Bf16Weight>>,
 }
 
 /// One KV cache per layer, for incremental decoding.
@@ -84,6 +86,7 @@ impl Clone for Model {
             layer_ids: self.layer_ids.clone(),
             inv_freq: self.inv_freq.clone(),
             device: self.device.clone(),
+            head_bf16: self.head_bf16.clone(),
         }
     }
 }
@@ -133,6 +136,7 @@ impl Model {
             layer_ids,
             inv_freq,
             device,
+            head_bf16: None,
         })
     }
 
@@ -205,6 +209,24 @@ impl Model {
         }
         out.extend(after);
         out
+    }
+
+    /// Runs the frozen linear maps of the layers in bf16 on AMX tiles (`true`) or in f32
+    /// (`false`); see [`Linear::pack_bf16`](super::Linear::pack_bf16). Trainable maps stay f32.
+    /// Returns the bytes of the packed copies (0 without AMX).
+    pub fn pack_frozen_bf16(&mut self, on: bool) -> Result<usize> {
+        self.head_bf16 = None;
+        let head = self.head_weight();
+        if on && !head.is_trainable() {
+            self.head_bf16 = crate::ops::Bf16Weight::pack(head.tensor())?.map(std::sync::Arc::new);
+        }
+        let mut bytes = self.head_bf16.as_ref().map_or(0, |p| p.bytes());
+        for layer in self.layers.iter_mut() {
+            for (_, linear) in layer.linears_mut() {
+                bytes += linear.pack_bf16(on)?;
+            }
+        }
+        Ok(bytes)
     }
 
     /// Number of scalar parameters (a tied head counted once).
@@ -340,7 +362,16 @@ impl Model {
 
     /// The LM head alone over final-normed hidden states.
     pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
-        super::weight::Linear::new(self.head_weight().clone()).forward(h)
+        let mut head = super::weight::Linear::new(self.head_weight().clone());
+        head.bf16 = self.head_bf16.clone();
+        head.forward(h)
+    }
+
+    /// The frozen head's bf16 packing, while it packs the current head.
+    pub fn head_bf16(&self) -> Option<&std::sync::Arc<crate::ops::Bf16Weight>> {
+        self.head_bf16
+            .as_ref()
+            .filter(|p| p.packs(self.head_weight().tensor()))
     }
 
     /// Final-normed hidden states for `ids` continuing the cached positions; extends the cache.

@@ -107,6 +107,69 @@ fn frozen_parts_give_same_gradient_and_no_gradient_entries() -> crate::Result<()
 }
 
 #[test]
+fn bf16_frozen_layers_stay_close_to_f32_and_train_the_same_weights() -> crate::Result<()> {
+    if !crate::ops::amx::available() {
+        eprintln!("skipped: no AMX on this CPU");
+        return Ok(());
+    }
+    let config = ModelConfig {
+        hidden_size: 64,
+        intermediate_size: 96,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 16,
+        vocab_size: 128,
+        ..tiny(3)
+    };
+    let ids = Tensor::new(
+        &[[1u32, 5, 9, 3, 7, 2, 8, 4], [6, 2, 2, 9, 1, 0, 3, 5]],
+        &Device::Cpu,
+    )?;
+    let mut f32_model = Model::random(&config, 3, DType::F32)?;
+    train(&mut f32_model, &[0, 2], false)?;
+    let mut bf16_model = f32_model.clone();
+    let bytes = bf16_model.pack_frozen_bf16(true)?;
+    // Layer 1's seven maps and the head, two bf16 copies each.
+    let layer1: usize = 4 * (64 * 64 + 64 * 32) / 2 + 3 * 64 * 96;
+    assert!(bytes >= 2 * 2 * (layer1 + 128 * 64), "{bytes} bytes packed");
+    let (lf, lb) = (f32_model.forward(&ids)?, bf16_model.forward(&ids)?);
+    let scale = lf.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    let diff = max_abs_diff(&lf, &lb)?;
+    assert!(
+        diff > 0.0 && diff < 2e-2 * scale as f64,
+        "logits differ by {diff} (scale {scale})"
+    );
+    let gf = f32_model.mean_next_token_ce(&ids)?.backward()?;
+    let gb = bf16_model.mean_next_token_ce(&ids)?.backward()?;
+    for ((name, wf), (_, wb)) in f32_model
+        .named_weights()
+        .iter()
+        .zip(bf16_model.named_weights())
+    {
+        match (wf.var(), wb.var()) {
+            (Some(a), Some(b)) => {
+                let (a, b) = (gf.get(a).expect("grad"), gb.get(b).expect("grad"));
+                let scale = a.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                let diff = max_abs_diff(a, b)?;
+                assert!(
+                    diff <= 5e-2 * scale as f64 + 1e-6,
+                    "{name}: {diff:e} (scale {scale:e})"
+                );
+            }
+            (None, None) => {}
+            _ => panic!("{name}: packing changed which weights train"),
+        }
+    }
+    // Switching back gives the f32 model exactly.
+    bf16_model.pack_frozen_bf16(false)?;
+    assert_eq!(
+        max_abs_diff(&f32_model.forward(&ids)?, &bf16_model.forward(&ids)?)?,
+        0.0
+    );
+    Ok(())
+}
+
+#[test]
 fn kv_cache_matches_full_forward() -> crate::Result<()> {
     let model = Model::random(&tiny(2), 5, DType::F32)?;
     let ids = Tensor::new(&[[1u32, 5, 3, 9, 2, 8, 6]], &Device::Cpu)?;

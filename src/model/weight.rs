@@ -71,6 +71,9 @@ pub struct Linear {
     pub lora: Option<crate::peft::lora::Lora>,
     /// A bottleneck adapter applied to the output, when the map has one.
     pub adapter: Option<crate::peft::bottleneck::Bottleneck>,
+    /// The frozen weight packed in bf16 for AMX tiles, when [`Linear::pack_bf16`] asked for
+    /// it. Used only while it still packs the current weight.
+    pub bf16: Option<std::sync::Arc<ops::Bf16Weight>>,
 }
 
 impl Linear {
@@ -82,6 +85,7 @@ impl Linear {
             fan_in_fan_out: false,
             lora: None,
             adapter: None,
+            bf16: None,
         }
     }
 
@@ -189,12 +193,39 @@ impl Linear {
             }
             let merged = (self.weight.tensor() + delta)?;
             self.weight = Weight::Frozen(merged);
+            self.bf16 = None;
         }
         Ok(())
     }
 
+    /// Computes the frozen base product in bf16 on AMX tiles from now on (`true`), or in f32
+    /// (`false`). Returns the bytes of the packed copy (0 when the weight is trainable, the
+    /// input is not f32 or the CPU has no AMX: the map then stays f32).
+    pub fn pack_bf16(&mut self, on: bool) -> Result<usize> {
+        self.bf16 = None;
+        let Weight::Frozen(w) = &self.weight else {
+            return Ok(0);
+        };
+        if !on {
+            return Ok(0);
+        }
+        let w = if self.fan_in_fan_out {
+            w.t()?
+        } else {
+            w.clone()
+        };
+        self.bf16 = ops::Bf16Weight::pack(&w)?.map(std::sync::Arc::new);
+        Ok(self.bf16.as_ref().map_or(0, |p| p.bytes()))
+    }
+
     fn base(&self, x: &Tensor) -> Result<Tensor> {
         match &self.weight {
+            Weight::Frozen(w)
+                if x.dtype() == candle_core::DType::F32
+                    && self.bf16.as_ref().is_some_and(|p| p.packs(w)) =>
+            {
+                ops::frozen_linear_bf16(x, self.bf16.as_ref().expect("checked"))
+            }
             // The op reads an `[in, out]` weight through a transposed view, without a copy.
             Weight::Frozen(w) if self.fan_in_fan_out => ops::frozen_linear(x, &w.t()?),
             Weight::Frozen(w) => ops::frozen_linear(x, w),

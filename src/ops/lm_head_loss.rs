@@ -7,11 +7,13 @@
 //! incoming scalar gradient. Memory is one chunk of logits instead of several full copies
 //! (logits, log-softmax, their gradients), and there is no extra pass over the vocabulary.
 
+use super::amx;
 use super::cpu::{dispatch_float, matmul_into, slice, storage, Float, MatRef};
 use super::exp::exp_in_place;
+use super::frozen_linear_bf16::Bf16Weight;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Rows per chunk: 128 × 49,152 logits of f32 is 25 MB.
 const CHUNK: usize = 128;
@@ -23,7 +25,22 @@ struct Pass<T> {
     dw: Vec<T>,
 }
 
-/// Runs the chunked head over `h` (`n × d`) with head `w` (`v × d`).
+/// `slice` as f32, when `T` is f32 (the AMX products are f32-only).
+fn as_f32<T: Float>(x: &[T]) -> Option<&[f32]> {
+    // SAFETY: `T` is `f32` (its dtype says so), so the cast is the identity.
+    (T::DTYPE == candle_core::DType::F32)
+        .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr().cast(), x.len()) })
+}
+
+/// `as_f32`, mutably.
+fn as_f32_mut<T: Float>(x: &mut [T]) -> Option<&mut [f32]> {
+    // SAFETY: as in `as_f32`.
+    (T::DTYPE == candle_core::DType::F32)
+        .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast(), x.len()) })
+}
+
+/// Runs the chunked head over `h` (`n × d`) with head `w` (`v × d`); with `amx` (a frozen head
+/// packed in bf16, f32 only) its two products run on AMX tiles.
 fn run<T: Float>(
     h: &[T],
     w: &[T],
@@ -31,7 +48,9 @@ fn run<T: Float>(
     targets: &[u32],
     weights: Option<&[f64]>,
     head_grad: bool,
+    amx: Option<&Bf16Weight>,
 ) -> Pass<T> {
+    let amx = amx.filter(|_| !head_grad && T::DTYPE == candle_core::DType::F32);
     let n = targets.len();
     let v = w.len() / d;
     let mut nll = vec![T::zero(); n];
@@ -51,7 +70,15 @@ fn run<T: Float>(
         let rows = CHUNK.min(n - start);
         let hc = MatRef::row_major(&h[start * d..(start + rows) * d], rows, d);
         let lc = &mut logits[..rows * v];
-        matmul_into(lc, hc, wt, false);
+        match amx {
+            Some(p) => amx::matmul(
+                as_f32(hc.data).expect("f32"),
+                rows,
+                p.forward_rhs(),
+                as_f32_mut(lc).expect("f32"),
+            ),
+            None => matmul_into(lc, hc, wt, false),
+        }
         // Rows are independent: spread them over the threads.
         lc.par_chunks_mut(v)
             .zip(nll[start..start + rows].par_iter_mut())
@@ -62,12 +89,16 @@ fn run<T: Float>(
             });
         if weights.is_some() {
             let dl = MatRef::row_major(&lc[..], rows, v);
-            matmul_into(
-                &mut dh[start * d..(start + rows) * d],
-                dl,
-                MatRef::row_major(w, v, d),
-                false,
-            );
+            let dh_rows = &mut dh[start * d..(start + rows) * d];
+            match amx {
+                Some(p) => amx::matmul(
+                    as_f32(lc).expect("f32"),
+                    rows,
+                    p.backward_rhs(),
+                    as_f32_mut(dh_rows).expect("f32"),
+                ),
+                None => matmul_into(dh_rows, dl, MatRef::row_major(w, v, d), false),
+            }
             if head_grad {
                 matmul_into(&mut dw, dl.t(), hc, true);
             }
@@ -139,6 +170,8 @@ struct LmHeadLoss {
     weights: Vec<f64>,
     head_grad: bool,
     need_grad: bool,
+    /// The frozen head packed in bf16, when its products run on AMX tiles.
+    bf16: Option<Arc<Bf16Weight>>,
     grads: Mutex<Option<(Tensor, Option<Tensor>)>>,
 }
 
@@ -167,7 +200,7 @@ impl CustomOp2 for LmHeadLoss {
         dispatch_float!(s1, self.name(), T => {
             let (h, w) = (slice::<T>(s1, l1)?, slice::<T>(s2, l2)?);
             let weights = self.need_grad.then_some(self.weights.as_slice());
-            let pass = run(h, w, d, &self.targets, weights, self.head_grad);
+            let pass = run(h, w, d, &self.targets, weights, self.head_grad, self.bf16.as_deref());
             let loss: f64 = pass.nll.iter().zip(&self.weights).map(|(&l, &wt)| l.to_f64() * wt).sum();
             if self.need_grad {
                 let dev = candle_core::Device::Cpu;
@@ -197,13 +230,15 @@ impl CustomOp2 for LmHeadLoss {
 }
 
 /// `Σᵢ weightsᵢ · (−log softmax(h·wᵀ)ᵢ[targetsᵢ])` as a scalar tensor, differentiable in `h` and,
-/// when `head_trainable`, in `w`. `h` is `[n, d]`, `w` is `[v, d]`.
+/// when `head_trainable`, in `w`. `h` is `[n, d]`, `w` is `[v, d]`. A frozen head with a current
+/// bf16 packing (`bf16`) runs its products on AMX tiles.
 pub fn lm_head_loss(
     h: &Tensor,
     w: &Tensor,
     head_trainable: bool,
     targets: &[u32],
     weights: &[f64],
+    bf16: Option<&Arc<Bf16Weight>>,
 ) -> Result<Tensor> {
     if !h.device().is_cpu() {
         candle_core::bail!(
@@ -215,6 +250,9 @@ pub fn lm_head_loss(
         weights: weights.to_vec(),
         head_grad: head_trainable,
         need_grad: h.track_op() || head_trainable,
+        bf16: bf16
+            .filter(|p| !head_trainable && p.packs(w) && h.dtype() == candle_core::DType::F32)
+            .cloned(),
         grads: Mutex::new(None),
     };
     let w = if head_trainable {
@@ -240,7 +278,7 @@ pub fn lm_head_nll(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Vec<f64>> 
     }
     let hv = h.flatten_all()?.to_vec1::<f32>()?;
     let wv = w.flatten_all()?.to_vec1::<f32>()?;
-    Ok(run(&hv, &wv, d, targets, None, false)
+    Ok(run(&hv, &wv, d, targets, None, false, None)
         .nll
         .into_iter()
         .map(f64::from)
@@ -278,7 +316,7 @@ mod tests {
         let (targets, weights) = case(n);
         let h = Var::from_tensor(&rand_tensor(&[n, 16], DType::F32, 1)?)?;
         let w = Var::from_tensor(&rand_tensor(&[300, 16], DType::F32, 2)?)?;
-        let fused = lm_head_loss(&h, &w, true, &targets, &weights)?;
+        let fused = lm_head_loss(&h, &w, true, &targets, &weights, None)?;
         let plain = reference(&h, &w, &targets, &weights)?;
         assert_close(&fused, &plain, 1e-5)?;
         let (gf, gp) = (fused.backward()?, plain.backward()?);
@@ -292,16 +330,44 @@ mod tests {
     }
 
     #[test]
+    fn bf16_head_matches_the_f32_head_on_rounded_operands() -> Result<()> {
+        if !crate::ops::amx::available() {
+            eprintln!("skipped: no AMX on this CPU");
+            return Ok(());
+        }
+        let round = |t: Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);
+        let n = CHUNK + 37;
+        let (targets, weights) = case(n);
+        let h = round(rand_tensor(&[n, 64], DType::F32, 1)?)?;
+        let w = round(rand_tensor(&[300, 64], DType::F32, 2)?)?;
+        let packed = Arc::new(Bf16Weight::pack(&w)?.expect("AMX is available"));
+        let hv = Var::from_tensor(&h)?;
+        let amx = lm_head_loss(&hv, &w, false, &targets, &weights, Some(&packed))?;
+        let f32 = lm_head_loss(&hv, &w, false, &targets, &weights, None)?;
+        // Same operands (already bf16 values): only the summation order differs...
+        assert_close(&amx, &f32, 1e-5)?;
+        // ...except that the gradient's softmax is rounded to bf16 entering `dl · W`.
+        let (ga, gf) = (amx.backward()?, f32.backward()?);
+        assert_close(ga.get(&hv).unwrap(), gf.get(&hv).unwrap(), 1e-4)?;
+        // A packing of another tensor is never used.
+        let other = Arc::new(Bf16Weight::pack(&(&w * 2.0)?)?.expect("AMX"));
+        let stale = lm_head_loss(&hv, &w, false, &targets, &weights, Some(&other))?;
+        assert_close(&stale, &f32, 1e-6)
+    }
+
+    #[test]
     fn gradients_match_finite_differences() -> Result<()> {
         let (targets, weights) = case(5);
         let targets: Vec<u32> = targets.iter().map(|t| t % 7).collect();
         let h = rand_tensor(&[5, 4], DType::F64, 3)?;
         let w = rand_tensor(&[7, 4], DType::F64, 4)?;
         check_gradients(&[h.clone(), w], |t| {
-            lm_head_loss(&t[0], &t[1], true, &targets, &weights)
+            lm_head_loss(&t[0], &t[1], true, &targets, &weights, None)
         })?;
         let w = rand_tensor(&[7, 4], DType::F64, 5)?;
-        check_gradients(&[h], |t| lm_head_loss(&t[0], &w, false, &targets, &weights))
+        check_gradients(&[h], |t| {
+            lm_head_loss(&t[0], &w, false, &targets, &weights, None)
+        })
     }
 
     #[test]
@@ -309,7 +375,7 @@ mod tests {
         let (targets, weights) = case(6);
         let h = Var::from_tensor(&rand_tensor(&[6, 8], DType::F32, 6)?)?;
         let w = rand_tensor(&[300, 8], DType::F32, 7)?;
-        let g = lm_head_loss(&h, &w, false, &targets, &weights)?.backward()?;
+        let g = lm_head_loss(&h, &w, false, &targets, &weights, None)?.backward()?;
         assert!(g.get(&w).is_none() && g.get(&h).is_some());
         Ok(())
     }

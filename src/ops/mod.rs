@@ -3,11 +3,13 @@
 //! frozen weight, constants entering the graph). Each op has a finite-difference gradient test
 //! and an equality test against the plain candle composition.
 
+pub mod amx;
 pub mod attention;
 pub(crate) mod cpu;
 pub mod exp;
 pub mod frozen_affine;
 pub mod frozen_linear;
+pub mod frozen_linear_bf16;
 pub mod lm_head_loss;
 pub mod rms_norm;
 pub mod rope;
@@ -19,6 +21,7 @@ pub(crate) mod testing;
 pub use attention::attention;
 pub use frozen_affine::frozen_affine;
 pub use frozen_linear::frozen_linear;
+pub use frozen_linear_bf16::{frozen_linear_bf16, Bf16Weight};
 pub use lm_head_loss::{lm_head_loss, lm_head_nll};
 pub use rms_norm::rms_norm;
 pub use rope::rope;

@@ -51,7 +51,14 @@ pub fn head_loss(model: &Model, hidden: &Tensor, batch: &Batch) -> Result<Tensor
         .iter()
         .map(|&i| weights[i as usize] as f64 / n)
         .collect();
-    lm_head_loss(&h, head.tensor(), head.is_trainable(), &targets, &weights)
+    lm_head_loss(
+        &h,
+        head.tensor(),
+        head.is_trainable(),
+        &targets,
+        &weights,
+        model.head_bf16(),
+    )
 }
 
 #[cfg(test)]

@@ -1,0 +1,404 @@
+//! bf16 matrix products on Intel AMX tiles (Sapphire Rapids and later), for frozen weights.
+//!
+//! A core's AMX unit multiplies a 16 × 32 bf16 tile by a 32 × 16 one into 16 × 16 f32 sums in
+//! one instruction (`tdpbf16ps`, 16,384 multiply-adds), several times the f32 throughput of
+//! AVX-512. Products are exact and summed in f32, so the only rounding is that of the operands
+//! to bf16 (8 significant bits): the usual mixed-precision trade, offered for weights that are
+//! not trained (the emulator), where the emulator's own compression dwarfs it.
+//!
+//! The right operand is packed once, ahead of time ([`PackedRhs`]), in the "VNNI" layout the
+//! tiles need (pairs of consecutive `k` side by side); the left operand (activations) is
+//! rounded to bf16 per call. Stable Rust has no AMX intrinsics, so the handful of tile
+//! instructions are inline assembly; the compiler never allocates tile registers itself, so the
+//! tile state cannot be disturbed between the blocks.
+
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// Rows and columns of an output block: 2 × 2 tiles of 16 × 16.
+const BLOCK: usize = 32;
+/// `k` covered by one tile product.
+const TILE_K: usize = 32;
+/// bf16 elements in one tile (16 rows of 64 bytes).
+const TILE_ELEMS: usize = 512;
+
+/// Whether this CPU and OS run AMX bf16 tiles (asks the kernel for the tile state once).
+pub fn available() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+            let amx_bf16 = leaf7.edx & (1 << 22) != 0;
+            let amx_tile = leaf7.edx & (1 << 24) != 0;
+            amx_bf16 && amx_tile && request_tile_permission()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// Linux hands out the (8 KB) tile register state only on request: `arch_prctl(
+/// ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, once per process. Fails on other systems.
+#[cfg(target_arch = "x86_64")]
+fn request_tile_permission() -> bool {
+    if !cfg!(target_os = "linux") {
+        return false;
+    }
+    const SYS_ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    let ret: i64;
+    // SAFETY: a plain system call; it only changes which register state the process may use.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") SYS_ARCH_PRCTL => ret,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    ret == 0
+}
+
+/// Rounds to the nearest bf16 (ties to even), as PyTorch's `.to(torch.bfloat16)` does.
+#[inline]
+pub fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+/// The f32 value of a bf16.
+#[inline]
+pub fn from_bf16(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+fn round_up(x: usize, to: usize) -> usize {
+    x.div_ceil(to) * to
+}
+
+/// A `k × n` right-hand operand in bf16, packed for the tiles: panels of 32 columns, each a run
+/// of `k/32` pairs of `[16 k-pairs][16 columns][2]` tiles. Padding (to multiples of 32) is zero.
+#[derive(Debug)]
+pub struct PackedRhs {
+    k: usize,
+    n: usize,
+    kp: usize,
+    data: Vec<u16>,
+}
+
+impl PackedRhs {
+    /// Packs `b[r·rs + c·cs]` for `r < k`, `c < n` (any strides, so `Wᵀ` needs no copy).
+    pub fn pack(b: &[f32], k: usize, n: usize, rs: usize, cs: usize) -> Self {
+        let kp = round_up(k.max(1), TILE_K);
+        let np = round_up(n.max(1), BLOCK);
+        let panel = kp * BLOCK;
+        let mut data = vec![0u16; np * kp];
+        data.par_chunks_mut(panel).enumerate().for_each(|(j, out)| {
+            for kb in 0..kp / TILE_K {
+                for h in 0..2 {
+                    let tile = &mut out[(kb * 2 + h) * TILE_ELEMS..][..TILE_ELEMS];
+                    for c in 0..16 {
+                        let col = j * BLOCK + h * 16 + c;
+                        if col >= n {
+                            continue;
+                        }
+                        for p in 0..16 {
+                            for e in 0..2 {
+                                let row = kb * TILE_K + 2 * p + e;
+                                if row < k {
+                                    tile[(p * 16 + c) * 2 + e] = to_bf16(b[row * rs + col * cs]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        PackedRhs { k, n, kp, data }
+    }
+
+    /// `(k, n)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 2
+    }
+}
+
+/// The left operand rounded to bf16 and laid out as tiles: for each band of 16 rows, its `k/32`
+/// tiles of 16 × 32 one after the other (1 KB each, so a tile load reads one contiguous run).
+/// Rows and columns are padded to 32 with zeros.
+#[inline(never)]
+fn pack_lhs(a: &[f32], m: usize, k: usize, kp: usize) -> Vec<u16> {
+    let mp = round_up(m.max(1), BLOCK);
+    let mut out = vec![0u16; mp * kp];
+    out.par_chunks_mut(kp * 16)
+        .enumerate()
+        .for_each(|(band, tiles)| {
+            for r in 0..16 {
+                let i = band * 16 + r;
+                if i >= m {
+                    break;
+                }
+                let row = &a[i * k..(i + 1) * k];
+                for (kb, chunk) in row.chunks(TILE_K).enumerate() {
+                    let dst = &mut tiles[kb * TILE_ELEMS + r * TILE_K..][..chunk.len()];
+                    for (o, &x) in dst.iter_mut().zip(chunk) {
+                        *o = to_bf16(x);
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// `ldtilecfg`'s 64-byte operand: palette 1, eight tiles of 16 rows × 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+const CONFIG: TileConfig = TileConfig {
+    palette: 1,
+    start_row: 0,
+    reserved: [0; 14],
+    colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+    rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+};
+
+/// The output pointer, shared by the tasks that write disjoint column panels of it.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes its own columns only.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// `out = a · b` with `a` an `m × k` row-major f32 matrix rounded to bf16, `b` packed, and the
+/// `m × n` row-major product summed in f32. Panics if AMX is not [`available`] or the sizes
+/// disagree (callers check both).
+pub fn matmul(a: &[f32], m: usize, b: &PackedRhs, out: &mut [f32]) {
+    assert!(available(), "AMX bf16 tiles are not available");
+    let (k, n) = (b.k, b.n);
+    assert_eq!(a.len(), m * k, "lhs is not m × k");
+    assert_eq!(out.len(), m * n, "out is not m × n");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let kp = b.kp;
+    let lhs = pack_lhs(a, m, k, kp);
+    let mp = lhs.len() / kp;
+    let panels = round_up(n, BLOCK) / BLOCK;
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    (0..panels)
+        .into_par_iter()
+        .with_min_len(panels.div_ceil(rayon::current_num_threads() * 4).max(1))
+        .for_each_init(
+            || {
+                // SAFETY: the config is a valid palette-1 layout; tiles are released below.
+                unsafe { std::arch::asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack)) };
+                TileGuard
+            },
+            |_guard, j| {
+                let panel = &b.data[j * kp * BLOCK..(j + 1) * kp * BLOCK];
+                for i in 0..mp / BLOCK {
+                    // SAFETY: tiles are configured on this thread; all loads are in bounds
+                    // (rows padded to 32, k to 32) and the stores go to this task's columns.
+                    unsafe { block(&lhs, kp, i, panel, out_ptr, m, n, j) };
+                }
+            },
+        );
+}
+
+/// Releases the tile state when a worker's batch of panels is done.
+struct TileGuard;
+impl Drop for TileGuard {
+    fn drop(&mut self) {
+        // SAFETY: releasing tiles is always allowed.
+        unsafe { std::arch::asm!("tilerelease", options(nostack)) };
+    }
+}
+
+/// One 32 × 32 output block: rows `32i..`, columns `32j..`. (Not inlined, so profiles name it.)
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+unsafe fn block(
+    lhs: &[u16],
+    kp: usize,
+    i: usize,
+    panel: &[u16],
+    out: OutPtr,
+    m: usize,
+    n: usize,
+    j: usize,
+) {
+    use std::arch::asm;
+    // Bands 2i and 2i + 1 of the tiled left operand.
+    let a0 = lhs.as_ptr().add(i * BLOCK * kp);
+    let a1 = a0.add(16 * kp);
+    let b = panel.as_ptr();
+    asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3",
+        options(nostack)
+    );
+    for kb in 0..kp / TILE_K {
+        let b0 = b.add(kb * 2 * TILE_ELEMS);
+        let b1 = b0.add(TILE_ELEMS);
+        asm!(
+            "tileloadd tmm4, [{a0} + {sa}*1]",
+            "tileloadd tmm5, [{a1} + {sa}*1]",
+            "tileloadd tmm6, [{b0} + {sb}*1]",
+            "tileloadd tmm7, [{b1} + {sb}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            a0 = in(reg) a0.add(kb * TILE_ELEMS),
+            a1 = in(reg) a1.add(kb * TILE_ELEMS),
+            b0 = in(reg) b0,
+            b1 = in(reg) b1,
+            sa = in(reg) 64usize,
+            sb = in(reg) 64usize,
+            options(nostack)
+        );
+    }
+    let (r0, c0) = (i * BLOCK, j * BLOCK);
+    let inside = r0 + BLOCK <= m && c0 + BLOCK <= n;
+    // An edge block goes through a scratch block, keeping only the rows and columns that exist.
+    let mut scratch = std::mem::MaybeUninit::<[f32; BLOCK * BLOCK]>::uninit();
+    let (base, stride) = if inside {
+        (out.0.add(r0 * n + c0), n)
+    } else {
+        (scratch.as_mut_ptr().cast::<f32>(), BLOCK)
+    };
+    asm!(
+        "tilestored [{p00} + {s}*1], tmm0",
+        "tilestored [{p01} + {s}*1], tmm1",
+        "tilestored [{p10} + {s}*1], tmm2",
+        "tilestored [{p11} + {s}*1], tmm3",
+        p00 = in(reg) base,
+        p01 = in(reg) base.add(16),
+        p10 = in(reg) base.add(16 * stride),
+        p11 = in(reg) base.add(16 * stride + 16),
+        s = in(reg) stride * 4,
+        options(nostack)
+    );
+    if inside {
+        return;
+    }
+    // The four tile stores wrote all of it.
+    let scratch = scratch.assume_init_ref();
+    for r in 0..BLOCK.min(m - r0) {
+        for c in 0..BLOCK.min(n - c0) {
+            *out.0.add((r0 + r) * n + c0 + c) = scratch[r * BLOCK + c];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: u64, len: usize) -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// The product of the bf16-rounded operands in f64: what the tiles must reproduce up to
+    /// f32 summation error.
+    fn reference(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let r = |x: f32| from_bf16(to_bf16(x)) as f64;
+        (0..m * n)
+            .map(|ij| {
+                let (i, j) = (ij / n, ij % n);
+                (0..k)
+                    .map(|t| r(a[i * k + t]) * r(b[t * n + j]))
+                    .sum::<f64>() as f32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bf16_rounding_is_to_nearest_even() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1).
+        assert_eq!(to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
+        assert_eq!(to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        assert_eq!(from_bf16(to_bf16(-2.5)), -2.5);
+    }
+
+    #[test]
+    fn matches_reference_on_aligned_and_ragged_shapes() {
+        if !available() {
+            eprintln!("skipped: no AMX on this CPU");
+            return;
+        }
+        for &(m, k, n) in &[
+            (32, 32, 32),
+            (64, 96, 160),
+            (7, 40, 33),
+            (50, 576, 192),
+            (1, 5, 3),
+        ] {
+            let a = lcg(1 + m as u64, m * k);
+            let b = lcg(2 + n as u64, k * n);
+            let packed = PackedRhs::pack(&b, k, n, n, 1);
+            let mut out = vec![f32::NAN; m * n];
+            matmul(&a, m, &packed, &mut out);
+            let want = reference(&a, &b, m, k, n);
+            for (idx, (g, w)) in out.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-5 * (k as f32).sqrt(),
+                    "{m}x{k}x{n} [{idx}]: {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn packs_a_transposed_view_without_copying() {
+        if !available() {
+            eprintln!("skipped: no AMX on this CPU");
+            return;
+        }
+        // w is [n, k] row-major; b = wᵀ read with strides (1, k).
+        let (m, k, n) = (40, 64, 48);
+        let a = lcg(3, m * k);
+        let w = lcg(4, n * k);
+        let packed = PackedRhs::pack(&w, k, n, 1, k);
+        let mut out = vec![0f32; m * n];
+        matmul(&a, m, &packed, &mut out);
+        let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+        let want = reference(&a, &wt, m, k, n);
+        for (g, w) in out.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-4, "{g} vs {w}");
+        }
+    }
+}

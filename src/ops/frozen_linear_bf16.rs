@@ -1,0 +1,220 @@
+//! [`frozen_linear`](super::frozen_linear) on AMX tiles: the frozen weight is held in bf16,
+//! packed once for the forward (`x · Wᵀ`) and once for the backward (`dy · W`), and the
+//! activations are rounded to bf16 as they enter each product (sums stay f32).
+//!
+//! The two packings cost as much memory as the f32 weight (two bytes each): one layout cannot
+//! serve both products, because the tiles need pairs of consecutive `k` side by side and `k`
+//! runs along a row of `W` in the forward but down a column in the backward.
+
+use super::amx::{self, PackedRhs};
+use super::cpu::slice;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use std::sync::Arc;
+
+/// A frozen `[out, in]` weight packed for AMX, remembering which tensor it came from so that a
+/// stale packing (the weight replaced since) is never used.
+pub struct Bf16Weight {
+    source: candle_core::TensorId,
+    out_features: usize,
+    in_features: usize,
+    /// `Wᵀ` (`k = in`, `n = out`), for the forward.
+    forward: PackedRhs,
+    /// `W` (`k = out`, `n = in`), for the input gradient.
+    backward: PackedRhs,
+}
+
+impl std::fmt::Debug for Bf16Weight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Bf16Weight[{}×{}, {} bytes]",
+            self.out_features,
+            self.in_features,
+            self.bytes()
+        )
+    }
+}
+
+impl Bf16Weight {
+    /// Packs `w` (`[out, in]`; a transposed view of an `[in, out]` tensor is fine). `None` when
+    /// the CPU has no AMX or `w` is not an f32 CPU matrix: callers then keep the f32 path.
+    pub fn pack(w: &Tensor) -> Result<Option<Self>> {
+        if !amx::available() || w.dtype() != DType::F32 || !w.device().is_cpu() || w.rank() != 2 {
+            return Ok(None);
+        }
+        let (out_f, in_f) = w.dims2()?;
+        let (rs, cs) = (w.stride()[0], w.stride()[1]);
+        let (storage, layout) = w.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*storage else {
+            return Ok(None);
+        };
+        let all = &cpu.as_slice::<f32>()?[layout.start_offset()..];
+        // Wᵀ[i][o] = W[o][i] sits at o·rs + i·cs: rows of Wᵀ step by cs, columns by rs.
+        let forward = PackedRhs::pack(all, in_f, out_f, cs, rs);
+        let backward = PackedRhs::pack(all, out_f, in_f, rs, cs);
+        Ok(Some(Bf16Weight {
+            source: w.id(),
+            out_features: out_f,
+            in_features: in_f,
+            forward,
+            backward,
+        }))
+    }
+
+    /// Whether this packing was made from `w` (and is therefore current).
+    pub fn packs(&self, w: &Tensor) -> bool {
+        self.source == w.id()
+    }
+
+    /// The packing of `Wᵀ`, for products `x · Wᵀ`.
+    pub(crate) fn forward_rhs(&self) -> &PackedRhs {
+        &self.forward
+    }
+
+    /// The packing of `W`, for products `dy · W`.
+    pub(crate) fn backward_rhs(&self) -> &PackedRhs {
+        &self.backward
+    }
+
+    /// Bytes held by both packings.
+    pub fn bytes(&self) -> usize {
+        self.forward.bytes() + self.backward.bytes()
+    }
+}
+
+/// The op: `x · Wᵀ`, or (`transposed`) `x · W`, which is also the former's backward.
+struct Bf16Linear {
+    weight: Arc<Bf16Weight>,
+    transposed: bool,
+}
+
+impl Bf16Linear {
+    fn packed(&self) -> &PackedRhs {
+        if self.transposed {
+            &self.weight.backward
+        } else {
+            &self.weight.forward
+        }
+    }
+}
+
+impl CustomOp1 for Bf16Linear {
+    fn name(&self) -> &'static str {
+        "frozen-linear-bf16"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (k, n) = self.packed().dims();
+        let dims = layout.shape().dims();
+        if dims.last() != Some(&k) {
+            candle_core::bail!(
+                "frozen_linear_bf16: input has shape {:?}, weight expects {k} features",
+                dims
+            );
+        }
+        let x = slice::<f32>(storage, layout)?;
+        let m = x.len() / k.max(1);
+        let mut out = vec![0f32; m * n];
+        amx::matmul(x, m, self.packed(), &mut out);
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("checked non-empty") = n;
+        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let op = Bf16Linear {
+            weight: self.weight.clone(),
+            transposed: !self.transposed,
+        };
+        grad_res.contiguous()?.apply_op1(op).map(Some)
+    }
+}
+
+/// `x · Wᵀ` for a frozen `W` packed in bf16: differentiable in `x` only. `x` must be f32 on
+/// the CPU, any number of leading dimensions.
+pub fn frozen_linear_bf16(x: &Tensor, w: &Arc<Bf16Weight>) -> Result<Tensor> {
+    if x.dtype() != DType::F32 {
+        candle_core::bail!("frozen_linear_bf16: input is {:?}, not f32", x.dtype());
+    }
+    let x = if x.is_contiguous() {
+        x.clone()
+    } else {
+        x.contiguous()?
+    };
+    x.apply_op1(Bf16Linear {
+        weight: w.clone(),
+        transposed: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::rand_tensor;
+    use candle_core::Var;
+
+    /// Rounds a tensor's values to bf16 (and back to f32).
+    fn bf16_values(t: &Tensor) -> Result<Tensor> {
+        t.to_dtype(DType::BF16)?.to_dtype(DType::F32)
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    #[test]
+    fn forward_and_input_gradient_match_the_f32_op_on_rounded_operands() -> Result<()> {
+        if !amx::available() {
+            eprintln!("skipped: no AMX on this CPU");
+            return Ok(());
+        }
+        let x = rand_tensor(&[3, 37, 64], DType::F32, 1)?;
+        let w = rand_tensor(&[96, 64], DType::F32, 2)?;
+        let packed = Arc::new(Bf16Weight::pack(&w)?.expect("AMX is available"));
+        assert!(packed.packs(&w));
+        let xv = Var::from_tensor(&x)?;
+        let y = frozen_linear_bf16(&xv, &packed)?;
+        // The same products in f32 on the bf16-rounded operands: equal up to summation order.
+        let wr = bf16_values(&w)?;
+        let want = super::super::frozen_linear(&bf16_values(&x)?, &wr)?;
+        assert!(max_abs_diff(&y, &want)? < 1e-4);
+        // The upstream gradient is rounded too as it enters the backward product.
+        let g = rand_tensor(&[3, 37, 96], DType::F32, 3)?;
+        let grads = (y * &g)?.sum_all()?.backward()?;
+        let dx = grads.get(&xv).expect("x has a gradient");
+        let want_dx = bf16_values(&g)?.broadcast_matmul(&wr)?;
+        assert!(max_abs_diff(dx, &want_dx)? < 1e-4);
+        Ok(())
+    }
+
+    #[test]
+    fn close_to_f32_within_bf16_rounding() -> Result<()> {
+        if !amx::available() {
+            return Ok(());
+        }
+        let x = rand_tensor(&[64, 576], DType::F32, 4)?;
+        let w = rand_tensor(&[192, 576], DType::F32, 5)?;
+        let packed = Arc::new(Bf16Weight::pack(&w)?.expect("AMX is available"));
+        let y = frozen_linear_bf16(&x, &packed)?;
+        let want = super::super::frozen_linear(&x, &w)?;
+        // Relative error of a k-term dot product of bf16-rounded operands: about 2⁻⁸/√k·√k.
+        let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        assert!(max_abs_diff(&y, &want)? < 1e-2 * scale);
+        Ok(())
+    }
+
+    #[test]
+    fn transposed_view_packs_like_its_copy() -> Result<()> {
+        if !amx::available() {
+            return Ok(());
+        }
+        let w_in_out = rand_tensor(&[48, 80], DType::F32, 6)?;
+        let view = Arc::new(Bf16Weight::pack(&w_in_out.t()?)?.expect("AMX"));
+        let copy = Arc::new(Bf16Weight::pack(&w_in_out.t()?.contiguous()?)?.expect("AMX"));
+        let x = rand_tensor(&[5, 48], DType::F32, 7)?;
+        let a = frozen_linear_bf16(&x, &view)?;
+        let b = frozen_linear_bf16(&x, &copy)?;
+        assert_eq!(max_abs_diff(&a, &b)?, 0.0);
+        Ok(())
+    }
+}
