@@ -218,7 +218,8 @@ impl Model {
         self.head_bf16 = None;
         let head = self.head_weight();
         if on && !head.is_trainable() {
-            self.head_bf16 = crate::ops::Bf16Weight::pack(head.tensor())?.map(std::sync::Arc::new);
+            self.head_bf16 =
+                crate::ops::Bf16Weight::pack(head.tensor(), false)?.map(std::sync::Arc::new);
         }
         let mut bytes = self.head_bf16.as_ref().map_or(0, |p| p.bytes());
         for layer in self.layers.iter_mut() {

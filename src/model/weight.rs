@@ -2,7 +2,8 @@
 //! property of the weight: a layer never branches on it, it asks its weights for the right op.
 
 use crate::ops;
-use candle_core::{Result, Tensor, Var, D};
+use candle_core::{DType, Result, Tensor, Var, D};
+use std::sync::Arc;
 
 /// A parameter tensor: a `Var` when it is trained, a plain `Tensor` when it is frozen. Frozen
 /// weights never enter the autograd graph (our ops hold them), so they cost no gradient.
@@ -73,7 +74,7 @@ pub struct Linear {
     pub adapter: Option<crate::peft::bottleneck::Bottleneck>,
     /// The frozen weight packed in bf16 for AMX tiles, when [`Linear::pack_bf16`] asked for
     /// it. Used only while it still packs the current weight.
-    pub bf16: Option<std::sync::Arc<ops::Bf16Weight>>,
+    pub bf16: Option<Arc<ops::Bf16Weight>>,
 }
 
 impl Linear {
@@ -198,23 +199,29 @@ impl Linear {
         Ok(())
     }
 
-    /// Computes the frozen base product in bf16 on AMX tiles from now on (`true`), or in f32
-    /// (`false`). Returns the bytes of the packed copy (0 when the weight is trainable, the
-    /// input is not f32 or the CPU has no AMX: the map then stays f32).
+    /// Stores a frozen f32 weight in bf16 and computes the map's products on AMX tiles from now
+    /// on (`true`), or goes back to an f32 weight and f32 products (`false`; values stored in
+    /// bf16 keep their rounding). Returns the bytes of the packed copies: 0 when the weight is
+    /// trainable, not f32, or the CPU has no AMX — the map then stays as it was.
     pub fn pack_bf16(&mut self, on: bool) -> Result<usize> {
         self.bf16 = None;
         let Weight::Frozen(w) = &self.weight else {
             return Ok(0);
         };
         if !on {
+            if w.dtype() == DType::BF16 {
+                self.weight = Weight::Frozen(w.to_dtype(DType::F32)?);
+            }
             return Ok(0);
         }
-        let w = if self.fan_in_fan_out {
-            w.t()?
-        } else {
-            w.clone()
-        };
-        self.bf16 = ops::Bf16Weight::pack(&w)?.map(std::sync::Arc::new);
+        if w.dtype() != DType::F32 || !ops::amx::available() {
+            return Ok(0);
+        }
+        let stored = w.to_dtype(DType::BF16)?;
+        self.bf16 = ops::Bf16Weight::pack(&stored, self.fan_in_fan_out)?.map(Arc::new);
+        if self.bf16.is_some() {
+            self.weight = Weight::Frozen(stored);
+        }
         Ok(self.bf16.as_ref().map_or(0, |p| p.bytes()))
     }
 
@@ -225,6 +232,11 @@ impl Linear {
                     && self.bf16.as_ref().is_some_and(|p| p.packs(w)) =>
             {
                 ops::frozen_linear_bf16(x, self.bf16.as_ref().expect("checked"))
+            }
+            // A weight stored in another precision than the input (bf16 without AMX packing).
+            Weight::Frozen(w) if w.dtype() != x.dtype() => {
+                let w = w.to_dtype(x.dtype())?;
+                ops::frozen_linear(x, &if self.fan_in_fan_out { w.t()? } else { w })
             }
             // The op reads an `[in, out]` weight through a transposed view, without a copy.
             Weight::Frozen(w) if self.fan_in_fan_out => ops::frozen_linear(x, &w.t()?),

@@ -9,18 +9,21 @@
 use super::amx::{self, PackedRhs};
 use super::cpu::slice;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-/// A frozen `[out, in]` weight packed for AMX, remembering which tensor it came from so that a
-/// stale packing (the weight replaced since) is never used.
+/// A frozen `[out, in]` weight packed for AMX. It keeps the tensor it was packed from (sharing
+/// its storage, no copy): to tell a stale packing (the weight replaced since) from a current one,
+/// and to pack the backward's layout on first use, so inference never pays for it.
 pub struct Bf16Weight {
-    source: candle_core::TensorId,
+    source: Tensor,
+    /// The source is stored `[in, out]` (GPT-2's `Conv1D`).
+    transposed: bool,
     out_features: usize,
     in_features: usize,
     /// `Wᵀ` (`k = in`, `n = out`), for the forward.
     forward: PackedRhs,
-    /// `W` (`k = out`, `n = in`), for the input gradient.
-    backward: PackedRhs,
+    /// `W` (`k = out`, `n = in`), for the input gradient; packed on first use.
+    backward: OnceLock<PackedRhs>,
 }
 
 impl std::fmt::Debug for Bf16Weight {
@@ -35,35 +38,45 @@ impl std::fmt::Debug for Bf16Weight {
     }
 }
 
+/// `(data, row stride, column stride)` of an `[out, in]` view, as f32 (a bf16 source is widened
+/// for the duration of the packing: exact, and one matrix at a time).
+fn f32_view(w: &Tensor) -> Result<(Vec<f32>, usize, usize)> {
+    let w = w.to_dtype(DType::F32)?.contiguous()?;
+    let (_, in_f) = w.dims2()?;
+    Ok((w.flatten_all()?.to_vec1::<f32>()?, in_f, 1))
+}
+
 impl Bf16Weight {
-    /// Packs `w` (`[out, in]`; a transposed view of an `[in, out]` tensor is fine). `None` when
-    /// the CPU has no AMX or `w` is not an f32 CPU matrix: callers then keep the f32 path.
-    pub fn pack(w: &Tensor) -> Result<Option<Self>> {
-        if !amx::available() || w.dtype() != DType::F32 || !w.device().is_cpu() || w.rank() != 2 {
+    /// Packs `stored`, a frozen f32 or bf16 weight held `[out, in]` (or `[in, out]` when
+    /// `transposed`). `None` when the CPU has no AMX or `stored` is not a CPU matrix: callers
+    /// then keep the f32 path.
+    pub fn pack(stored: &Tensor, transposed: bool) -> Result<Option<Self>> {
+        let float = matches!(stored.dtype(), DType::F32 | DType::BF16);
+        if !amx::available() || !float || !stored.device().is_cpu() || stored.rank() != 2 {
             return Ok(None);
         }
-        let (out_f, in_f) = w.dims2()?;
-        let (rs, cs) = (w.stride()[0], w.stride()[1]);
-        let (storage, layout) = w.storage_and_layout();
-        let candle_core::Storage::Cpu(cpu) = &*storage else {
-            return Ok(None);
+        let w = if transposed {
+            stored.t()?
+        } else {
+            stored.clone()
         };
-        let all = &cpu.as_slice::<f32>()?[layout.start_offset()..];
+        let (out_f, in_f) = w.dims2()?;
+        let (data, rs, cs) = f32_view(&w)?;
         // Wᵀ[i][o] = W[o][i] sits at o·rs + i·cs: rows of Wᵀ step by cs, columns by rs.
-        let forward = PackedRhs::pack(all, in_f, out_f, cs, rs);
-        let backward = PackedRhs::pack(all, out_f, in_f, rs, cs);
+        let forward = PackedRhs::pack(&data, in_f, out_f, cs, rs);
         Ok(Some(Bf16Weight {
-            source: w.id(),
+            source: stored.clone(),
+            transposed,
             out_features: out_f,
             in_features: in_f,
             forward,
-            backward,
+            backward: OnceLock::new(),
         }))
     }
 
     /// Whether this packing was made from `w` (and is therefore current).
     pub fn packs(&self, w: &Tensor) -> bool {
-        self.source == w.id()
+        self.source.id() == w.id()
     }
 
     /// The packing of `Wᵀ`, for products `x · Wᵀ`.
@@ -71,14 +84,24 @@ impl Bf16Weight {
         &self.forward
     }
 
-    /// The packing of `W`, for products `dy · W`.
-    pub(crate) fn backward_rhs(&self) -> &PackedRhs {
-        &self.backward
+    /// The packing of `W`, for products `dy · W` (packed now if it was not yet).
+    pub(crate) fn backward_rhs(&self) -> Result<&PackedRhs> {
+        if let Some(p) = self.backward.get() {
+            return Ok(p);
+        }
+        let w = if self.transposed {
+            self.source.t()?
+        } else {
+            self.source.clone()
+        };
+        let (data, rs, cs) = f32_view(&w)?;
+        let packed = PackedRhs::pack(&data, self.out_features, self.in_features, rs, cs);
+        Ok(self.backward.get_or_init(|| packed))
     }
 
-    /// Bytes held by both packings.
+    /// Bytes held by the packings made so far (not counting the source tensor).
     pub fn bytes(&self) -> usize {
-        self.forward.bytes() + self.backward.bytes()
+        self.forward.bytes() + self.backward.get().map_or(0, PackedRhs::bytes)
     }
 }
 
@@ -89,11 +112,11 @@ struct Bf16Linear {
 }
 
 impl Bf16Linear {
-    fn packed(&self) -> &PackedRhs {
+    fn packed(&self) -> Result<&PackedRhs> {
         if self.transposed {
-            &self.weight.backward
+            self.weight.backward_rhs()
         } else {
-            &self.weight.forward
+            Ok(self.weight.forward_rhs())
         }
     }
 }
@@ -104,7 +127,8 @@ impl CustomOp1 for Bf16Linear {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (k, n) = self.packed().dims();
+        let packed = self.packed()?;
+        let (k, n) = packed.dims();
         let dims = layout.shape().dims();
         if dims.last() != Some(&k) {
             candle_core::bail!(
@@ -115,7 +139,7 @@ impl CustomOp1 for Bf16Linear {
         let x = slice::<f32>(storage, layout)?;
         let m = x.len() / k.max(1);
         let mut out = vec![0f32; m * n];
-        amx::matmul(x, m, self.packed(), &mut out);
+        amx::matmul(x, m, packed, &mut out);
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("checked non-empty") = n;
         Ok((CpuStorage::F32(out), Shape::from(out_dims)))
@@ -170,7 +194,7 @@ mod tests {
         }
         let x = rand_tensor(&[3, 37, 64], DType::F32, 1)?;
         let w = rand_tensor(&[96, 64], DType::F32, 2)?;
-        let packed = Arc::new(Bf16Weight::pack(&w)?.expect("AMX is available"));
+        let packed = Arc::new(Bf16Weight::pack(&w, false)?.expect("AMX is available"));
         assert!(packed.packs(&w));
         let xv = Var::from_tensor(&x)?;
         let y = frozen_linear_bf16(&xv, &packed)?;
@@ -194,7 +218,7 @@ mod tests {
         }
         let x = rand_tensor(&[64, 576], DType::F32, 4)?;
         let w = rand_tensor(&[192, 576], DType::F32, 5)?;
-        let packed = Arc::new(Bf16Weight::pack(&w)?.expect("AMX is available"));
+        let packed = Arc::new(Bf16Weight::pack(&w, false)?.expect("AMX is available"));
         let y = frozen_linear_bf16(&x, &packed)?;
         let want = super::super::frozen_linear(&x, &w)?;
         // Relative error of a k-term dot product of bf16-rounded operands: about 2⁻⁸/√k·√k.
@@ -209,8 +233,8 @@ mod tests {
             return Ok(());
         }
         let w_in_out = rand_tensor(&[48, 80], DType::F32, 6)?;
-        let view = Arc::new(Bf16Weight::pack(&w_in_out.t()?)?.expect("AMX"));
-        let copy = Arc::new(Bf16Weight::pack(&w_in_out.t()?.contiguous()?)?.expect("AMX"));
+        let view = Arc::new(Bf16Weight::pack(&w_in_out, true)?.expect("AMX"));
+        let copy = Arc::new(Bf16Weight::pack(&w_in_out.t()?.contiguous()?, false)?.expect("AMX"));
         let x = rand_tensor(&[5, 48], DType::F32, 7)?;
         let a = frozen_linear_bf16(&x, &view)?;
         let b = frozen_linear_bf16(&x, &copy)?;

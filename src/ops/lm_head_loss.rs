@@ -7,7 +7,7 @@
 //! incoming scalar gradient. Memory is one chunk of logits instead of several full copies
 //! (logits, log-softmax, their gradients), and there is no extra pass over the vocabulary.
 
-use super::amx;
+use super::amx::{self, PackedRhs};
 use super::cpu::{dispatch_float, matmul_into, slice, storage, Float, MatRef};
 use super::exp::exp_in_place;
 use super::frozen_linear_bf16::Bf16Weight;
@@ -39,8 +39,17 @@ fn as_f32_mut<T: Float>(x: &mut [T]) -> Option<&mut [f32]> {
         .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast(), x.len()) })
 }
 
-/// Runs the chunked head over `h` (`n × d`) with head `w` (`v × d`); with `amx` (a frozen head
-/// packed in bf16, f32 only) its two products run on AMX tiles.
+/// A frozen head's bf16 packings, for its two products on AMX tiles.
+#[derive(Clone, Copy)]
+struct HeadTiles<'a> {
+    /// `Wᵀ`, for the logits.
+    forward: &'a PackedRhs,
+    /// `W`, for the hidden states' gradient (when one is computed).
+    backward: Option<&'a PackedRhs>,
+}
+
+/// Runs the chunked head over `h` (`n × d`) with head `w` (`v × d`); with `amx` (f32 only, frozen
+/// head) its products run on AMX tiles.
 fn run<T: Float>(
     h: &[T],
     w: &[T],
@@ -48,7 +57,7 @@ fn run<T: Float>(
     targets: &[u32],
     weights: Option<&[f64]>,
     head_grad: bool,
-    amx: Option<&Bf16Weight>,
+    amx: Option<HeadTiles>,
 ) -> Pass<T> {
     let amx = amx.filter(|_| !head_grad && T::DTYPE == candle_core::DType::F32);
     let n = targets.len();
@@ -71,10 +80,10 @@ fn run<T: Float>(
         let hc = MatRef::row_major(&h[start * d..(start + rows) * d], rows, d);
         let lc = &mut logits[..rows * v];
         match amx {
-            Some(p) => amx::matmul(
+            Some(tiles) => amx::matmul(
                 as_f32(hc.data).expect("f32"),
                 rows,
-                p.forward_rhs(),
+                tiles.forward,
                 as_f32_mut(lc).expect("f32"),
             ),
             None => matmul_into(lc, hc, wt, false),
@@ -90,11 +99,11 @@ fn run<T: Float>(
         if weights.is_some() {
             let dl = MatRef::row_major(&lc[..], rows, v);
             let dh_rows = &mut dh[start * d..(start + rows) * d];
-            match amx {
-                Some(p) => amx::matmul(
+            match amx.and_then(|tiles| tiles.backward) {
+                Some(packed) => amx::matmul(
                     as_f32(lc).expect("f32"),
                     rows,
-                    p.backward_rhs(),
+                    packed,
                     as_f32_mut(dh_rows).expect("f32"),
                 ),
                 None => matmul_into(dh_rows, dl, MatRef::row_major(w, v, d), false),
@@ -200,7 +209,14 @@ impl CustomOp2 for LmHeadLoss {
         dispatch_float!(s1, self.name(), T => {
             let (h, w) = (slice::<T>(s1, l1)?, slice::<T>(s2, l2)?);
             let weights = self.need_grad.then_some(self.weights.as_slice());
-            let pass = run(h, w, d, &self.targets, weights, self.head_grad, self.bf16.as_deref());
+            let tiles = match &self.bf16 {
+                Some(p) => Some(HeadTiles {
+                    forward: p.forward_rhs(),
+                    backward: self.need_grad.then(|| p.backward_rhs()).transpose()?,
+                }),
+                None => None,
+            };
+            let pass = run(h, w, d, &self.targets, weights, self.head_grad, tiles);
             let loss: f64 = pass.nll.iter().zip(&self.weights).map(|(&l, &wt)| l.to_f64() * wt).sum();
             if self.need_grad {
                 let dev = candle_core::Device::Cpu;
@@ -340,7 +356,7 @@ mod tests {
         let (targets, weights) = case(n);
         let h = round(rand_tensor(&[n, 64], DType::F32, 1)?)?;
         let w = round(rand_tensor(&[300, 64], DType::F32, 2)?)?;
-        let packed = Arc::new(Bf16Weight::pack(&w)?.expect("AMX is available"));
+        let packed = Arc::new(Bf16Weight::pack(&w, false)?.expect("AMX is available"));
         let hv = Var::from_tensor(&h)?;
         let amx = lm_head_loss(&hv, &w, false, &targets, &weights, Some(&packed))?;
         let f32 = lm_head_loss(&hv, &w, false, &targets, &weights, None)?;
@@ -350,7 +366,7 @@ mod tests {
         let (ga, gf) = (amx.backward()?, f32.backward()?);
         assert_close(ga.get(&hv).unwrap(), gf.get(&hv).unwrap(), 1e-4)?;
         // A packing of another tensor is never used.
-        let other = Arc::new(Bf16Weight::pack(&(&w * 2.0)?)?.expect("AMX"));
+        let other = Arc::new(Bf16Weight::pack(&(&w * 2.0)?, false)?.expect("AMX"));
         let stale = lm_head_loss(&hv, &w, false, &targets, &weights, Some(&other))?;
         assert_close(&stale, &f32, 1e-6)
     }
