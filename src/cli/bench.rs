@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use offsite::data::{Batch, Sequence};
 use offsite::emulator::{package::layer_index, plan};
-use offsite::model::Model;
+use offsite::model::{Model, Precision};
 use offsite::peft::Method;
 use offsite::train::{loss::lm_loss, trainable_params, AdamW};
 use std::time::Instant;
@@ -93,9 +93,10 @@ pub struct Settings {
     /// Untimed warm-up steps.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Run the frozen linear maps in bf16 on AMX tiles (no effect without AMX).
-    #[arg(long)]
-    frozen_bf16: bool,
+    /// Which products run in bf16 on AMX tiles: f32 (none), frozen-bf16 (frozen weights) or
+    /// bf16 (also the trained maps, as autocast). No effect without AMX.
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
 }
 
 /// Arguments of `offsite bench`.
@@ -154,7 +155,7 @@ pub fn run(args: Args) -> Result<()> {
             ])
             .args(["--seq", &s.seq.to_string(), "--steps", &s.steps.to_string()])
             .args(["--warmup", &s.warmup.to_string()])
-            .args(s.frozen_bf16.then_some("--frozen-bf16"))
+            .args(["--precision", &s.precision.to_string()])
             .output()
             .context("running a bench worker")?;
         if !out.status.success() {
@@ -237,7 +238,7 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
         }
     };
     let trainable: usize = params.iter().map(|p| p.var.elem_count()).sum();
-    let bf16_bytes = model.pack_frozen_bf16(s.frozen_bf16)?;
+    let bf16_bytes = model.set_precision(s.precision)?;
     let mut opt = AdamW::new(&params, 0.0)?;
     let seqs: Vec<Sequence> = (0..s.batch)
         .map(|b| Sequence {
@@ -285,7 +286,9 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
             "trainable_params": trainable,
             "batch": s.batch, "seq": s.seq, "steps": s.steps,
             "threads": candle_core::utils::get_num_threads(),
-            "frozen_bf16": bf16_bytes > 0,
+            // Without AMX every product stays f32, whatever was asked.
+            "precision": if offsite::ops::amx::available() { s.precision } else { Precision::F32 }.to_string(),
+            "packed_bf16_mb": bf16_bytes as f64 / 1e6,
         })
     );
     Ok(())

@@ -18,6 +18,6 @@ pub use layer::{DecoderLayer, LayerCache, LayerContext, ModuleMut, ModuleRef};
 pub use model::{cross_entropy, log_softmax, Model, ModelCache};
 pub use stem::Stem;
 pub use tensor_map::TensorMap;
-pub use weight::{Linear, Norm, NormKind, Weight};
+pub use weight::{Linear, Norm, NormKind, Precision, Weight};
 #[cfg(test)]
 mod tests;

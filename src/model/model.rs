@@ -211,20 +211,25 @@ impl Model {
         out
     }
 
-    /// Runs the frozen linear maps of the layers in bf16 on AMX tiles (`true`) or in f32
-    /// (`false`); see [`Linear::pack_bf16`](super::Linear::pack_bf16). Trainable maps stay f32.
-    /// Returns the bytes of the packed copies (0 without AMX).
-    pub fn pack_frozen_bf16(&mut self, on: bool) -> Result<usize> {
+    /// Sets which products run in bf16 on AMX tiles (see [`Precision`](super::Precision)):
+    /// frozen linear maps are stored in bf16 and packed ([`Linear::pack_bf16`](
+    /// super::Linear::pack_bf16)), a frozen head is packed (it stays f32: it may be the
+    /// embedding too), trained maps are flagged. Call it after choosing what trains. Returns
+    /// the bytes of the packed copies (0, and no change, without AMX).
+    pub fn set_precision(&mut self, precision: super::Precision) -> Result<usize> {
+        use super::Precision;
+        let frozen = precision != Precision::F32;
         self.head_bf16 = None;
         let head = self.head_weight();
-        if on && !head.is_trainable() {
+        if frozen && !head.is_trainable() {
             self.head_bf16 =
                 crate::ops::Bf16Weight::pack(head.tensor(), false)?.map(std::sync::Arc::new);
         }
         let mut bytes = self.head_bf16.as_ref().map_or(0, |p| p.bytes());
         for layer in self.layers.iter_mut() {
             for (_, linear) in layer.linears_mut() {
-                bytes += linear.pack_bf16(on)?;
+                bytes += linear.pack_bf16(frozen)?;
+                linear.bf16_trained = precision == Precision::Bf16;
             }
         }
         Ok(bytes)

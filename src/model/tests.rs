@@ -2,6 +2,7 @@
 //! costing no gradient, and the KV cache.
 
 use super::*;
+use crate::model::Precision;
 use crate::ops::testing::{assert_close, check_gradients, max_abs_diff, rand_tensor};
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -128,7 +129,7 @@ fn bf16_frozen_layers_stay_close_to_f32_and_train_the_same_weights() -> crate::R
     let mut f32_model = Model::random(&config, 3, DType::F32)?;
     train(&mut f32_model, &[0, 2], false)?;
     let mut bf16_model = f32_model.clone();
-    let bytes = bf16_model.pack_frozen_bf16(true)?;
+    let bytes = bf16_model.set_precision(Precision::FrozenBf16)?;
     // Layer 1's seven maps and the head, packed for the forward (the backward's packing comes
     // with the first backward pass).
     let layer1: usize = 2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 96;
@@ -173,7 +174,7 @@ fn bf16_frozen_layers_stay_close_to_f32_and_train_the_same_weights() -> crate::R
         }
     }
     // Switching back gives f32 products over the weights' bf16 values.
-    bf16_model.pack_frozen_bf16(false)?;
+    bf16_model.set_precision(Precision::F32)?;
     for (name, w) in bf16_model.named_weights() {
         assert_eq!(w.tensor().dtype(), DType::F32, "{name}");
     }

@@ -5,6 +5,45 @@ use crate::ops;
 use candle_core::{DType, Result, Tensor, Var, D};
 use std::sync::Arc;
 
+/// Which matrix products run in bf16 on AMX tiles (sums in f32). Everything else (norms,
+/// attention, the loss, gradients of non-matrix ops, the optimizer) is f32 in every setting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// Every product in f32: results equal the reference within f32 rounding.
+    #[default]
+    F32,
+    /// Frozen weights (the emulator, a frozen head, LoRA's base maps) stored in bf16 and
+    /// multiplied on AMX tiles; trained maps in f32.
+    FrozenBf16,
+    /// Also the trained linear maps' products (forward, input and weight gradients) in bf16,
+    /// as PyTorch's autocast does; weights, their gradients and AdamW's moments stay f32.
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "frozen-bf16" => Ok(Precision::FrozenBf16),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(format!(
+                "unknown precision {other:?}: expected f32, frozen-bf16 or bf16"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::FrozenBf16 => "frozen-bf16",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
 /// A parameter tensor: a `Var` when it is trained, a plain `Tensor` when it is frozen. Frozen
 /// weights never enter the autograd graph (our ops hold them), so they cost no gradient.
 #[derive(Clone, Debug)]
@@ -75,6 +114,8 @@ pub struct Linear {
     /// The frozen weight packed in bf16 for AMX tiles, when [`Linear::pack_bf16`] asked for
     /// it. Used only while it still packs the current weight.
     pub bf16: Option<Arc<ops::Bf16Weight>>,
+    /// A trained weight's products run in bf16 on AMX tiles (mixed precision).
+    pub bf16_trained: bool,
 }
 
 impl Linear {
@@ -87,6 +128,7 @@ impl Linear {
             lora: None,
             adapter: None,
             bf16: None,
+            bf16_trained: false,
         }
     }
 
@@ -241,6 +283,21 @@ impl Linear {
             // The op reads an `[in, out]` weight through a transposed view, without a copy.
             Weight::Frozen(w) if self.fan_in_fan_out => ops::frozen_linear(x, &w.t()?),
             Weight::Frozen(w) => ops::frozen_linear(x, w),
+            Weight::Trainable(w)
+                if self.bf16_trained
+                    && x.dtype() == DType::F32
+                    && w.dtype() == DType::F32
+                    && x.device().is_cpu()
+                    && ops::amx::available() =>
+            {
+                // The op takes the `[out, in]` view, whatever the storage layout.
+                let w = if self.fan_in_fan_out {
+                    w.as_tensor().t()?
+                } else {
+                    w.as_tensor().clone()
+                };
+                ops::linear_bf16(x, &w)
+            }
             Weight::Trainable(w) => {
                 let dims = x.dims();
                 let k = dims[dims.len() - 1];

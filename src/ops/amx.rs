@@ -101,29 +101,24 @@ impl PackedRhs {
     pub fn pack(b: &[f32], k: usize, n: usize, rs: usize, cs: usize) -> Self {
         let kp = round_up(k.max(1), TILE_K);
         let np = round_up(n.max(1), BLOCK);
-        let panel = kp * BLOCK;
         let mut data = vec![0u16; np * kp];
-        data.par_chunks_mut(panel).enumerate().for_each(|(j, out)| {
-            for kb in 0..kp / TILE_K {
-                for h in 0..2 {
-                    let tile = &mut out[(kb * 2 + h) * TILE_ELEMS..][..TILE_ELEMS];
-                    for c in 0..16 {
-                        let col = j * BLOCK + h * 16 + c;
-                        if col >= n {
-                            continue;
-                        }
-                        for p in 0..16 {
-                            for e in 0..2 {
-                                let row = kb * TILE_K + 2 * p + e;
-                                if row < k {
-                                    tile[(p * 16 + c) * 2 + e] = to_bf16(b[row * rs + col * cs]);
-                                }
-                            }
-                        }
+        let src = Strided {
+            data: b,
+            rows: k,
+            cols: n,
+            rs,
+            cs,
+        };
+        data.par_chunks_mut(kp * BLOCK)
+            .enumerate()
+            .for_each(|(j, out)| {
+                for kb in 0..kp / TILE_K {
+                    for h in 0..2 {
+                        let tile = &mut out[(kb * 2 + h) * TILE_ELEMS..][..TILE_ELEMS];
+                        pack_rhs_tile(&src, kb * TILE_K, j * BLOCK + h * 16, tile);
                     }
                 }
-            }
-        });
+            });
         PackedRhs { k, n, kp, data }
     }
 
@@ -138,26 +133,90 @@ impl PackedRhs {
     }
 }
 
+/// A strided f32 matrix: element `(r, c)` at `data[r·rs + c·cs]`.
+#[derive(Clone, Copy)]
+pub struct Strided<'a> {
+    /// The elements.
+    pub data: &'a [f32],
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Row stride.
+    pub rs: usize,
+    /// Column stride.
+    pub cs: usize,
+}
+
+impl<'a> Strided<'a> {
+    /// A row-major `rows × cols` matrix.
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Strided {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    #[inline(always)]
+    fn at(&self, r: usize, c: usize) -> f32 {
+        self.data[r * self.rs + c * self.cs]
+    }
+}
+
+/// One 32 × 16 block of the right operand (rows `r0..`, columns `c0..`) as a VNNI tile:
+/// row `p` holds, for each of the 16 columns, the pair of rows `2p`, `2p + 1`. Missing rows and
+/// columns stay zero.
+#[inline(always)]
+fn pack_rhs_tile(src: &Strided, r0: usize, c0: usize, tile: &mut [u16]) {
+    let (rows, cols) = (
+        src.rows.saturating_sub(r0).min(32),
+        src.cols.saturating_sub(c0).min(16),
+    );
+    if rows == 32 && cols == 16 {
+        for p in 0..16 {
+            let out = &mut tile[p * 32..][..32];
+            for c in 0..16 {
+                out[2 * c] = to_bf16(src.at(r0 + 2 * p, c0 + c));
+                out[2 * c + 1] = to_bf16(src.at(r0 + 2 * p + 1, c0 + c));
+            }
+        }
+        return;
+    }
+    for r in 0..rows {
+        for c in 0..cols {
+            tile[(r / 2 * 16 + c) * 2 + r % 2] = to_bf16(src.at(r0 + r, c0 + c));
+        }
+    }
+}
+
 /// The left operand rounded to bf16 and laid out as tiles: for each band of 16 rows, its `k/32`
 /// tiles of 16 × 32 one after the other (1 KB each, so a tile load reads one contiguous run).
 /// Rows and columns are padded to 32 with zeros.
 #[inline(never)]
-fn pack_lhs(a: &[f32], m: usize, k: usize, kp: usize) -> Vec<u16> {
+fn pack_lhs(a: &Strided, kp: usize) -> Vec<u16> {
+    let (m, k) = (a.rows, a.cols);
     let mp = round_up(m.max(1), BLOCK);
     let mut out = vec![0u16; mp * kp];
     out.par_chunks_mut(kp * 16)
         .enumerate()
         .for_each(|(band, tiles)| {
-            for r in 0..16 {
+            for r in 0..16.min(m.saturating_sub(band * 16)) {
                 let i = band * 16 + r;
-                if i >= m {
-                    break;
-                }
-                let row = &a[i * k..(i + 1) * k];
-                for (kb, chunk) in row.chunks(TILE_K).enumerate() {
-                    let dst = &mut tiles[kb * TILE_ELEMS + r * TILE_K..][..chunk.len()];
-                    for (o, &x) in dst.iter_mut().zip(chunk) {
-                        *o = to_bf16(x);
+                for kb in 0..k.div_ceil(TILE_K) {
+                    let dst = &mut tiles[kb * TILE_ELEMS + r * TILE_K..][..TILE_K];
+                    let c0 = kb * TILE_K;
+                    if a.cs == 1 && c0 + TILE_K <= k {
+                        let row = &a.data[i * a.rs + c0..][..TILE_K];
+                        for (o, &x) in dst.iter_mut().zip(row) {
+                            *o = to_bf16(x);
+                        }
+                    } else {
+                        for (c, o) in dst.iter_mut().enumerate().take(k - c0) {
+                            *o = to_bf16(a.at(i, c0 + c));
+                        }
                     }
                 }
             }
@@ -194,15 +253,21 @@ unsafe impl Sync for OutPtr {}
 /// `m × n` row-major product summed in f32. Panics if AMX is not [`available`] or the sizes
 /// disagree (callers check both).
 pub fn matmul(a: &[f32], m: usize, b: &PackedRhs, out: &mut [f32]) {
+    assert_eq!(a.len(), m * b.k, "lhs is not m × k");
+    matmul_strided(&Strided::row_major(a, m, b.k), b, out)
+}
+
+/// [`matmul`] with a left operand of any strides (`dyᵀ` for a weight gradient, say).
+pub fn matmul_strided(a: &Strided, b: &PackedRhs, out: &mut [f32]) {
     assert!(available(), "AMX bf16 tiles are not available");
-    let (k, n) = (b.k, b.n);
-    assert_eq!(a.len(), m * k, "lhs is not m × k");
+    let (m, k, n) = (a.rows, b.k, b.n);
+    assert_eq!(a.cols, k, "lhs columns differ from rhs rows");
     assert_eq!(out.len(), m * n, "out is not m × n");
     if m == 0 || n == 0 {
         return;
     }
     let kp = b.kp;
-    let lhs = pack_lhs(a, m, k, kp);
+    let lhs = pack_lhs(a, kp);
     let mp = lhs.len() / kp;
     let panels = round_up(n, BLOCK) / BLOCK;
     let out_ptr = OutPtr(out.as_mut_ptr());
