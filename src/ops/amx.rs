@@ -12,8 +12,12 @@
 //! instructions are inline assembly; the compiler never allocates tile registers itself, so the
 //! tile state cannot be disturbed between the blocks.
 
+use super::cpu::MatRef;
 use rayon::prelude::*;
 use std::sync::OnceLock;
+
+/// A strided f32 matrix (`(r, c)` at `data[r·rs + c·cs]`): gemm's operand view.
+pub type Strided<'a> = MatRef<'a, f32>;
 
 /// Rows and columns of an output block: 2 × 2 tiles of 16 × 16.
 const BLOCK: usize = 32;
@@ -133,37 +137,10 @@ impl PackedRhs {
     }
 }
 
-/// A strided f32 matrix: element `(r, c)` at `data[r·rs + c·cs]`.
-#[derive(Clone, Copy)]
-pub struct Strided<'a> {
-    /// The elements.
-    pub data: &'a [f32],
-    /// Rows.
-    pub rows: usize,
-    /// Columns.
-    pub cols: usize,
-    /// Row stride.
-    pub rs: usize,
-    /// Column stride.
-    pub cs: usize,
-}
-
-impl<'a> Strided<'a> {
-    /// A row-major `rows × cols` matrix.
-    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        Strided {
-            data,
-            rows,
-            cols,
-            rs: cols,
-            cs: 1,
-        }
-    }
-
-    #[inline(always)]
-    fn at(&self, r: usize, c: usize) -> f32 {
-        self.data[r * self.rs + c * self.cs]
-    }
+/// Element `(r, c)` of a strided matrix.
+#[inline(always)]
+fn at(m: &Strided, r: usize, c: usize) -> f32 {
+    m.data[r * m.rs + c * m.cs]
 }
 
 /// One 32 × 16 block of the right operand (rows `r0..`, columns `c0..`) as a VNNI tile:
@@ -179,15 +156,15 @@ fn pack_rhs_tile(src: &Strided, r0: usize, c0: usize, tile: &mut [u16]) {
         for p in 0..16 {
             let out = &mut tile[p * 32..][..32];
             for c in 0..16 {
-                out[2 * c] = to_bf16(src.at(r0 + 2 * p, c0 + c));
-                out[2 * c + 1] = to_bf16(src.at(r0 + 2 * p + 1, c0 + c));
+                out[2 * c] = to_bf16(at(src, r0 + 2 * p, c0 + c));
+                out[2 * c + 1] = to_bf16(at(src, r0 + 2 * p + 1, c0 + c));
             }
         }
         return;
     }
     for r in 0..rows {
         for c in 0..cols {
-            tile[(r / 2 * 16 + c) * 2 + r % 2] = to_bf16(src.at(r0 + r, c0 + c));
+            tile[(r / 2 * 16 + c) * 2 + r % 2] = to_bf16(at(src, r0 + r, c0 + c));
         }
     }
 }
@@ -215,7 +192,7 @@ fn pack_lhs(a: &Strided, kp: usize) -> Vec<u16> {
                         }
                     } else {
                         for (c, o) in dst.iter_mut().enumerate().take(k - c0) {
-                            *o = to_bf16(a.at(i, c0 + c));
+                            *o = to_bf16(at(a, i, c0 + c));
                         }
                     }
                 }
