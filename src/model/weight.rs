@@ -153,13 +153,19 @@ impl Linear {
 
     /// Applies the map; `seed` (training) draws the PEFT modules' dropout masks.
     pub fn forward_seeded(&self, x: &Tensor, seed: Option<u64>) -> Result<Tensor> {
-        let mut y = self.base(x)?;
+        // A LoRA over a bf16-packed frozen weight runs as one fused op (base + branch).
+        let fused = self.fused_lora(x, seed)?;
+        let lora_done = fused.is_some();
+        let mut y = match fused {
+            Some(y) => y,
+            None => self.base(x)?,
+        };
         y = match &self.bias {
             Some(Weight::Frozen(b)) => ops::frozen_affine(&y, None, Some(b))?,
             Some(Weight::Trainable(b)) => y.broadcast_add(b)?,
             None => y,
         };
-        if let Some(lora) = &self.lora {
+        if let (Some(lora), false) = (&self.lora, lora_done) {
             y = (y + lora.forward(x, seed)?)?;
         }
         match &self.adapter {
@@ -265,6 +271,22 @@ impl Linear {
             self.weight = Weight::Frozen(stored);
         }
         Ok(self.bf16.as_ref().map_or(0, |p| p.bytes()))
+    }
+
+    /// `x · Wᵀ` plus the LoRA branch in one op, when the map has a LoRA, its frozen weight is
+    /// packed in bf16 and everything is f32 (`None` otherwise: the caller composes the two).
+    fn fused_lora(&self, x: &Tensor, seed: Option<u64>) -> Result<Option<Tensor>> {
+        let (Some(lora), Some(packed), Weight::Frozen(w)) = (&self.lora, &self.bf16, &self.weight)
+        else {
+            return Ok(None);
+        };
+        let (a, b) = (lora.a.tensor(), lora.b.tensor());
+        let f32s = [x, a, b].iter().all(|t| t.dtype() == DType::F32);
+        if !packed.packs(w) || !f32s {
+            return Ok(None);
+        }
+        let dropout = seed.map(|s| (lora.dropout, s));
+        ops::lora_linear_bf16(x, packed, a, b, lora.scale, dropout).map(Some)
     }
 
     fn base(&self, x: &Tensor) -> Result<Tensor> {

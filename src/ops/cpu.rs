@@ -56,6 +56,17 @@ pub fn tensor_vec<T: Float>(t: &Tensor) -> Result<Vec<T>> {
     t.flatten_all()?.to_dtype(T::DTYPE)?.to_vec1::<T>()
 }
 
+/// Runs `f` on the elements of an f32 CPU tensor, made contiguous first if it is not: how a
+/// custom op's backward reads its saved operands without copying them out.
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("custom op: operand is not on the CPU");
+    };
+    f(slice::<f32>(cpu, layout)?)
+}
+
 /// The element type of CPU storage.
 pub fn dtype(s: &CpuStorage) -> DType {
     s.dtype()

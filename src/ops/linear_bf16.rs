@@ -7,18 +7,8 @@
 //! to the product over 512 tokens); so are the activations and gradients.
 
 use super::amx::{self, PackedRhs, Strided};
-use super::cpu::slice;
+use super::cpu::{slice, with_f32};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
-
-/// Runs `f` on the f32 elements of a CPU tensor, made contiguous first if it is not.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("linear_bf16: operand is not on the CPU");
-    };
-    f(slice::<f32>(cpu, layout)?)
-}
 
 /// The op over `(x, W)`, `x` `[.., in]`, `W` viewed `[out, in]` (any strides).
 struct LinearBf16;

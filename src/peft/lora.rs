@@ -5,7 +5,6 @@
 use crate::model::Weight;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::{Rng, SeedableRng};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// LoRA hyper-parameters (also the `--lora-*` flags).
@@ -57,37 +56,7 @@ pub struct Lora {
     pub dropout: f64,
 }
 
-/// A reproducible stream for one dropout mask: the step's seed mixed with the module's id.
-pub fn mix_seed(seed: u64, module: u64) -> u64 {
-    // SplitMix64 finaliser: distinct modules get unrelated streams from one step seed.
-    let mut z = seed ^ module.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Inverted dropout of `x` with probability `p`, the mask drawn from `seed`.
-pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
-    if p <= 0.0 {
-        return Ok(x.clone());
-    }
-    let keep = (1.0 / (1.0 - p)) as f32;
-    // Element i's draw is a hash of (seed, i): the mask is the same whatever the thread count,
-    // and its blocks are drawn in parallel (a sequential generator was a tenth of a LoRA step).
-    const BLOCK: usize = 1 << 14;
-    let mut mask = vec![0f32; x.elem_count()];
-    mask.par_chunks_mut(BLOCK)
-        .enumerate()
-        .for_each(|(block, m)| {
-            for (j, v) in m.iter_mut().enumerate() {
-                let draw = mix_seed(seed, (block * BLOCK + j) as u64) >> 11;
-                let u = draw as f64 / (1u64 << 53) as f64;
-                *v = if u < p { 0.0 } else { keep };
-            }
-        });
-    let mask = Tensor::from_vec(mask, x.dims(), x.device())?.to_dtype(x.dtype())?;
-    x * mask
-}
+pub use crate::ops::dropout::{dropout, mix_seed};
 
 impl Lora {
     /// A fresh, trainable LoRA for an `[out, in]` map: `A` Kaiming-uniform with a = √5

@@ -1,0 +1,241 @@
+//! A frozen linear map and its LoRA update in one op, the base product on AMX tiles:
+//! `y = x · Wᵀ + s · (drop(x) · Aᵀ) · Bᵀ`, differentiable in `x`, `A` and `B`.
+//!
+//! As separate candle ops, the LoRA branch is five graph nodes (dropout, two products, scale,
+//! add) whose backward allocates zeroed gradient buffers and adds them into the input's
+//! gradient, for products of rank 8. Here the input gradient is written once
+//! (`dy · W + s · ((dy · B) · A) ⊙ mask`), the dropout mask is redrawn from its seed instead of
+//! kept, and `drop(x) · Aᵀ` is recomputed rather than stored.
+
+use super::amx;
+use super::cpu::{matmul_into, slice, with_f32, MatRef};
+use super::dropout;
+use super::frozen_linear_bf16::Bf16Weight;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use std::sync::Arc;
+
+/// The op over `(x, A, B)`; the frozen base and the LoRA constants are held.
+struct LoraLinear {
+    base: Arc<Bf16Weight>,
+    scale: f32,
+    /// Dropout probability and the mask's seed (training only).
+    dropout: Option<(f64, u64)>,
+}
+
+impl LoraLinear {
+    /// `drop(x)`, and the mask when there is one.
+    fn dropped(&self, x: &[f32]) -> (Vec<f32>, Option<Vec<f32>>) {
+        match self.dropout {
+            Some((p, seed)) if p > 0.0 => {
+                let mask = dropout::mask(x.len(), p, seed);
+                (
+                    x.iter().zip(&mask).map(|(a, b)| a * b).collect(),
+                    Some(mask),
+                )
+            }
+            _ => (x.to_vec(), None),
+        }
+    }
+
+    /// `u = s · drop(x) · Aᵀ` (`[m, r]`), the branch's hidden activations, scaled.
+    fn hidden(&self, xd: &[f32], a: &[f32], m: usize, r: usize, in_f: usize) -> Vec<f32> {
+        let mut u = vec![0f32; m * r];
+        matmul_into(
+            &mut u,
+            MatRef::row_major(xd, m, in_f),
+            MatRef::row_major(a, r, in_f).t(),
+            false,
+        );
+        for v in &mut u {
+            *v *= self.scale;
+        }
+        u
+    }
+}
+
+impl CustomOp3 for LoraLinear {
+    fn name(&self) -> &'static str {
+        "lora-linear-bf16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        as_: &CpuStorage,
+        al: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (r, in_f) = al.shape().dims2()?;
+        let (out_f, r2) = bl.shape().dims2()?;
+        let dims = xl.shape().dims();
+        if dims.last() != Some(&in_f) || r != r2 || self.base.forward_rhs().dims() != (in_f, out_f)
+        {
+            candle_core::bail!(
+                "lora_linear: input {dims:?}, A [{r}, {in_f}], B [{out_f}, {r2}], base {:?}",
+                self.base
+            );
+        }
+        let (x, a, b) = (
+            slice::<f32>(xs, xl)?,
+            slice::<f32>(as_, al)?,
+            slice::<f32>(bs, bl)?,
+        );
+        let m = x.len() / in_f.max(1);
+        let mut y = vec![0f32; m * out_f];
+        amx::matmul(x, m, self.base.forward_rhs(), &mut y);
+        let (xd, _) = self.dropped(x);
+        let u = self.hidden(&xd, a, m, r, in_f);
+        matmul_into(
+            &mut y,
+            MatRef::row_major(&u, m, r),
+            MatRef::row_major(b, out_f, r).t(),
+            true,
+        );
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("checked non-empty") = out_f;
+        Ok((CpuStorage::F32(y), Shape::from(out_dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (r, in_f) = a.dims2()?;
+        let (out_f, _) = b.dims2()?;
+        let m = x.elem_count() / in_f.max(1);
+        let a_vals = a.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let b_vals = b.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let (dx, da, db) = with_f32(x, |x| {
+            with_f32(grad, |dy| {
+                // The base: dx = dy · W on the tiles.
+                let mut dx = vec![0f32; m * in_f];
+                amx::matmul(dy, m, self.base.backward_rhs()?, &mut dx);
+                // The branch, recomputed: u = s · drop(x) · Aᵀ.
+                let (xd, mask) = self.dropped(x);
+                let u = self.hidden(&xd, &a_vals, m, r, in_f);
+                // dB = dyᵀ · u.
+                let mut db = vec![0f32; out_f * r];
+                matmul_into(
+                    &mut db,
+                    MatRef::row_major(dy, m, out_f).t(),
+                    MatRef::row_major(&u, m, r),
+                    false,
+                );
+                // du = s · dy · B; dA = duᵀ · drop(x).
+                let mut du = vec![0f32; m * r];
+                matmul_into(
+                    &mut du,
+                    MatRef::row_major(dy, m, out_f),
+                    MatRef::row_major(&b_vals, out_f, r),
+                    false,
+                );
+                for v in &mut du {
+                    *v *= self.scale;
+                }
+                let mut da = vec![0f32; r * in_f];
+                matmul_into(
+                    &mut da,
+                    MatRef::row_major(&du, m, r).t(),
+                    MatRef::row_major(&xd, m, in_f),
+                    false,
+                );
+                // dx += (du · A) ⊙ mask.
+                let a_mat = MatRef::row_major(&a_vals, r, in_f);
+                match mask {
+                    None => matmul_into(&mut dx, MatRef::row_major(&du, m, r), a_mat, true),
+                    Some(mask) => {
+                        let mut dxd = vec![0f32; m * in_f];
+                        matmul_into(&mut dxd, MatRef::row_major(&du, m, r), a_mat, false);
+                        for ((d, g), k) in dx.iter_mut().zip(&dxd).zip(&mask) {
+                            *d += g * k;
+                        }
+                    }
+                }
+                Ok((dx, da, db))
+            })
+        })?;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(da, (r, in_f), dev)?),
+            Some(Tensor::from_vec(db, (out_f, r), dev)?),
+        ))
+    }
+}
+
+/// `x · Wᵀ + scale · (drop(x) · Aᵀ) · Bᵀ` with the frozen `W` packed in bf16 (its product on AMX
+/// tiles; the rank-`r` products in f32). `dropout` is `(p, seed)` in training. `x`, `A`
+/// (`[r, in]`) and `B` (`[out, r]`) are f32 on the CPU.
+pub fn lora_linear_bf16(
+    x: &Tensor,
+    base: &Arc<Bf16Weight>,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    dropout: Option<(f64, u64)>,
+) -> Result<Tensor> {
+    for t in [x, a, b] {
+        if t.dtype() != DType::F32 {
+            candle_core::bail!("lora_linear_bf16: needs f32 operands, got {:?}", t.dtype());
+        }
+    }
+    let x = if x.is_contiguous() {
+        x.clone()
+    } else {
+        x.contiguous()?
+    };
+    let op = LoraLinear {
+        base: base.clone(),
+        scale: scale as f32,
+        dropout,
+    };
+    x.apply_op3(&a.contiguous()?, &b.contiguous()?, op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::{max_abs_diff, rand_tensor};
+    use candle_core::Var;
+
+    #[test]
+    fn output_and_gradients_match_the_composition() -> Result<()> {
+        if !amx::available() {
+            eprintln!("skipped: no AMX on this CPU");
+            return Ok(());
+        }
+        let w = rand_tensor(&[48, 64], DType::F32, 1)?.to_dtype(DType::BF16)?;
+        let base = Arc::new(Bf16Weight::pack(&w, false)?.expect("AMX"));
+        for dropout in [None, Some((0.3, 11))] {
+            let x = Var::from_tensor(&rand_tensor(&[2, 37, 64], DType::F32, 2)?)?;
+            let a = Var::from_tensor(&rand_tensor(&[8, 64], DType::F32, 3)?)?;
+            let b = Var::from_tensor(&rand_tensor(&[48, 8], DType::F32, 4)?)?;
+            let fused = lora_linear_bf16(&x, &base, &a, &b, 4.0, dropout)?;
+            // The composition: the frozen bf16 op plus the branch as plain candle ops.
+            let xd = match dropout {
+                Some((p, seed)) => dropout::dropout(&x, p, seed)?,
+                None => x.as_tensor().clone(),
+            };
+            let branch = (xd.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)? * 4.0)?;
+            let plain = (super::super::frozen_linear_bf16(&x, &base)? + branch)?;
+            assert!(max_abs_diff(&fused, &plain)? < 1e-4, "forward");
+            let g = rand_tensor(&[2, 37, 48], DType::F32, 5)?;
+            let gf = (&fused * &g)?.sum_all()?.backward()?;
+            let gp = (&plain * &g)?.sum_all()?.backward()?;
+            for (name, v) in [("x", &x), ("A", &a), ("B", &b)] {
+                let diff = max_abs_diff(gf.get(v).expect("grad"), gp.get(v).expect("grad"))?;
+                assert!(
+                    diff < 1e-4,
+                    "{name} gradient differs by {diff} ({dropout:?})"
+                );
+            }
+        }
+        Ok(())
+    }
+}
