@@ -549,3 +549,60 @@ fn distilled_emulators_record_their_distillation() {
     assert!(!d.path().join("distilled.offsite.ckpt").exists());
     assert!(d.path().join("distilled.offsite.metrics.jsonl").is_file());
 }
+
+#[test]
+fn bf16_precision_tunes_and_finetune_writes_the_frozen_weights_unrounded() {
+    // Without AMX the flag changes nothing; with it, the emulator is stored in bf16 for tuning
+    // and every product of the trained maps runs on tiles.
+    let d = tempfile::tempdir().unwrap();
+    let (model, train, emu) = model_data_emulator(d.path(), 5);
+    let adapter = d.path().join("adapter.safetensors");
+    tune_briefly(&emu, &train, &adapter, &["--precision", "bf16"]);
+    assert!(adapter.is_file());
+    // Fine-tuning with frozen weights stored in bf16 writes the checkpoint's own values for
+    // everything it did not train (BitFit trains the 1-D parameters only).
+    let out = d.path().join("ft-bitfit");
+    ok(offsite(&[
+        "finetune",
+        s(&model),
+        "--data",
+        s(&train),
+        "-o",
+        s(&out),
+        "--peft",
+        "bitfit",
+        "--precision",
+        "frozen-bf16",
+        "--max-steps",
+        "2",
+        "--block-size",
+        "16",
+        "--lr",
+        "1e-2",
+    ]));
+    let (changed, _) = changed(&model, &out);
+    let saved = offsite::io::checkpoint::load(&out, &Device::Cpu).unwrap();
+    let ranks: std::collections::HashMap<&str, usize> =
+        saved.tensors.iter().map(|(n, t)| (n, t.rank())).collect();
+    assert!(!changed.is_empty(), "BitFit trained something");
+    for name in &changed {
+        assert_eq!(
+            ranks[name.as_str()],
+            1,
+            "{name} changed but BitFit does not train it"
+        );
+    }
+    fails(
+        offsite(&[
+            "tune",
+            s(&emu),
+            "--data",
+            s(&train),
+            "-o",
+            s(&adapter),
+            "--precision",
+            "fp8",
+        ]),
+        &["fp8", "f32, frozen-bf16 or bf16"],
+    );
+}

@@ -7,6 +7,7 @@ use offsite::emulator::tune::tune;
 use offsite::emulator::{plug, Adapter, EmulatorOptions, Package};
 use offsite::eval::{perplexity, PerplexityReport};
 use offsite::io::{atomic, checkpoint, fetch, hf_dir};
+use offsite::model::Precision;
 use offsite::peft::Method;
 use offsite::train::{Schedule, TrainOptions};
 use std::path::PathBuf;
@@ -33,6 +34,9 @@ pub struct Args {
     /// Tokens per training block and evaluation window.
     #[arg(long, default_value_t = 256)]
     block_size: usize,
+    /// Which products of the tuning run in bf16 on AMX tiles (f32, frozen-bf16, bf16).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
 }
 
 fn row(name: &str, r: &PerplexityReport) -> String {
@@ -81,6 +85,7 @@ pub fn run(args: Args) -> Result<()> {
         block_size: args.block_size,
         save_every: 5,
         resume: true,
+        precision: args.precision,
         ..TrainOptions::default()
     };
     let ptok = package.tokenizer()?;

@@ -152,6 +152,13 @@ pub(crate) fn distill_until(
             "the emulator keeps no layers: nothing to distil".into(),
         ));
     }
+    if !options.precision.is_f32() {
+        // The student's frozen layers are written into the distilled package: bf16 storage
+        // would round them.
+        return Err(Error::Invalid(
+            "distillation runs in f32 only: drop --precision".into(),
+        ));
+    }
     let mut student = package.model()?;
     let emulator = split.emulator.clone();
     let params = trainable_params(&mut student, |name| {

@@ -33,6 +33,8 @@ pub fn tune(
         .map(|(n, _)| n)
         .collect();
     let params = trainable_params(&mut model, |n| trained.contains(n))?;
+    // The emulator is never written back (only the adapter is), so storing it in bf16 is safe.
+    model.set_precision(options.precision)?;
     let total = model.num_parameters();
     let mut job = TrainJob::beside(output, "tune", params, train_data, val, pad, options, total);
     job.device = model.device().clone();

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 /// Which matrix products run in bf16 on AMX tiles (sums in f32). Everything else (norms,
 /// attention, the loss, gradients of non-matrix ops, the optimizer) is f32 in every setting.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Precision {
     /// Every product in f32: results equal the reference within f32 rounding.
     #[default]
@@ -18,6 +19,13 @@ pub enum Precision {
     /// Also the trained linear maps' products (forward, input and weight gradients) in bf16,
     /// as PyTorch's autocast does; weights, their gradients and AdamW's moments stay f32.
     Bf16,
+}
+
+impl Precision {
+    /// Whether every product is f32 (the default; left out of saved options).
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
 }
 
 impl std::str::FromStr for Precision {

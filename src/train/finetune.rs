@@ -5,7 +5,7 @@ use super::loss::lm_loss;
 use super::{train, trainable_params, TrainJob, TrainOptions, TrainSummary};
 use crate::data::Sequence;
 use crate::io::{atomic, checkpoint::Checkpoint, hf_dir};
-use crate::model::{Model, Weight};
+use crate::model::{Model, Precision, Weight};
 use crate::peft::{merge_lora, Method};
 use crate::Result;
 use std::path::Path;
@@ -34,6 +34,7 @@ pub fn finetune(
         .map(|(n, _)| n)
         .collect();
     let params = trainable_params(&mut model, |n| trained.contains(n))?;
+    model.set_precision(options.precision)?;
     let total = model.num_parameters();
     let mut job = TrainJob::beside(
         output, "finetune", params, train_data, val, pad, options, total,
@@ -41,9 +42,22 @@ pub fn finetune(
     job.device = model.device().clone();
     let checkpoint_dir = job.checkpoint_dir.clone();
     let outcome = train(job, &|batch, seed| lm_loss(&model, batch, seed))?;
+    // Frozen weights stored in bf16 for training were rounded: the saved model gets the
+    // checkpoint's own values back.
+    let originals = match options.precision {
+        Precision::F32 => None,
+        _ => {
+            model.set_precision(Precision::F32)?;
+            Some(ckpt.model()?)
+        }
+    };
+    let originals: std::collections::HashMap<String, &Weight> =
+        originals.iter().flat_map(|m| m.named_weights()).collect();
     for (name, w) in model.named_weights_mut() {
         if let Some(t) = outcome.params.get(&name) {
             *w = Weight::Frozen(t.clone());
+        } else if let Some(original) = originals.get(&name) {
+            *w = Weight::Frozen(original.tensor().clone());
         }
     }
     merge_lora(&mut model)?;

@@ -1,5 +1,6 @@
 //! The options every training command shares (`tune`, `finetune`, distillation).
 
+use crate::model::Precision;
 use serde::{Deserialize, Serialize};
 
 /// Learning-rate schedule after warm-up.
@@ -59,6 +60,12 @@ pub struct TrainOptions {
     /// Continue from the latest checkpoint of this run, if there is one.
     #[arg(long)]
     pub resume: bool,
+    /// Which matrix products run in bf16 on AMX tiles (CPUs that have them; elsewhere f32):
+    /// `f32` (none), `frozen-bf16` (the frozen weights, stored in bf16) or `bf16` (also the
+    /// trained maps, as autocast; weights, gradients and AdamW stay f32).
+    #[arg(long, default_value = "f32")]
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 impl Default for TrainOptions {
@@ -78,6 +85,7 @@ impl Default for TrainOptions {
             save_every: 0,
             seed: 42,
             resume: false,
+            precision: Precision::F32,
         }
     }
 }
