@@ -74,10 +74,10 @@ fn request_tile_permission() -> bool {
 #[inline]
 pub fn to_bf16(x: f32) -> u16 {
     let bits = x.to_bits();
-    if x.is_nan() {
-        return ((bits >> 16) | 0x40) as u16;
-    }
-    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    // A select rather than an early return, so that loops over slices vectorise.
+    let nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
+    (if nan { (bits >> 16) | 0x40 } else { rounded }) as u16
 }
 
 /// The f32 value of a bf16.
@@ -236,10 +236,29 @@ pub fn matmul(a: &[f32], m: usize, b: &PackedRhs, out: &mut [f32]) {
 
 /// [`matmul`] with a left operand of any strides (`dyᵀ` for a weight gradient, say).
 pub fn matmul_strided(a: &Strided, b: &PackedRhs, out: &mut [f32]) {
+    assert_eq!(out.len(), a.rows * b.n, "out is not m × n");
+    // SAFETY: `out` holds m × n elements.
+    unsafe { matmul_raw(a, b, out.as_mut_ptr()) }
+}
+
+/// `a · b` as a new row-major `m × n` vector, never zero-filled: the tiles write every element.
+pub fn matmul_new(a: &Strided, b: &PackedRhs) -> Vec<f32> {
+    let len = a.rows * b.n;
+    let mut out = Vec::<f32>::with_capacity(len);
+    // SAFETY: the capacity holds m × n elements, and `matmul_raw` writes each of them (whole
+    // blocks by tile stores, edge blocks element by element) before the length covers them.
+    unsafe {
+        matmul_raw(a, b, out.as_mut_ptr());
+        out.set_len(len);
+    }
+    out
+}
+
+/// The product into `out`, which must have room for `m × n` elements (written, never read).
+unsafe fn matmul_raw(a: &Strided, b: &PackedRhs, out: *mut f32) {
     assert!(available(), "AMX bf16 tiles are not available");
     let (m, k, n) = (a.rows, b.k, b.n);
     assert_eq!(a.cols, k, "lhs columns differ from rhs rows");
-    assert_eq!(out.len(), m * n, "out is not m × n");
     if m == 0 || n == 0 {
         return;
     }
@@ -247,7 +266,7 @@ pub fn matmul_strided(a: &Strided, b: &PackedRhs, out: &mut [f32]) {
     let lhs = pack_lhs(a, kp);
     let mp = lhs.len() / kp;
     let panels = round_up(n, BLOCK) / BLOCK;
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = OutPtr(out);
     (0..panels)
         .into_par_iter()
         .with_min_len(panels.div_ceil(rayon::current_num_threads() * 4).max(1))

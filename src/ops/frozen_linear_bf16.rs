@@ -7,7 +7,7 @@
 //! runs along a row of `W` in the forward but down a column in the backward.
 
 use super::amx::{self, PackedRhs};
-use super::cpu::slice;
+use super::cpu::{slice, MatRef};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, OnceLock};
 
@@ -138,8 +138,7 @@ impl CustomOp1 for Bf16Linear {
         }
         let x = slice::<f32>(storage, layout)?;
         let m = x.len() / k.max(1);
-        let mut out = vec![0f32; m * n];
-        amx::matmul(x, m, packed, &mut out);
+        let out = amx::matmul_new(&MatRef::row_major(x, m, k), packed);
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("checked non-empty") = n;
         Ok((CpuStorage::F32(out), Shape::from(out_dims)))

@@ -52,8 +52,7 @@ impl CustomOp2 for LinearBf16 {
         let m = x.len() / w.cols.max(1);
         // Wᵀ: rows (k = in) step by cs, columns (n = out) by rs.
         let wt = PackedRhs::pack(w.data, w.cols, w.rows, w.cs, w.rs);
-        let mut out = vec![0f32; m * w.rows];
-        amx::matmul(x, m, &wt, &mut out);
+        let out = amx::matmul_new(&Strided::row_major(x, m, w.cols), &wt);
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("checked non-empty") = w.rows;
         Ok((CpuStorage::F32(out), Shape::from(out_dims)))
@@ -80,8 +79,7 @@ impl CustomOp2 for LinearBf16 {
         // dW = dyᵀ · x: x as a `k = m`, `n = in` right operand, dyᵀ read through strides.
         let x_packed = with_f32(x, |x| Ok(PackedRhs::pack(x, m, in_f, in_f, 1)))?;
         let (dx, dw) = with_f32(grad, |g| {
-            let mut dx = vec![0f32; m * in_f];
-            amx::matmul(g, m, &w_packed, &mut dx);
+            let dx = amx::matmul_new(&Strided::row_major(g, m, out_f), &w_packed);
             let dyt = Strided {
                 data: g,
                 rows: out_f,
@@ -89,8 +87,7 @@ impl CustomOp2 for LinearBf16 {
                 rs: 1,
                 cs: out_f,
             };
-            let mut dw = vec![0f32; out_f * in_f];
-            amx::matmul_strided(&dyt, &x_packed, &mut dw);
+            let dw = amx::matmul_new(&dyt, &x_packed);
             Ok((dx, dw))
         })?;
         let dev = x.device();

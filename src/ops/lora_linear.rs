@@ -83,8 +83,7 @@ impl CustomOp3 for LoraLinear {
             slice::<f32>(bs, bl)?,
         );
         let m = x.len() / in_f.max(1);
-        let mut y = vec![0f32; m * out_f];
-        amx::matmul(x, m, self.base.forward_rhs(), &mut y);
+        let mut y = amx::matmul_new(&MatRef::row_major(x, m, in_f), self.base.forward_rhs());
         let (xd, _) = self.dropped(x);
         let u = self.hidden(&xd, a, m, r, in_f);
         matmul_into(
@@ -114,8 +113,8 @@ impl CustomOp3 for LoraLinear {
         let (dx, da, db) = with_f32(x, |x| {
             with_f32(grad, |dy| {
                 // The base: dx = dy · W on the tiles.
-                let mut dx = vec![0f32; m * in_f];
-                amx::matmul(dy, m, self.base.backward_rhs()?, &mut dx);
+                let dy_mat = MatRef::row_major(dy, m, out_f);
+                let mut dx = amx::matmul_new(&dy_mat, self.base.backward_rhs()?);
                 // The branch, recomputed: u = s · drop(x) · Aᵀ.
                 let (xd, mask) = self.dropped(x);
                 let u = self.hidden(&xd, &a_vals, m, r, in_f);
