@@ -122,8 +122,49 @@ fn lm_head_loss(c: &mut Criterion) {
     });
 }
 
+/// The bf16 (AMX) ops against their f32 counterparts; skipped on CPUs without AMX.
+fn bf16(c: &mut Criterion) {
+    if !ops::amx::available() {
+        eprintln!("bf16 benches skipped: no AMX on this CPU");
+        return;
+    }
+    let x = Var::from_tensor(&randn(&[TOKENS, HIDDEN])).expect("var");
+    let w = (randn(&[MLP, HIDDEN]) * 0.05).expect("scale");
+    let packed = std::sync::Arc::new(
+        ops::Bf16Weight::pack(&w.to_dtype(candle_core::DType::BF16).expect("bf16"), false)
+            .expect("pack")
+            .expect("AMX"),
+    );
+    pair(c, "frozen_linear_bf16/amx", &x, |x| {
+        ops::frozen_linear_bf16(x, &packed)
+    });
+    pair(c, "frozen_linear_bf16/f32", &x, |x| {
+        ops::frozen_linear(x, &w)
+    });
+    // A trained weight: both gradients.
+    let wv = Var::from_tensor(&w).expect("var");
+    pair(c, "linear_bf16/amx", &x, |x| {
+        ops::linear_bf16(x, wv.as_tensor())
+    });
+    pair(c, "linear_bf16/f32", &x, |x| x.matmul(&wv.as_tensor().t()?));
+    // LoRA r 8 over the frozen map: the fused op against the f32 composition.
+    let a = Var::from_tensor(&(randn(&[8, HIDDEN]) * 0.05).expect("scale")).expect("var");
+    let bm = Var::from_tensor(&(randn(&[MLP, 8]) * 0.05).expect("scale")).expect("var");
+    pair(c, "lora_linear/fused_bf16", &x, |x| {
+        ops::lora_linear_bf16(x, &packed, a.as_tensor(), bm.as_tensor(), 4.0, None)
+    });
+    pair(c, "lora_linear/composed_f32", &x, |x| {
+        let branch = (x
+            .matmul(&a.as_tensor().t()?)?
+            .matmul(&bm.as_tensor().t()?)?
+            * 4.0)?;
+        ops::frozen_linear(x, &w)? + branch
+    });
+}
+
 criterion_group!(
     benches,
+    bf16,
     frozen_linear,
     rms_norm,
     rope,

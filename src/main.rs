@@ -11,5 +11,31 @@ fn main() -> std::process::ExitCode {
         // Set before any thread exists (candle reads it when it starts its pool).
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100");
     }
+    keep_freed_memory();
     cli::main()
+}
+
+/// glibc hands every allocation above a (dynamically raised) threshold back to the kernel when
+/// it is freed, so a training step's buffers — the same sizes every step — come back as fresh
+/// pages, each first touch a page fault (8 % of a bf16 linear's forward + backward). Serving
+/// allocations up to 32 MB (glibc's maximum) from the heap and never trimming it keeps those
+/// pages: the op went from 9.5–10.6 ms to 5.4–6.2 ms (docs/performance.md). The user's own
+/// `GLIBC_TUNABLES` win.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        if std::env::var_os("GLIBC_TUNABLES").is_some() {
+            return;
+        }
+        extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        // SAFETY: mallopt only changes allocator settings; called before any thread starts.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 32 << 20);
+            mallopt(M_TRIM_THRESHOLD, i32::MAX);
+        }
+    }
 }

@@ -180,20 +180,25 @@ fn pack_lhs(a: &Strided, kp: usize) -> Vec<u16> {
     out.par_chunks_mut(kp * 16)
         .enumerate()
         .for_each(|(band, tiles)| {
-            for r in 0..16.min(m.saturating_sub(band * 16)) {
+            let rows = 16.min(m.saturating_sub(band * 16));
+            if a.cs != 1 {
+                // Columns are the contiguous direction (`dyᵀ`, say): walk each column's run of
+                // this band's rows, not each row down a column of far-apart cache lines.
+                for c in 0..k {
+                    let tile = &mut tiles[c / TILE_K * TILE_ELEMS + c % TILE_K..];
+                    for r in 0..rows {
+                        tile[r * TILE_K] = to_bf16(at(a, band * 16 + r, c));
+                    }
+                }
+                return;
+            }
+            for r in 0..rows {
                 let i = band * 16 + r;
-                for kb in 0..k.div_ceil(TILE_K) {
-                    let dst = &mut tiles[kb * TILE_ELEMS + r * TILE_K..][..TILE_K];
-                    let c0 = kb * TILE_K;
-                    if a.cs == 1 && c0 + TILE_K <= k {
-                        let row = &a.data[i * a.rs + c0..][..TILE_K];
-                        for (o, &x) in dst.iter_mut().zip(row) {
-                            *o = to_bf16(x);
-                        }
-                    } else {
-                        for (c, o) in dst.iter_mut().enumerate().take(k - c0) {
-                            *o = to_bf16(at(a, i, c0 + c));
-                        }
+                let row = &a.data[i * a.rs..][..k];
+                for (kb, chunk) in row.chunks(TILE_K).enumerate() {
+                    let dst = &mut tiles[kb * TILE_ELEMS + r * TILE_K..][..chunk.len()];
+                    for (o, &x) in dst.iter_mut().zip(chunk) {
+                        *o = to_bf16(x);
                     }
                 }
             }
