@@ -1,14 +1,15 @@
-//! bf16 matrix products on Intel AMX tiles (Sapphire Rapids and later), for frozen weights.
+//! bf16 matrix products on Intel AMX tiles (Sapphire Rapids and later): the kernel behind
+//! `--precision frozen-bf16|bf16`.
 //!
 //! A core's AMX unit multiplies a 16 × 32 bf16 tile by a 32 × 16 one into 16 × 16 f32 sums in
 //! one instruction (`tdpbf16ps`, 16,384 multiply-adds), several times the f32 throughput of
 //! AVX-512. Products are exact and summed in f32, so the only rounding is that of the operands
-//! to bf16 (8 significant bits): the usual mixed-precision trade, offered for weights that are
-//! not trained (the emulator), where the emulator's own compression dwarfs it.
+//! to bf16 (8 significant bits): the usual mixed-precision trade, offered first for weights that
+//! are not trained (the emulator), where the emulator's own compression dwarfs it.
 //!
-//! The right operand is packed once, ahead of time ([`PackedRhs`]), in the "VNNI" layout the
-//! tiles need (pairs of consecutive `k` side by side); the left operand (activations) is
-//! rounded to bf16 per call. Stable Rust has no AMX intrinsics, so the handful of tile
+//! The right operand is packed ([`PackedRhs`]) in the "VNNI" layout the tiles need (pairs of
+//! consecutive `k` side by side) — once for a frozen weight, per call for anything else; the
+//! left operand is rounded to bf16 per call. Stable Rust has no AMX intrinsics, so the handful of tile
 //! instructions are inline assembly; the compiler never allocates tile registers itself, so the
 //! tile state cannot be disturbed between the blocks.
 
