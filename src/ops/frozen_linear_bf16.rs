@@ -7,7 +7,7 @@
 //! runs along a row of `W` in the forward but down a column in the backward.
 
 use super::amx::{self, PackedRhs};
-use super::cpu::{slice, MatRef};
+use super::cpu::{slice, with_f32, MatRef};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, OnceLock};
 
@@ -38,12 +38,19 @@ impl std::fmt::Debug for Bf16Weight {
     }
 }
 
-/// `(data, row stride, column stride)` of an `[out, in]` view, as f32 (a bf16 source is widened
-/// for the duration of the packing: exact, and one matrix at a time).
-fn f32_view(w: &Tensor) -> Result<(Vec<f32>, usize, usize)> {
-    let w = w.to_dtype(DType::F32)?.contiguous()?;
-    let (_, in_f) = w.dims2()?;
-    Ok((w.flatten_all()?.to_vec1::<f32>()?, in_f, 1))
+/// Packs an `[out, in]` view for the forward (`Wᵀ`, `k = in`) or the backward (`W`, `k = out`).
+/// A bf16 source is widened for the duration of the packing (exact, one matrix at a time); an
+/// f32 row-major one is read in place.
+fn pack_view(w: &Tensor, forward: bool) -> Result<PackedRhs> {
+    let (out_f, in_f) = w.dims2()?;
+    with_f32(&w.to_dtype(DType::F32)?, |data| {
+        // Row-major W[o][i] at o·in + i: rows of Wᵀ step by 1, its columns by `in`.
+        Ok(if forward {
+            PackedRhs::pack(data, in_f, out_f, 1, in_f)
+        } else {
+            PackedRhs::pack(data, out_f, in_f, in_f, 1)
+        })
+    })
 }
 
 impl Bf16Weight {
@@ -61,9 +68,7 @@ impl Bf16Weight {
             stored.clone()
         };
         let (out_f, in_f) = w.dims2()?;
-        let (data, rs, cs) = f32_view(&w)?;
-        // Wᵀ[i][o] = W[o][i] sits at o·rs + i·cs: rows of Wᵀ step by cs, columns by rs.
-        let forward = PackedRhs::pack(&data, in_f, out_f, cs, rs);
+        let forward = pack_view(&w, true)?;
         Ok(Some(Bf16Weight {
             source: stored.clone(),
             transposed,
@@ -94,8 +99,7 @@ impl Bf16Weight {
         } else {
             self.source.clone()
         };
-        let (data, rs, cs) = f32_view(&w)?;
-        let packed = PackedRhs::pack(&data, self.out_features, self.in_features, rs, cs);
+        let packed = pack_view(&w, false)?;
         Ok(self.backward.get_or_init(|| packed))
     }
 
@@ -159,11 +163,8 @@ pub fn frozen_linear_bf16(x: &Tensor, w: &Arc<Bf16Weight>) -> Result<Tensor> {
     if x.dtype() != DType::F32 {
         candle_core::bail!("frozen_linear_bf16: input is {:?}, not f32", x.dtype());
     }
-    let x = if x.is_contiguous() {
-        x.clone()
-    } else {
-        x.contiguous()?
-    };
+    // `contiguous` is a cheap clone when `x` already is.
+    let x = x.contiguous()?;
     x.apply_op1(Bf16Linear {
         weight: w.clone(),
         transposed: false,

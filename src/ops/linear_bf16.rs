@@ -107,11 +107,8 @@ pub fn linear_bf16(x: &Tensor, w: &Tensor) -> Result<Tensor> {
             w.dtype()
         );
     }
-    let x = if x.is_contiguous() {
-        x.clone()
-    } else {
-        x.contiguous()?
-    };
+    // `contiguous` is a cheap clone when `x` already is.
+    let x = x.contiguous()?;
     x.apply_op2(w, LinearBf16)
 }
 

@@ -184,11 +184,8 @@ pub fn lora_linear_bf16(
             candle_core::bail!("lora_linear_bf16: needs f32 operands, got {:?}", t.dtype());
         }
     }
-    let x = if x.is_contiguous() {
-        x.clone()
-    } else {
-        x.contiguous()?
-    };
+    // `contiguous` is a cheap clone when `x` already is.
+    let x = x.contiguous()?;
     let op = LoraLinear {
         base: base.clone(),
         scale: scale as f32,
