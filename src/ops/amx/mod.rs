@@ -13,6 +13,8 @@
 //! instructions are inline assembly; the compiler never allocates tile registers itself, so the
 //! tile state cannot be disturbed between the blocks.
 
+mod pack;
+
 use super::cpu::MatRef;
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -36,7 +38,11 @@ pub fn available() -> bool {
             let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
             let amx_bf16 = leaf7.edx & (1 << 22) != 0;
             let amx_tile = leaf7.edx & (1 << 24) != 0;
-            amx_bf16 && amx_tile && request_tile_permission()
+            // Operands are rounded with AVX-512 BF16 (`pack`), which every AMX CPU has.
+            let rounding = std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512bf16");
+            amx_bf16 && amx_tile && rounding && request_tile_permission()
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -120,7 +126,7 @@ impl PackedRhs {
                 for kb in 0..kp / TILE_K {
                     for h in 0..2 {
                         let tile = &mut out[(kb * 2 + h) * TILE_ELEMS..][..TILE_ELEMS];
-                        pack_rhs_tile(&src, kb * TILE_K, j * BLOCK + h * 16, tile);
+                        pack::rhs_tile(&src, kb * TILE_K, j * BLOCK + h * 16, tile);
                     }
                 }
             });
@@ -138,72 +144,17 @@ impl PackedRhs {
     }
 }
 
-/// Element `(r, c)` of a strided matrix.
-#[inline(always)]
-fn at(m: &Strided, r: usize, c: usize) -> f32 {
-    m.data[r * m.rs + c * m.cs]
-}
-
-/// One 32 × 16 block of the right operand (rows `r0..`, columns `c0..`) as a VNNI tile:
-/// row `p` holds, for each of the 16 columns, the pair of rows `2p`, `2p + 1`. Missing rows and
-/// columns stay zero.
-#[inline(always)]
-fn pack_rhs_tile(src: &Strided, r0: usize, c0: usize, tile: &mut [u16]) {
-    let (rows, cols) = (
-        src.rows.saturating_sub(r0).min(32),
-        src.cols.saturating_sub(c0).min(16),
-    );
-    if rows == 32 && cols == 16 {
-        for p in 0..16 {
-            let out = &mut tile[p * 32..][..32];
-            for c in 0..16 {
-                out[2 * c] = to_bf16(at(src, r0 + 2 * p, c0 + c));
-                out[2 * c + 1] = to_bf16(at(src, r0 + 2 * p + 1, c0 + c));
-            }
-        }
-        return;
-    }
-    for r in 0..rows {
-        for c in 0..cols {
-            tile[(r / 2 * 16 + c) * 2 + r % 2] = to_bf16(at(src, r0 + r, c0 + c));
-        }
-    }
-}
-
 /// The left operand rounded to bf16 and laid out as tiles: for each band of 16 rows, its `k/32`
 /// tiles of 16 × 32 one after the other (1 KB each, so a tile load reads one contiguous run).
 /// Rows and columns are padded to 32 with zeros.
 #[inline(never)]
 fn pack_lhs(a: &Strided, kp: usize) -> Vec<u16> {
-    let (m, k) = (a.rows, a.cols);
+    let m = a.rows;
     let mp = round_up(m.max(1), BLOCK);
     let mut out = vec![0u16; mp * kp];
     out.par_chunks_mut(kp * 16)
         .enumerate()
-        .for_each(|(band, tiles)| {
-            let rows = 16.min(m.saturating_sub(band * 16));
-            if a.cs != 1 {
-                // Columns are the contiguous direction (`dyᵀ`, say): walk each column's run of
-                // this band's rows, not each row down a column of far-apart cache lines.
-                for c in 0..k {
-                    let tile = &mut tiles[c / TILE_K * TILE_ELEMS + c % TILE_K..];
-                    for r in 0..rows {
-                        tile[r * TILE_K] = to_bf16(at(a, band * 16 + r, c));
-                    }
-                }
-                return;
-            }
-            for r in 0..rows {
-                let i = band * 16 + r;
-                let row = &a.data[i * a.rs..][..k];
-                for (kb, chunk) in row.chunks(TILE_K).enumerate() {
-                    let dst = &mut tiles[kb * TILE_ELEMS + r * TILE_K..][..chunk.len()];
-                    for (o, &x) in dst.iter_mut().zip(chunk) {
-                        *o = to_bf16(x);
-                    }
-                }
-            }
-        });
+        .for_each(|(band, tiles)| pack::lhs_band(a, band, tiles));
     out
 }
 
@@ -273,24 +224,55 @@ unsafe fn matmul_raw(a: &Strided, b: &PackedRhs, out: *mut f32) {
     let mp = lhs.len() / kp;
     let panels = round_up(n, BLOCK) / BLOCK;
     let out_ptr = OutPtr(out);
-    (0..panels)
-        .into_par_iter()
-        .with_min_len(panels.div_ceil(rayon::current_num_threads() * 4).max(1))
-        .for_each_init(
-            || {
-                // SAFETY: the config is a valid palette-1 layout; tiles are released below.
-                unsafe { std::arch::asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack)) };
-                TileGuard
-            },
-            |_guard, j| {
-                let panel = &b.data[j * kp * BLOCK..(j + 1) * kp * BLOCK];
-                for i in 0..mp / BLOCK {
-                    // SAFETY: tiles are configured on this thread; all loads are in bounds
-                    // (rows padded to 32, k to 32) and the stores go to this task's columns.
-                    unsafe { block(&lhs, kp, i, panel, out_ptr, m, n, j) };
-                }
-            },
-        );
+    // A long `k` (the LM head's backward sums over the vocabulary) is cut into slices whose
+    // operands stay in cache: a block over all of `k = 49,152` streams 3 MB of each operand
+    // from memory, for every block. Slices go one after the other, blocks adding to the sums
+    // the slice before stored.
+    let slices = kp.div_ceil(K_SLICE);
+    for s in 0..slices {
+        let ks = s * K_SLICE / TILE_K..((s + 1) * K_SLICE).min(kp) / TILE_K;
+        (0..panels)
+            .into_par_iter()
+            .with_min_len(panels.div_ceil(rayon::current_num_threads() * 4).max(1))
+            .for_each_init(
+                || {
+                    // SAFETY: the config is a valid palette-1 layout; tiles are released below.
+                    unsafe {
+                        std::arch::asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack))
+                    };
+                    TileGuard
+                },
+                |_guard, j| {
+                    let panel = &b.data[j * kp * BLOCK..(j + 1) * kp * BLOCK];
+                    for i in 0..mp / BLOCK {
+                        let tiles = Tiles {
+                            lhs: &lhs,
+                            kp,
+                            panel,
+                            ks: ks.clone(),
+                            accumulate: s > 0,
+                        };
+                        // SAFETY: tiles are configured on this thread; all loads are in bounds
+                        // (rows padded to 32, k to 32) and the stores go to this task's columns.
+                        unsafe { block(&tiles, i, out_ptr, m, n, j) };
+                    }
+                },
+            );
+    }
+}
+
+/// `k` per slice of a long product (see `matmul_raw`): 64 KB of a right panel and 128 KB of
+/// a pair of left bands.
+const K_SLICE: usize = 2048;
+
+/// What one block reads: the tiled left operand, one right panel, the range of `k` tiles to
+/// sum, and whether to add to the sums already in the output.
+struct Tiles<'a> {
+    lhs: &'a [u16],
+    kp: usize,
+    panel: &'a [u16],
+    ks: std::ops::Range<usize>,
+    accumulate: bool,
 }
 
 /// Releases the tile state when a worker's batch of panels is done.
@@ -303,31 +285,58 @@ impl Drop for TileGuard {
 }
 
 /// One 32 × 32 output block: rows `32i..`, columns `32j..`. (Not inlined, so profiles name it.)
-#[allow(clippy::too_many_arguments)]
 #[inline(never)]
-unsafe fn block(
-    lhs: &[u16],
-    kp: usize,
-    i: usize,
-    panel: &[u16],
-    out: OutPtr,
-    m: usize,
-    n: usize,
-    j: usize,
-) {
+unsafe fn block(t: &Tiles, i: usize, out: OutPtr, m: usize, n: usize, j: usize) {
     use std::arch::asm;
+    let kp = t.kp;
     // Bands 2i and 2i + 1 of the tiled left operand.
-    let a0 = lhs.as_ptr().add(i * BLOCK * kp);
+    let a0 = t.lhs.as_ptr().add(i * BLOCK * kp);
     let a1 = a0.add(16 * kp);
-    let b = panel.as_ptr();
-    asm!(
-        "tilezero tmm0",
-        "tilezero tmm1",
-        "tilezero tmm2",
-        "tilezero tmm3",
-        options(nostack)
-    );
-    for kb in 0..kp / TILE_K {
+    let b = t.panel.as_ptr();
+    let (r0, c0) = (i * BLOCK, j * BLOCK);
+    let inside = r0 + BLOCK <= m && c0 + BLOCK <= n;
+    let (rows, cols) = (BLOCK.min(m - r0), BLOCK.min(n - c0));
+    // An edge block goes through a scratch block, keeping only the rows and columns that exist
+    // (the rest of it is never read back: left uninitialised rather than zeroed every block).
+    let mut scratch = std::mem::MaybeUninit::<[f32; BLOCK * BLOCK]>::uninit();
+    let scratch = scratch.as_mut_ptr().cast::<f32>();
+    let (base, stride) = if inside {
+        (out.0.add(r0 * n + c0), n)
+    } else {
+        (scratch, BLOCK)
+    };
+    if !t.accumulate {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack)
+        );
+    } else {
+        if !inside {
+            for r in 0..rows {
+                std::ptr::copy_nonoverlapping(
+                    out.0.add((r0 + r) * n + c0),
+                    scratch.add(r * BLOCK),
+                    cols,
+                );
+            }
+        }
+        asm!(
+            "tileloadd tmm0, [{p00} + {s}*1]",
+            "tileloadd tmm1, [{p01} + {s}*1]",
+            "tileloadd tmm2, [{p10} + {s}*1]",
+            "tileloadd tmm3, [{p11} + {s}*1]",
+            p00 = in(reg) base,
+            p01 = in(reg) base.add(16),
+            p10 = in(reg) base.add(16 * stride),
+            p11 = in(reg) base.add(16 * stride + 16),
+            s = in(reg) stride * 4,
+            options(nostack)
+        );
+    }
+    for kb in t.ks.clone() {
         let b0 = b.add(kb * 2 * TILE_ELEMS);
         let b1 = b0.add(TILE_ELEMS);
         asm!(
@@ -348,15 +357,6 @@ unsafe fn block(
             options(nostack)
         );
     }
-    let (r0, c0) = (i * BLOCK, j * BLOCK);
-    let inside = r0 + BLOCK <= m && c0 + BLOCK <= n;
-    // An edge block goes through a scratch block, keeping only the rows and columns that exist.
-    let mut scratch = std::mem::MaybeUninit::<[f32; BLOCK * BLOCK]>::uninit();
-    let (base, stride) = if inside {
-        (out.0.add(r0 * n + c0), n)
-    } else {
-        (scratch.as_mut_ptr().cast::<f32>(), BLOCK)
-    };
     asm!(
         "tilestored [{p00} + {s}*1], tmm0",
         "tilestored [{p01} + {s}*1], tmm1",
@@ -372,12 +372,8 @@ unsafe fn block(
     if inside {
         return;
     }
-    // The four tile stores wrote all of it.
-    let scratch = scratch.assume_init_ref();
-    for r in 0..BLOCK.min(m - r0) {
-        for c in 0..BLOCK.min(n - c0) {
-            *out.0.add((r0 + r) * n + c0 + c) = scratch[r * BLOCK + c];
-        }
+    for r in 0..rows {
+        std::ptr::copy_nonoverlapping(scratch.add(r * BLOCK), out.0.add((r0 + r) * n + c0), cols);
     }
 }
 
@@ -433,6 +429,8 @@ mod tests {
             (7, 40, 33),
             (50, 576, 192),
             (1, 5, 3),
+            // Longer than a slice of `k`, with ragged edges: sums carried across slices.
+            (40, 2 * K_SLICE + 70, 50),
         ] {
             let a = lcg(1 + m as u64, m * k);
             let b = lcg(2 + n as u64, k * n);
