@@ -112,7 +112,7 @@ fn lm_head_loss(c: &mut Criterion) {
     let targets: Vec<u32> = (0..TOKENS).map(|i| (i * 7919 % VOCAB) as u32).collect();
     let weights = vec![1.0 / TOKENS as f64; TOKENS];
     pair(c, "lm_head_loss/fused", &h, |h| {
-        ops::lm_head_loss(h, &w, false, &targets, &weights, None)
+        ops::lm_head_loss(h, &w, false, &targets, &weights, ops::HeadProducts::F32)
     });
     let t = Tensor::new(targets.as_slice(), &Device::Cpu).expect("targets");
     pair(c, "lm_head_loss/logits", &h, |h| {

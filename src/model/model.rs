@@ -27,8 +27,11 @@ pub struct Model {
     /// for accurate angles at long positions.
     inv_freq: Vec<(f64, Vec<f64>)>,
     device: Device,
-    /// The frozen LM head packed in bf16 for AMX tiles ([`Model::pack_frozen_bf16`]).
+    /// The frozen LM head packed in bf16 for AMX tiles ([`Model::set_precision`]).
     head_bf16: Option<std::sync::Arc<crate::ops::Bf16Weight>>,
+    /// A trained head's products run in bf16 on AMX tiles, packed per call
+    /// ([`Precision::Bf16`](super::Precision::Bf16)).
+    head_bf16_trained: bool,
 }
 
 /// One KV cache per layer, for incremental decoding.
@@ -87,6 +90,7 @@ impl Clone for Model {
             inv_freq: self.inv_freq.clone(),
             device: self.device.clone(),
             head_bf16: self.head_bf16.clone(),
+            head_bf16_trained: self.head_bf16_trained,
         }
     }
 }
@@ -137,6 +141,7 @@ impl Model {
             inv_freq,
             device,
             head_bf16: None,
+            head_bf16_trained: false,
         })
     }
 
@@ -214,17 +219,23 @@ impl Model {
     /// Sets which products run in bf16 on AMX tiles (see [`Precision`](super::Precision)):
     /// frozen linear maps are stored in bf16 and packed ([`Linear::pack_bf16`](
     /// super::Linear::pack_bf16)), a frozen head is packed (it stays f32: it may be the
-    /// embedding too), trained maps are flagged. Call it after choosing what trains. Returns
+    /// embedding too), trained maps and a trained head are flagged (packed per call). Call it after choosing what trains. Returns
     /// the bytes of the packed copies (0, and no change, without AMX).
     pub fn set_precision(&mut self, precision: super::Precision) -> Result<usize> {
         use super::Precision;
         let frozen = precision != Precision::F32;
         self.head_bf16 = None;
         let head = self.head_weight();
+        let trained_bf16 = precision == Precision::Bf16
+            && head.is_trainable()
+            && head.tensor().dtype() == candle_core::DType::F32
+            && crate::ops::amx::available();
         if frozen && !head.is_trainable() {
             self.head_bf16 =
                 crate::ops::Bf16Weight::pack(head.tensor(), false)?.map(std::sync::Arc::new);
         }
+
+        self.head_bf16_trained = trained_bf16;
         let mut bytes = self.head_bf16.as_ref().map_or(0, |p| p.bytes());
         for layer in self.layers.iter_mut() {
             for (_, linear) in layer.linears_mut() {
@@ -378,6 +389,18 @@ impl Model {
         self.head_bf16
             .as_ref()
             .filter(|p| p.packs(self.head_weight().tensor()))
+    }
+
+    /// Where the fused head + loss runs its products (see [`Model::set_precision`]).
+    pub fn head_products(&self) -> crate::ops::HeadProducts<'_> {
+        use crate::ops::HeadProducts;
+        match self.head_bf16() {
+            Some(packed) => HeadProducts::Packed(packed),
+            None if self.head_bf16_trained && self.head_weight().is_trainable() => {
+                HeadProducts::PackPerCall
+            }
+            None => HeadProducts::F32,
+        }
     }
 
     /// Final-normed hidden states for `ids` continuing the cached positions; extends the cache.

@@ -39,7 +39,20 @@ fn as_f32_mut<T: Float>(x: &mut [T]) -> Option<&mut [f32]> {
         .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast(), x.len()) })
 }
 
-/// A frozen head's bf16 packings, for its two products on AMX tiles.
+/// Where the head's products run.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum HeadProducts<'a> {
+    /// In f32.
+    #[default]
+    F32,
+    /// In bf16 on AMX tiles, with a frozen head's packings (made once).
+    Packed(&'a Arc<Bf16Weight>),
+    /// In bf16 on AMX tiles, a trained head packed on every call (it changes every step); its
+    /// gradient is summed in f32.
+    PackPerCall,
+}
+
+/// A head's bf16 packings, for its products on AMX tiles.
 #[derive(Clone, Copy)]
 struct HeadTiles<'a> {
     /// `Wᵀ`, for the logits.
@@ -48,8 +61,8 @@ struct HeadTiles<'a> {
     backward: Option<&'a PackedRhs>,
 }
 
-/// Runs the chunked head over `h` (`n × d`) with head `w` (`v × d`); with `amx` (f32 only, frozen
-/// head) its products run on AMX tiles.
+/// Runs the chunked head over `h` (`n × d`) with head `w` (`v × d`); with `amx` (f32 only) its
+/// products run on AMX tiles.
 fn run<T: Float>(
     h: &[T],
     w: &[T],
@@ -59,7 +72,7 @@ fn run<T: Float>(
     head_grad: bool,
     amx: Option<HeadTiles>,
 ) -> Pass<T> {
-    let amx = amx.filter(|_| !head_grad && T::DTYPE == candle_core::DType::F32);
+    let amx = amx.filter(|_| T::DTYPE == candle_core::DType::F32);
     let n = targets.len();
     let v = w.len() / d;
     let mut nll = vec![T::zero(); n];
@@ -109,7 +122,18 @@ fn run<T: Float>(
                 None => matmul_into(dh_rows, dl, MatRef::row_major(w, v, d), false),
             }
             if head_grad {
-                matmul_into(&mut dw, dl.t(), hc, true);
+                match amx {
+                    // dW += dlᵀ · h, `dlᵀ` read through strides.
+                    Some(_) => {
+                        let hc = as_f32(hc.data).expect("f32");
+                        amx::matmul_add(
+                            &MatRef::row_major(as_f32(lc).expect("f32"), rows, v).t(),
+                            &PackedRhs::pack(hc, rows, d, d, 1),
+                            as_f32_mut(&mut dw).expect("f32"),
+                        )
+                    }
+                    None => matmul_into(&mut dw, dl.t(), hc, true),
+                }
             }
         }
     }
@@ -181,6 +205,8 @@ struct LmHeadLoss {
     need_grad: bool,
     /// The frozen head packed in bf16, when its products run on AMX tiles.
     bf16: Option<Arc<Bf16Weight>>,
+    /// The (trained) head is packed per call for AMX tiles.
+    pack_per_call: bool,
     grads: Mutex<Option<(Tensor, Option<Tensor>)>>,
 }
 
@@ -209,12 +235,24 @@ impl CustomOp2 for LmHeadLoss {
         dispatch_float!(s1, self.name(), T => {
             let (h, w) = (slice::<T>(s1, l1)?, slice::<T>(s2, l2)?);
             let weights = self.need_grad.then_some(self.weights.as_slice());
-            let tiles = match &self.bf16 {
-                Some(p) => Some(HeadTiles {
+            // A trained head changes every step: its packings are made here, used, dropped.
+            let per_call = (self.pack_per_call && T::DTYPE == candle_core::DType::F32).then(|| {
+                let w = as_f32(w).expect("f32");
+                let (v, d) = (w.len() / d, d);
+                let forward = PackedRhs::pack(w, d, v, 1, d);
+                let backward = self.need_grad.then(|| PackedRhs::pack(w, v, d, d, 1));
+                (forward, backward)
+            });
+            let tiles = match (&self.bf16, &per_call) {
+                (Some(p), _) => Some(HeadTiles {
                     forward: p.forward_rhs(),
                     backward: self.need_grad.then(|| p.backward_rhs()).transpose()?,
                 }),
-                None => None,
+                (None, Some((forward, backward))) => Some(HeadTiles {
+                    forward,
+                    backward: backward.as_ref(),
+                }),
+                (None, None) => None,
             };
             let pass = run(h, w, d, &self.targets, weights, self.head_grad, tiles);
             let loss: f64 = pass.nll.iter().zip(&self.weights).map(|(&l, &wt)| l.to_f64() * wt).sum();
@@ -246,15 +284,16 @@ impl CustomOp2 for LmHeadLoss {
 }
 
 /// `Σᵢ weightsᵢ · (−log softmax(h·wᵀ)ᵢ[targetsᵢ])` as a scalar tensor, differentiable in `h` and,
-/// when `head_trainable`, in `w`. `h` is `[n, d]`, `w` is `[v, d]`. A frozen head with a current
-/// bf16 packing (`bf16`) runs its products on AMX tiles.
+/// when `head_trainable`, in `w`. `h` is `[n, d]`, `w` is `[v, d]`. `products` says where the
+/// products run: a frozen head's current bf16 packing or per-call packing (f32 tensors, AMX
+/// present) put them on AMX tiles; anything else runs in f32.
 pub fn lm_head_loss(
     h: &Tensor,
     w: &Tensor,
     head_trainable: bool,
     targets: &[u32],
     weights: &[f64],
-    bf16: Option<&Arc<Bf16Weight>>,
+    products: HeadProducts,
 ) -> Result<Tensor> {
     if !h.device().is_cpu() {
         candle_core::bail!(
@@ -266,9 +305,18 @@ pub fn lm_head_loss(
         weights: weights.to_vec(),
         head_grad: head_trainable,
         need_grad: h.track_op() || head_trainable,
-        bf16: bf16
-            .filter(|p| !head_trainable && p.packs(w) && h.dtype() == candle_core::DType::F32)
-            .cloned(),
+        bf16: match products {
+            HeadProducts::Packed(p)
+                if !head_trainable && p.packs(w) && h.dtype() == candle_core::DType::F32 =>
+            {
+                Some(p.clone())
+            }
+            _ => None,
+        },
+        pack_per_call: matches!(products, HeadProducts::PackPerCall)
+            && h.dtype() == candle_core::DType::F32
+            && w.dtype() == candle_core::DType::F32
+            && super::amx::available(),
         grads: Mutex::new(None),
     };
     let w = if head_trainable {
@@ -332,7 +380,7 @@ mod tests {
         let (targets, weights) = case(n);
         let h = Var::from_tensor(&rand_tensor(&[n, 16], DType::F32, 1)?)?;
         let w = Var::from_tensor(&rand_tensor(&[300, 16], DType::F32, 2)?)?;
-        let fused = lm_head_loss(&h, &w, true, &targets, &weights, None)?;
+        let fused = lm_head_loss(&h, &w, true, &targets, &weights, HeadProducts::F32)?;
         let plain = reference(&h, &w, &targets, &weights)?;
         assert_close(&fused, &plain, 1e-5)?;
         let (gf, gp) = (fused.backward()?, plain.backward()?);
@@ -358,8 +406,15 @@ mod tests {
         let w = round(rand_tensor(&[300, 64], DType::F32, 2)?)?;
         let packed = Arc::new(Bf16Weight::pack(&w, false)?.expect("AMX is available"));
         let hv = Var::from_tensor(&h)?;
-        let amx = lm_head_loss(&hv, &w, false, &targets, &weights, Some(&packed))?;
-        let f32 = lm_head_loss(&hv, &w, false, &targets, &weights, None)?;
+        let amx = lm_head_loss(
+            &hv,
+            &w,
+            false,
+            &targets,
+            &weights,
+            HeadProducts::Packed(&packed),
+        )?;
+        let f32 = lm_head_loss(&hv, &w, false, &targets, &weights, HeadProducts::F32)?;
         // Same operands (already bf16 values): only the summation order differs...
         assert_close(&amx, &f32, 1e-5)?;
         // ...except that the gradient's softmax is rounded to bf16 entering `dl · W`.
@@ -367,8 +422,36 @@ mod tests {
         assert_close(ga.get(&hv).unwrap(), gf.get(&hv).unwrap(), 1e-4)?;
         // A packing of another tensor is never used.
         let other = Arc::new(Bf16Weight::pack(&(&w * 2.0)?, false)?.expect("AMX"));
-        let stale = lm_head_loss(&hv, &w, false, &targets, &weights, Some(&other))?;
+        let stale = lm_head_loss(
+            &hv,
+            &w,
+            false,
+            &targets,
+            &weights,
+            HeadProducts::Packed(&other),
+        )?;
         assert_close(&stale, &f32, 1e-6)
+    }
+
+    #[test]
+    fn trained_bf16_head_matches_the_f32_head_on_rounded_operands() -> Result<()> {
+        if !crate::ops::amx::available() {
+            eprintln!("skipped: no AMX on this CPU");
+            return Ok(());
+        }
+        let round = |t: Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);
+        // Several chunks, so the head's gradient is summed over them.
+        let n = 2 * CHUNK + 37;
+        let (targets, weights) = case(n);
+        let h = Var::from_tensor(&round(rand_tensor(&[n, 64], DType::F32, 1)?)?)?;
+        let w = Var::from_tensor(&round(rand_tensor(&[300, 64], DType::F32, 2)?)?)?;
+        let amx = lm_head_loss(&h, &w, true, &targets, &weights, HeadProducts::PackPerCall)?;
+        let f32 = lm_head_loss(&h, &w, true, &targets, &weights, HeadProducts::F32)?;
+        assert_close(&amx, &f32, 1e-5)?;
+        // The gradients differ by the rounding of the logits' gradient entering both products.
+        let (ga, gf) = (amx.backward()?, f32.backward()?);
+        assert_close(ga.get(&h).unwrap(), gf.get(&h).unwrap(), 1e-4)?;
+        assert_close(ga.get(&w).unwrap(), gf.get(&w).unwrap(), 1e-4)
     }
 
     #[test]
@@ -378,11 +461,11 @@ mod tests {
         let h = rand_tensor(&[5, 4], DType::F64, 3)?;
         let w = rand_tensor(&[7, 4], DType::F64, 4)?;
         check_gradients(&[h.clone(), w], |t| {
-            lm_head_loss(&t[0], &t[1], true, &targets, &weights, None)
+            lm_head_loss(&t[0], &t[1], true, &targets, &weights, HeadProducts::F32)
         })?;
         let w = rand_tensor(&[7, 4], DType::F64, 5)?;
         check_gradients(&[h], |t| {
-            lm_head_loss(&t[0], &w, false, &targets, &weights, None)
+            lm_head_loss(&t[0], &w, false, &targets, &weights, HeadProducts::F32)
         })
     }
 
@@ -391,7 +474,7 @@ mod tests {
         let (targets, weights) = case(6);
         let h = Var::from_tensor(&rand_tensor(&[6, 8], DType::F32, 6)?)?;
         let w = rand_tensor(&[300, 8], DType::F32, 7)?;
-        let g = lm_head_loss(&h, &w, false, &targets, &weights, None)?.backward()?;
+        let g = lm_head_loss(&h, &w, false, &targets, &weights, HeadProducts::F32)?.backward()?;
         assert!(g.get(&w).is_none() && g.get(&h).is_some());
         Ok(())
     }

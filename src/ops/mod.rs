@@ -26,7 +26,7 @@ pub use frozen_affine::frozen_affine;
 pub use frozen_linear::frozen_linear;
 pub use frozen_linear_bf16::{frozen_linear_bf16, Bf16Weight};
 pub use linear_bf16::linear_bf16;
-pub use lm_head_loss::{lm_head_loss, lm_head_nll};
+pub use lm_head_loss::{lm_head_loss, lm_head_nll, HeadProducts};
 pub use lora_linear::lora_linear_bf16;
 pub use rms_norm::rms_norm;
 pub use rope::rope;

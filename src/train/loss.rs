@@ -57,7 +57,7 @@ pub fn head_loss(model: &Model, hidden: &Tensor, batch: &Batch) -> Result<Tensor
         head.is_trainable(),
         &targets,
         &weights,
-        model.head_bf16(),
+        model.head_products(),
     )
 }
 

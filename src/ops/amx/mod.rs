@@ -195,7 +195,14 @@ pub fn matmul(a: &[f32], m: usize, b: &PackedRhs, out: &mut [f32]) {
 pub fn matmul_strided(a: &Strided, b: &PackedRhs, out: &mut [f32]) {
     assert_eq!(out.len(), a.rows * b.n, "out is not m × n");
     // SAFETY: `out` holds m × n elements.
-    unsafe { matmul_raw(a, b, out.as_mut_ptr()) }
+    unsafe { matmul_raw(a, b, out.as_mut_ptr(), false) }
+}
+
+/// `out += a · b` (`out` row-major `m × n`): a weight gradient summed over chunks of rows.
+pub fn matmul_add(a: &Strided, b: &PackedRhs, out: &mut [f32]) {
+    assert_eq!(out.len(), a.rows * b.n, "out is not m × n");
+    // SAFETY: `out` holds m × n initialised elements.
+    unsafe { matmul_raw(a, b, out.as_mut_ptr(), true) }
 }
 
 /// `a · b` as a new row-major `m × n` vector, never zero-filled: the tiles write every element.
@@ -205,14 +212,15 @@ pub fn matmul_new(a: &Strided, b: &PackedRhs) -> Vec<f32> {
     // SAFETY: the capacity holds m × n elements, and `matmul_raw` writes each of them (whole
     // blocks by tile stores, edge blocks element by element) before the length covers them.
     unsafe {
-        matmul_raw(a, b, out.as_mut_ptr());
+        matmul_raw(a, b, out.as_mut_ptr(), false);
         out.set_len(len);
     }
     out
 }
 
-/// The product into `out`, which must have room for `m × n` elements (written, never read).
-unsafe fn matmul_raw(a: &Strided, b: &PackedRhs, out: *mut f32) {
+/// The product into `out`, which must have room for `m × n` elements: written and never read,
+/// or with `add`, initialised and added to.
+unsafe fn matmul_raw(a: &Strided, b: &PackedRhs, out: *mut f32, add: bool) {
     assert!(available(), "AMX bf16 tiles are not available");
     let (m, k, n) = (a.rows, b.k, b.n);
     assert_eq!(a.cols, k, "lhs columns differ from rhs rows");
@@ -250,7 +258,7 @@ unsafe fn matmul_raw(a: &Strided, b: &PackedRhs, out: *mut f32) {
                             kp,
                             panel,
                             ks: ks.clone(),
-                            accumulate: s > 0,
+                            accumulate: add || s > 0,
                         };
                         // SAFETY: tiles are configured on this thread; all loads are in bounds
                         // (rows padded to 32, k to 32) and the stores go to this task's columns.
