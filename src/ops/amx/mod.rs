@@ -149,12 +149,14 @@ impl PackedRhs {
 /// Rows and columns are padded to 32 with zeros.
 #[inline(never)]
 fn pack_lhs(a: &Strided, kp: usize) -> Vec<u16> {
-    let m = a.rows;
-    let mp = round_up(m.max(1), BLOCK);
-    let mut out = vec![0u16; mp * kp];
-    out.par_chunks_mut(kp * 16)
+    let mp = round_up(a.rows.max(1), BLOCK);
+    let mut out = Vec::with_capacity(mp * kp);
+    out.spare_capacity_mut()[..mp * kp]
+        .par_chunks_mut(kp * 16)
         .enumerate()
         .for_each(|(band, tiles)| pack::lhs_band(a, band, tiles));
+    // SAFETY: `lhs_band` wrote every element of every band.
+    unsafe { out.set_len(mp * kp) };
     out
 }
 

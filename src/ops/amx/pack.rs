@@ -14,6 +14,7 @@
 use super::{to_bf16, Strided, TILE_ELEMS, TILE_K};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 /// Element `(r, c)` of a strided matrix.
 #[inline(always)]
@@ -22,20 +23,29 @@ fn at(m: &Strided, r: usize, c: usize) -> f32 {
 }
 
 /// One band of 16 rows (`band·16..`) of the left operand as its `kp/32` consecutive 16 × 32
-/// tiles. `tiles` is zero-filled; rows and columns past the matrix stay zero.
-pub(super) fn lhs_band(a: &Strided, band: usize, tiles: &mut [u16]) {
+/// tiles, every element written: rows and columns past the matrix are zero. (The tiles are
+/// not zero-filled first: that was a memset of every left operand of every product.)
+pub(super) fn lhs_band(a: &Strided, band: usize, tiles: &mut [MaybeUninit<u16>]) {
     let rows = 16.min(a.rows.saturating_sub(band * 16));
     #[cfg(target_arch = "x86_64")]
-    if super::available() && (a.cs == 1 || a.rs == 1) {
+    if super::available() && a.cs == 1 {
+        // Rows past the matrix are zero; each row's vector path writes all `kp` columns.
+        let kp = tiles.len() / 16;
+        for kb in 0..kp / TILE_K {
+            tiles[kb * TILE_ELEMS + rows * TILE_K..(kb + 1) * TILE_ELEMS].fill(MaybeUninit::new(0));
+        }
         // SAFETY: AVX-512 BF16 is present (checked by `available`); reads stay inside the
         // matrix (masked) and writes inside `tiles`, which holds `kp/32` tiles.
-        unsafe {
-            if a.cs == 1 {
-                lhs_band_rows(a, band * 16, rows, tiles)
-            } else {
-                lhs_band_columns(a, band * 16, rows, tiles)
-            }
-        }
+        unsafe { lhs_band_rows(a, band * 16, rows, tiles.as_mut_ptr().cast()) };
+        return;
+    }
+    tiles.fill(MaybeUninit::new(0));
+    // SAFETY: every element was just written.
+    let tiles = unsafe { &mut *(tiles as *mut [MaybeUninit<u16>] as *mut [u16]) };
+    #[cfg(target_arch = "x86_64")]
+    if super::available() && a.rs == 1 {
+        // SAFETY: as above.
+        unsafe { lhs_band_columns(a, band * 16, rows, tiles) };
         return;
     }
     for r in 0..rows {
@@ -96,17 +106,17 @@ unsafe fn interleave_index() -> __m512i {
     _mm512_loadu_si512(idx.as_ptr().cast())
 }
 
-/// Row-major left operand: each row's run of 32 columns is one tile row.
+/// Row-major left operand: each row's run of 32 columns is one tile row (all `kp/32` tiles of
+/// rows `..rows` written through `tiles`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn lhs_band_rows(a: &Strided, row0: usize, rows: usize, tiles: &mut [u16]) {
+unsafe fn lhs_band_rows(a: &Strided, row0: usize, rows: usize, tiles: *mut u16) {
     let k = a.cols;
     for r in 0..rows {
         let row = a.data[(row0 + r) * a.rs..][..k].as_ptr();
         for kb in 0..k.div_ceil(TILE_K) {
             let v = round32(row.add(kb * TILE_K), k - kb * TILE_K);
-            let dst = tiles[kb * TILE_ELEMS + r * TILE_K..][..TILE_K].as_mut_ptr();
-            _mm512_storeu_si512(dst.cast(), v);
+            _mm512_storeu_si512(tiles.add(kb * TILE_ELEMS + r * TILE_K).cast(), v);
         }
     }
 }
@@ -240,9 +250,13 @@ mod tests {
                     rs,
                     cs,
                 };
-                for band in 0..rows.div_ceil(16) {
-                    let mut got = vec![0u16; kp * 16];
+                // One band past the rows too: padding bands are all zero.
+                for band in 0..=rows.div_ceil(16) {
+                    // Garbage in the buffer must not survive: every element is written.
+                    let mut got = vec![MaybeUninit::new(0xdeadu16); kp * 16];
                     lhs_band(&m, band, &mut got);
+                    // SAFETY: initialised above.
+                    let got: Vec<u16> = got.iter().map(|x| unsafe { x.assume_init() }).collect();
                     assert_eq!(
                         got,
                         lhs_reference(&m, band, kp),
