@@ -160,6 +160,36 @@ fn bf16(c: &mut Criterion) {
             * 4.0)?;
         ops::frozen_linear(x, &w)? + branch
     });
+    // Attention's products on the tiles against f32 (SmolLM2's heads).
+    let q = Var::from_tensor(&randn(&[4, SEQ, HEADS, HEAD_DIM])).expect("var");
+    let k = Var::from_tensor(&randn(&[4, SEQ, 3, HEAD_DIM])).expect("var");
+    let v = Var::from_tensor(&randn(&[4, SEQ, 3, HEAD_DIM])).expect("var");
+    let scale = 1.0 / (HEAD_DIM as f64).sqrt();
+    for (name, bf16) in [("attention/amx", true), ("attention/f32", false)] {
+        pair(c, name, &q, |q| {
+            ops::attention_with(
+                q,
+                k.as_tensor(),
+                v.as_tensor(),
+                scale,
+                Default::default(),
+                bf16,
+            )
+        });
+    }
+    // A trained head (the tied embedding under full fine-tuning): per-call packing on the tiles.
+    let h = Var::from_tensor(&(randn(&[TOKENS, HIDDEN]) * 0.05).expect("scale")).expect("var");
+    let head = Var::from_tensor(&(randn(&[VOCAB, HIDDEN]) * 0.05).expect("scale")).expect("var");
+    let targets: Vec<u32> = (0..TOKENS).map(|i| (i * 7919 % VOCAB) as u32).collect();
+    let weights = vec![1.0 / TOKENS as f64; TOKENS];
+    for (name, products) in [
+        ("lm_head_loss_trained/amx", ops::HeadProducts::PackPerCall),
+        ("lm_head_loss_trained/f32", ops::HeadProducts::F32),
+    ] {
+        pair(c, name, &h, |h| {
+            ops::lm_head_loss(h, head.as_tensor(), true, &targets, &weights, products)
+        });
+    }
 }
 
 criterion_group!(

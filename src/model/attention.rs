@@ -17,13 +17,15 @@ pub struct AttentionSpec<'a> {
 }
 
 /// Attention of `q` (`[b, t, heads, hd]`) over `k`, `v` (`[b, t, kv_heads, hd]`, after any
-/// RoPE), continuing and extending `cache`; returns `[b, t, heads·hd]`.
+/// RoPE), continuing and extending `cache`; returns `[b, t, heads·hd]`. With `bf16`, the
+/// products run on AMX tiles ([`ops::attention_with`]).
 pub fn attend(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     cache: Option<&mut LayerCache>,
     spec: AttentionSpec,
+    bf16: bool,
 ) -> Result<Tensor> {
     let (mut k, mut v) = (k.clone(), v.clone());
     if let Some(cache) = cache {
@@ -34,7 +36,7 @@ pub fn attend(
         cache.k = Some(k.clone());
         cache.v = Some(v.clone());
     }
-    ops::attention(q, &k, &v, spec.scale, spec.mask)
+    ops::attention_with(q, &k, &v, spec.scale, spec.mask, bf16)
 }
 
 /// Attention with RoPE (θ `theta`, HF's rotate-half layout) over projected `q`, `k`, `v`
@@ -61,5 +63,5 @@ pub fn rotary_attention(
     let (cos, sin) = ctx.rope(theta)?;
     let q = ops::rope(&q, cos, sin)?;
     let k = ops::rope(&k, cos, sin)?;
-    attend(&q, &k, &v, cache, spec)
+    attend(&q, &k, &v, cache, spec, ctx.bf16_products)
 }

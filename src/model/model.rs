@@ -29,9 +29,9 @@ pub struct Model {
     device: Device,
     /// The frozen LM head packed in bf16 for AMX tiles ([`Model::set_precision`]).
     head_bf16: Option<std::sync::Arc<crate::ops::Bf16Weight>>,
-    /// A trained head's products run in bf16 on AMX tiles, packed per call
-    /// ([`Precision::Bf16`](super::Precision::Bf16)).
-    head_bf16_trained: bool,
+    /// Products of trained weights and of activations (a trained head, attention) run in bf16
+    /// on AMX tiles ([`Precision::Bf16`](super::Precision::Bf16)).
+    bf16_products: bool,
 }
 
 /// One KV cache per layer, for incremental decoding.
@@ -90,7 +90,7 @@ impl Clone for Model {
             inv_freq: self.inv_freq.clone(),
             device: self.device.clone(),
             head_bf16: self.head_bf16.clone(),
-            head_bf16_trained: self.head_bf16_trained,
+            bf16_products: self.bf16_products,
         }
     }
 }
@@ -141,7 +141,7 @@ impl Model {
             inv_freq,
             device,
             head_bf16: None,
-            head_bf16_trained: false,
+            bf16_products: false,
         })
     }
 
@@ -219,23 +219,20 @@ impl Model {
     /// Sets which products run in bf16 on AMX tiles (see [`Precision`](super::Precision)):
     /// frozen linear maps are stored in bf16 and packed ([`Linear::pack_bf16`](
     /// super::Linear::pack_bf16)), a frozen head is packed (it stays f32: it may be the
-    /// embedding too), trained maps and a trained head are flagged (packed per call). Call it after choosing what trains. Returns
+    /// embedding too), trained maps, a trained head and attention are flagged (their operands
+    /// rounded per call). Call it after choosing what trains. Returns
     /// the bytes of the packed copies (0, and no change, without AMX).
     pub fn set_precision(&mut self, precision: super::Precision) -> Result<usize> {
         use super::Precision;
         let frozen = precision != Precision::F32;
         self.head_bf16 = None;
         let head = self.head_weight();
-        let trained_bf16 = precision == Precision::Bf16
-            && head.is_trainable()
-            && head.tensor().dtype() == candle_core::DType::F32
-            && crate::ops::amx::available();
         if frozen && !head.is_trainable() {
             self.head_bf16 =
                 crate::ops::Bf16Weight::pack(head.tensor(), false)?.map(std::sync::Arc::new);
         }
 
-        self.head_bf16_trained = trained_bf16;
+        self.bf16_products = precision == Precision::Bf16 && crate::ops::amx::available();
         let mut bytes = self.head_bf16.as_ref().map_or(0, |p| p.bytes());
         for layer in self.layers.iter_mut() {
             for (_, linear) in layer.linears_mut() {
@@ -297,6 +294,7 @@ impl Model {
             offset,
             rope,
             dropout_seed: None,
+            bf16_products: self.bf16_products,
         })
     }
 
@@ -396,7 +394,7 @@ impl Model {
         use crate::ops::HeadProducts;
         match self.head_bf16() {
             Some(packed) => HeadProducts::Packed(packed),
-            None if self.head_bf16_trained && self.head_weight().is_trainable() => {
+            None if self.bf16_products && self.head_weight().is_trainable() => {
                 HeadProducts::PackPerCall
             }
             None => HeadProducts::F32,

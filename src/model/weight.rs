@@ -5,8 +5,8 @@ use crate::ops;
 use candle_core::{DType, Result, Tensor, Var, D};
 use std::sync::Arc;
 
-/// Which matrix products run in bf16 on AMX tiles (sums in f32). Everything else (norms,
-/// attention, the loss, gradients of non-matrix ops, the optimizer) is f32 in every setting.
+/// Which matrix products run in bf16 on AMX tiles (sums in f32). Everything else (norms, the
+/// softmax, the loss, gradients of non-matrix ops, the optimizer) is f32 in every setting.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Precision {
@@ -16,8 +16,9 @@ pub enum Precision {
     /// Frozen weights (the emulator, a frozen head, LoRA's base maps) stored in bf16 and
     /// multiplied on AMX tiles; trained maps in f32.
     FrozenBf16,
-    /// Also the trained linear maps' products (forward, input and weight gradients) in bf16,
-    /// as PyTorch's autocast does; weights, their gradients and AdamW's moments stay f32.
+    /// Also the products of trained weights (linear maps and a trained LM head: forward, input
+    /// and weight gradients) and attention's (scores, weighted values, their gradients) in
+    /// bf16, as PyTorch's autocast does; weights, their gradients and AdamW's moments stay f32.
     Bf16,
 }
 

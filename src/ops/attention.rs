@@ -9,7 +9,8 @@
 //! that their key/value gradients add up without synchronisation. The probabilities are kept
 //! for the backward (`[b, heads, t, s]`, as the composition keeps them too); the scores are not.
 
-use super::cpu::{dispatch_float, matmul_serial, slice, storage, Float, MatRef};
+use super::amx;
+use super::cpu::{as_f32_mut, dispatch_float, matmul_serial, slice, storage, Float, MatRef};
 use super::softmax::{softmax_grad_row, softmax_row, SoftmaxMask};
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -80,16 +81,30 @@ impl Dims {
     }
 }
 
+/// One product of a work item, `c = a · b` (or `c += a · b`): in `T`, or with `bf16` (f32
+/// data, AMX present) on AMX tiles with the operands rounded to bf16.
+fn product<T: Float>(c: &mut [T], a: MatRef<T>, b: MatRef<T>, accumulate: bool, bf16: bool) {
+    if bf16 {
+        if let (Some(a32), Some(b32), Some(c32)) = (a.as_f32(), b.as_f32(), as_f32_mut(c)) {
+            return amx::matmul_serial(&a32, &b32, &mut c32[..a.rows * b.cols], accumulate);
+        }
+    }
+    matmul_serial(c, a, b, accumulate)
+}
+
 /// The masking and scaling of the scores.
 #[derive(Clone, Debug)]
 struct Scoring {
     scale: f64,
     window: Option<usize>,
     alibi: Option<Vec<f64>>,
+    /// The four products (two forward, four backward) on AMX tiles in bf16.
+    bf16: bool,
 }
 
 /// Output `[b, t, nh·hd]` and probabilities `[b, nh, t, s]`.
 fn forward_kernel<T: Float>(q: &[T], k: &[T], v: &[T], d: Dims, sc: &Scoring) -> (Vec<T>, Vec<T>) {
+    let bf16 = sc.bf16;
     let Dims {
         b,
         t,
@@ -113,7 +128,13 @@ fn forward_kernel<T: Float>(q: &[T], k: &[T], v: &[T], d: Dims, sc: &Scoring) ->
             for g in 0..group {
                 let h = kvh * group + g;
                 let p = &mut p[g * t * s..(g + 1) * t * s];
-                matmul_serial(&mut scores, Dims::head(q, bi, h, t, nh, hd), kh.t(), false);
+                product(
+                    &mut scores,
+                    Dims::head(q, bi, h, t, nh, hd),
+                    kh.t(),
+                    false,
+                    bf16,
+                );
                 let slope = sc.alibi.as_ref().map_or(0.0, |a| a[h]);
                 for (i, (row, orow)) in scores
                     .chunks_exact(s)
@@ -123,7 +144,7 @@ fn forward_kernel<T: Float>(q: &[T], k: &[T], v: &[T], d: Dims, sc: &Scoring) ->
                     softmax_row(row, orow, (t, s, i), scale, sc.window, slope);
                 }
                 let o = &mut out[g * t * hd..(g + 1) * t * hd];
-                matmul_serial(o, MatRef::row_major(p, t, s), vh, false);
+                product(o, MatRef::row_major(p, t, s), vh, false, bf16);
             }
             out
         })
@@ -146,8 +167,9 @@ fn backward_kernel<T: Float>(
     probs: &[T],
     dout: &[T],
     d: Dims,
-    scale: f64,
+    sc: &Scoring,
 ) -> [Vec<T>; 3] {
+    let bf16 = sc.bf16;
     let Dims {
         b,
         t,
@@ -157,7 +179,7 @@ fn backward_kernel<T: Float>(
         hd,
     } = d;
     let group = d.group();
-    let scale = T::from_f64(scale);
+    let scale = T::from_f64(sc.scale);
     let blocks: Vec<[Vec<T>; 3]> = (0..b * nkv)
         .into_par_iter()
         .map(|item| {
@@ -172,15 +194,21 @@ fn backward_kernel<T: Float>(
                 let pm = MatRef::row_major(p, t, s);
                 let doh = Dims::head(dout, bi, h, t, nh, hd);
                 // dV += Pᵀ·dO; dP = dO·Vᵀ, turned into the scores' gradient in place.
-                matmul_serial(&mut dv, pm.t(), doh, true);
-                matmul_serial(&mut ds, doh, vh.t(), false);
+                product(&mut dv, pm.t(), doh, true, bf16);
+                product(&mut ds, doh, vh.t(), false, bf16);
                 for (y, row) in p.chunks_exact(s).zip(ds.chunks_exact_mut(s)) {
                     softmax_grad_row(y, row, scale);
                 }
                 let dsm = MatRef::row_major(&ds, t, s);
                 // dQ = dS·K; dK += dSᵀ·Q.
-                matmul_serial(&mut dq[g * t * hd..(g + 1) * t * hd], dsm, kh, false);
-                matmul_serial(&mut dk, dsm.t(), Dims::head(q, bi, h, t, nh, hd), true);
+                product(&mut dq[g * t * hd..(g + 1) * t * hd], dsm, kh, false, bf16);
+                product(
+                    &mut dk,
+                    dsm.t(),
+                    Dims::head(q, bi, h, t, nh, hd),
+                    true,
+                    bf16,
+                );
             }
             [dq, dk, dv]
         })
@@ -291,7 +319,7 @@ impl Attention {
             data[3],
             data[4],
             d,
-            self.scoring.scale,
+            &self.scoring,
         );
         let shapes = [q.shape(), k.shape(), v.shape()];
         let mut out = grads
@@ -342,6 +370,21 @@ pub fn attention(
     scale: f64,
     mask: SoftmaxMask,
 ) -> Result<Tensor> {
+    attention_with(q, k, v, scale, mask, false)
+}
+
+/// [`attention`], with `bf16` running its products (scores, the weighted sum of values and
+/// their gradients) on AMX tiles with operands rounded to bf16, as mixed-precision training
+/// does (`--precision bf16`); the softmax and every sum stay f32. Without AMX, or in f64, it
+/// is [`attention`].
+pub fn attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: SoftmaxMask,
+    bf16: bool,
+) -> Result<Tensor> {
     let (b, t, nh, hd) = q.dims4()?;
     let (kb, s, nkv, khd) = k.dims4()?;
     if kb != b || khd != hd || v.dims() != k.dims() || nkv == 0 || nh % nkv != 0 || s < t {
@@ -367,6 +410,7 @@ pub fn attention(
             scale,
             window: mask.window,
             alibi: mask.alibi.map(<[f64]>::to_vec),
+            bf16: bf16 && q.dtype() == DType::F32 && amx::available(),
         },
         probs: Mutex::new(None),
     };
@@ -418,6 +462,34 @@ mod tests {
                 for x in &vars {
                     assert_close(gf.get(x).expect("grad"), gp.get(x).expect("grad"), 1e-5)?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bf16_products_match_f32_within_bf16_rounding() -> Result<()> {
+        if !amx::available() {
+            eprintln!("skipped: no AMX on this CPU");
+            return Ok(());
+        }
+        let round = |t: Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);
+        // Past one 32-row block of queries and keys, with a cache offset (s > t).
+        for (t, s) in [(40, 40), (33, 70)] {
+            let vars = inputs(t, s, DType::F32)?
+                .map(|x| Var::from_tensor(&round(x).expect("round")).expect("var"));
+            let [q, k, v] = vars.each_ref().map(|x| x.as_tensor());
+            let mask = SoftmaxMask::default();
+            let bf16 = attention_with(q, k, v, 0.7, mask, true)?;
+            let f32 = attention(q, k, v, 0.7, mask)?;
+            // The operands are bf16 values already; the probabilities (and, backward, the output
+            // gradient and the scores' gradient) are rounded entering their products.
+            assert_close(&bf16, &f32, 1e-2)?;
+            let r = rand_tensor(f32.dims(), DType::F32, 9)?;
+            let gb = (bf16 * &r)?.sum_all()?.backward()?;
+            let gf = (f32 * &r)?.sum_all()?.backward()?;
+            for x in &vars {
+                assert_close(gb.get(x).expect("grad"), gf.get(x).expect("grad"), 2e-2)?;
             }
         }
         Ok(())

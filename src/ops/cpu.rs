@@ -17,6 +17,20 @@ pub trait Float:
 impl Float for f32 {}
 impl Float for f64 {}
 
+/// `slice` as f32, when `T` is f32 (the AMX products are f32-only).
+pub fn as_f32<T: Float>(x: &[T]) -> Option<&[f32]> {
+    // SAFETY: `T` is `f32` (its dtype says so), so the cast is the identity.
+    (T::DTYPE == candle_core::DType::F32)
+        .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr().cast(), x.len()) })
+}
+
+/// `as_f32`, mutably.
+pub fn as_f32_mut<T: Float>(x: &mut [T]) -> Option<&mut [f32]> {
+    // SAFETY: as in `as_f32`.
+    (T::DTYPE == candle_core::DType::F32)
+        .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast(), x.len()) })
+}
+
 /// The elements a contiguous layout covers.
 pub fn slice<'a, T: Float>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
     let Some((start, end)) = layout.contiguous_offsets() else {
@@ -133,7 +147,22 @@ impl<'a, T> MatRef<'a, T> {
         }
     }
 
-    fn fits(&self) -> bool {
+    /// The same view as f32, when `T` is f32.
+    pub fn as_f32(&self) -> Option<MatRef<'a, f32>>
+    where
+        T: Float,
+    {
+        as_f32(self.data).map(|data| MatRef {
+            data,
+            rows: self.rows,
+            cols: self.cols,
+            rs: self.rs,
+            cs: self.cs,
+        })
+    }
+
+    /// Whether every element of the view lies inside its slice.
+    pub(crate) fn fits(&self) -> bool {
         self.rows == 0
             || self.cols == 0
             || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()

@@ -8,7 +8,7 @@
 //! (logits, log-softmax, their gradients), and there is no extra pass over the vocabulary.
 
 use super::amx::{self, PackedRhs};
-use super::cpu::{dispatch_float, matmul_into, slice, storage, Float, MatRef};
+use super::cpu::{as_f32, as_f32_mut, dispatch_float, matmul_into, slice, storage, Float, MatRef};
 use super::exp::exp_in_place;
 use super::frozen_linear_bf16::Bf16Weight;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
@@ -23,20 +23,6 @@ struct Pass<T> {
     nll: Vec<T>,
     dh: Vec<T>,
     dw: Vec<T>,
-}
-
-/// `slice` as f32, when `T` is f32 (the AMX products are f32-only).
-fn as_f32<T: Float>(x: &[T]) -> Option<&[f32]> {
-    // SAFETY: `T` is `f32` (its dtype says so), so the cast is the identity.
-    (T::DTYPE == candle_core::DType::F32)
-        .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr().cast(), x.len()) })
-}
-
-/// `as_f32`, mutably.
-fn as_f32_mut<T: Float>(x: &mut [T]) -> Option<&mut [f32]> {
-    // SAFETY: as in `as_f32`.
-    (T::DTYPE == candle_core::DType::F32)
-        .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast(), x.len()) })
 }
 
 /// Where the head's products run.

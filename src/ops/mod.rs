@@ -21,7 +21,7 @@ pub mod softmax;
 #[cfg(test)]
 pub(crate) mod testing;
 
-pub use attention::attention;
+pub use attention::{attention, attention_with};
 pub use frozen_affine::frozen_affine;
 pub use frozen_linear::frozen_linear;
 pub use frozen_linear_bf16::{frozen_linear_bf16, Bf16Weight};

@@ -216,7 +216,7 @@ impl ClassicLayer {
                 alibi: self.alibi.as_deref(),
             },
         };
-        let out = attend(&q, &k, &v, cache, spec)?;
+        let out = attend(&q, &k, &v, cache, spec, ctx.bf16_products)?;
         self.out.forward_seeded(&out, self.seed(ctx, 3))
     }
 

@@ -110,6 +110,11 @@ pub struct PackedRhs {
 impl PackedRhs {
     /// Packs `b[r·rs + c·cs]` for `r < k`, `c < n` (any strides, so `Wᵀ` needs no copy).
     pub fn pack(b: &[f32], k: usize, n: usize, rs: usize, cs: usize) -> Self {
+        Self::pack_on(b, k, n, rs, cs, true)
+    }
+
+    /// [`PackedRhs::pack`], its panels spread over the threads or not (`parallel`).
+    fn pack_on(b: &[f32], k: usize, n: usize, rs: usize, cs: usize, parallel: bool) -> Self {
         let kp = round_up(k.max(1), TILE_K);
         let np = round_up(n.max(1), BLOCK);
         let mut data = vec![0u16; np * kp];
@@ -120,16 +125,26 @@ impl PackedRhs {
             rs,
             cs,
         };
-        data.par_chunks_mut(kp * BLOCK)
-            .enumerate()
-            .for_each(|(j, out)| {
-                for kb in 0..kp / TILE_K {
-                    for h in 0..2 {
-                        let tile = &mut out[(kb * 2 + h) * TILE_ELEMS..][..TILE_ELEMS];
-                        pack::rhs_tile(&src, kb * TILE_K, j * BLOCK + h * 16, tile);
-                    }
+        // The vectorised packing reads through raw pointers: the view must lie in its slice.
+        assert!(
+            src.fits(),
+            "PackedRhs::pack: a {k} × {n} view exceeds its slice"
+        );
+        let pack_panel = |(j, out): (usize, &mut [u16])| {
+            for kb in 0..kp / TILE_K {
+                for h in 0..2 {
+                    let tile = &mut out[(kb * 2 + h) * TILE_ELEMS..][..TILE_ELEMS];
+                    pack::rhs_tile(&src, kb * TILE_K, j * BLOCK + h * 16, tile);
                 }
-            });
+            }
+        };
+        if parallel {
+            data.par_chunks_mut(kp * BLOCK)
+                .enumerate()
+                .for_each(pack_panel);
+        } else {
+            data.chunks_mut(kp * BLOCK).enumerate().for_each(pack_panel);
+        }
         PackedRhs { k, n, kp, data }
     }
 
@@ -148,13 +163,25 @@ impl PackedRhs {
 /// tiles of 16 × 32 one after the other (1 KB each, so a tile load reads one contiguous run).
 /// Rows and columns are padded to 32 with zeros.
 #[inline(never)]
-fn pack_lhs(a: &Strided, kp: usize) -> Vec<u16> {
+fn pack_lhs(a: &Strided, kp: usize, parallel: bool) -> Vec<u16> {
+    assert!(
+        a.fits(),
+        "amx: a {} × {} view exceeds its slice",
+        a.rows,
+        a.cols
+    );
     let mp = round_up(a.rows.max(1), BLOCK);
     let mut out = Vec::with_capacity(mp * kp);
-    out.spare_capacity_mut()[..mp * kp]
-        .par_chunks_mut(kp * 16)
-        .enumerate()
-        .for_each(|(band, tiles)| pack::lhs_band(a, band, tiles));
+    let spare = &mut out.spare_capacity_mut()[..mp * kp];
+    let pack_band = |(band, tiles)| pack::lhs_band(a, band, tiles);
+    if parallel {
+        spare
+            .par_chunks_mut(kp * 16)
+            .enumerate()
+            .for_each(pack_band);
+    } else {
+        spare.chunks_mut(kp * 16).enumerate().for_each(pack_band);
+    }
     // SAFETY: `lhs_band` wrote every element of every band.
     unsafe { out.set_len(mp * kp) };
     out
@@ -207,6 +234,40 @@ pub fn matmul_add(a: &Strided, b: &PackedRhs, out: &mut [f32]) {
     unsafe { matmul_raw(a, b, out.as_mut_ptr(), true) }
 }
 
+/// `out = a · b`, or with `accumulate` `out += a · b` (`out` row-major `m × n`), both operands
+/// strided f32 rounded to bf16 here, on the calling thread only: for the small products of
+/// work items that already run in parallel (one attention head each).
+pub fn matmul_serial(a: &Strided, b: &Strided, out: &mut [f32], accumulate: bool) {
+    assert!(available(), "AMX bf16 tiles are not available");
+    assert_eq!(a.cols, b.rows, "lhs columns differ from rhs rows");
+    let (m, n) = (a.rows, b.cols);
+    assert_eq!(out.len(), m * n, "out is not m × n");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let packed = PackedRhs::pack_on(b.data, b.rows, n, b.rs, b.cs, false);
+    let kp = packed.kp;
+    let lhs = pack_lhs(a, kp, false);
+    // SAFETY: the config is a valid palette-1 layout; the guard releases the tiles.
+    unsafe { std::arch::asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack)) };
+    let _guard = TileGuard;
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    for j in 0..round_up(n, BLOCK) / BLOCK {
+        let tiles = Tiles {
+            lhs: &lhs,
+            kp,
+            panel: &packed.data[j * kp * BLOCK..(j + 1) * kp * BLOCK],
+            ks: 0..kp / TILE_K,
+            accumulate,
+        };
+        for i in 0..lhs.len() / kp / BLOCK {
+            // SAFETY: tiles are configured on this thread; loads are in bounds (padded
+            // operands) and the stores go to `out`, which holds m × n elements.
+            unsafe { block(&tiles, i, out_ptr, m, n, j) };
+        }
+    }
+}
+
 /// `a · b` as a new row-major `m × n` vector, never zero-filled: the tiles write every element.
 pub fn matmul_new(a: &Strided, b: &PackedRhs) -> Vec<f32> {
     let len = a.rows * b.n;
@@ -230,7 +291,7 @@ unsafe fn matmul_raw(a: &Strided, b: &PackedRhs, out: *mut f32, add: bool) {
         return;
     }
     let kp = b.kp;
-    let lhs = pack_lhs(a, kp);
+    let lhs = pack_lhs(a, kp, true);
     let mp = lhs.len() / kp;
     let panels = round_up(n, BLOCK) / BLOCK;
     let out_ptr = OutPtr(out);
