@@ -148,6 +148,11 @@ impl PackedRhs {
         PackedRhs { k, n, kp, data }
     }
 
+    /// Column panel `j` (32 columns, all of `k`).
+    fn panel(&self, j: usize) -> &[u16] {
+        &self.data[j * self.kp * BLOCK..(j + 1) * self.kp * BLOCK]
+    }
+
     /// `(k, n)`.
     pub fn dims(&self) -> (usize, usize) {
         (self.k, self.n)
@@ -248,23 +253,17 @@ pub fn matmul_serial(a: &Strided, b: &Strided, out: &mut [f32], accumulate: bool
     let packed = PackedRhs::pack_on(b.data, b.rows, n, b.rs, b.cs, false);
     let kp = packed.kp;
     let lhs = pack_lhs(a, kp, false);
-    // SAFETY: the config is a valid palette-1 layout; the guard releases the tiles.
-    unsafe { std::arch::asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack)) };
-    let _guard = TileGuard;
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    let _tiles = TileGuard::configure();
     for j in 0..round_up(n, BLOCK) / BLOCK {
         let tiles = Tiles {
             lhs: &lhs,
             kp,
-            panel: &packed.data[j * kp * BLOCK..(j + 1) * kp * BLOCK],
+            panel: packed.panel(j),
             ks: 0..kp / TILE_K,
             accumulate,
         };
-        for i in 0..lhs.len() / kp / BLOCK {
-            // SAFETY: tiles are configured on this thread; loads are in bounds (padded
-            // operands) and the stores go to `out`, which holds m × n elements.
-            unsafe { block(&tiles, i, out_ptr, m, n, j) };
-        }
+        // SAFETY: tiles are configured on this thread, and `out` holds m × n elements.
+        unsafe { panel_blocks(&tiles, OutPtr(out.as_mut_ptr()), m, n, j) };
     }
 }
 
@@ -292,7 +291,6 @@ unsafe fn matmul_raw(a: &Strided, b: &PackedRhs, out: *mut f32, add: bool) {
     }
     let kp = b.kp;
     let lhs = pack_lhs(a, kp, true);
-    let mp = lhs.len() / kp;
     let panels = round_up(n, BLOCK) / BLOCK;
     let out_ptr = OutPtr(out);
     // A long `k` (the LM head's backward sums over the vocabulary) is cut into slices whose
@@ -305,30 +303,28 @@ unsafe fn matmul_raw(a: &Strided, b: &PackedRhs, out: *mut f32, add: bool) {
         (0..panels)
             .into_par_iter()
             .with_min_len(panels.div_ceil(rayon::current_num_threads() * 4).max(1))
-            .for_each_init(
-                || {
-                    // SAFETY: the config is a valid palette-1 layout; tiles are released below.
-                    unsafe {
-                        std::arch::asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack))
-                    };
-                    TileGuard
-                },
-                |_guard, j| {
-                    let panel = &b.data[j * kp * BLOCK..(j + 1) * kp * BLOCK];
-                    for i in 0..mp / BLOCK {
-                        let tiles = Tiles {
-                            lhs: &lhs,
-                            kp,
-                            panel,
-                            ks: ks.clone(),
-                            accumulate: add || s > 0,
-                        };
-                        // SAFETY: tiles are configured on this thread; all loads are in bounds
-                        // (rows padded to 32, k to 32) and the stores go to this task's columns.
-                        unsafe { block(&tiles, i, out_ptr, m, n, j) };
-                    }
-                },
-            );
+            .for_each_init(TileGuard::configure, |_tiles, j| {
+                let tiles = Tiles {
+                    lhs: &lhs,
+                    kp,
+                    panel: b.panel(j),
+                    ks: ks.clone(),
+                    accumulate: add || s > 0,
+                };
+                // SAFETY: tiles are configured on this thread, `out` holds m × n elements and
+                // this task writes its own columns only.
+                unsafe { panel_blocks(&tiles, out_ptr, m, n, j) };
+            });
+    }
+}
+
+/// Every 32 × 32 block of column panel `j`, down the rows. Tiles must be configured on this
+/// thread and `out` hold `m × n` elements.
+unsafe fn panel_blocks(tiles: &Tiles, out: OutPtr, m: usize, n: usize, j: usize) {
+    for i in 0..tiles.lhs.len() / tiles.kp / BLOCK {
+        // SAFETY: loads are in bounds (operands padded to 32 rows and 32 of `k`); stores go
+        // to the block's rows and columns of `out`.
+        unsafe { block(tiles, i, out, m, n, j) };
     }
 }
 
@@ -346,8 +342,18 @@ struct Tiles<'a> {
     accumulate: bool,
 }
 
-/// Releases the tile state when a worker's batch of panels is done.
+/// Holds the tile configuration on this thread; releases the tile state when dropped (a
+/// worker's batch of panels is done).
 struct TileGuard;
+
+impl TileGuard {
+    /// Configures the tiles (palette 1, eight 16 × 64-byte tiles) on this thread.
+    fn configure() -> TileGuard {
+        // SAFETY: the config is a valid palette-1 layout; the guard releases the tiles.
+        unsafe { std::arch::asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack)) };
+        TileGuard
+    }
+}
 impl Drop for TileGuard {
     fn drop(&mut self) {
         // SAFETY: releasing tiles is always allowed.
