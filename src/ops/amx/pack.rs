@@ -106,6 +106,17 @@ unsafe fn interleave_index() -> __m512i {
     _mm512_loadu_si512(idx.as_ptr().cast())
 }
 
+/// Where each of a tile's 16 rows starts, in pairs (u32) from the tile's start: 16 pairs apart.
+/// Scatter offsets for writing one pair per row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_row_offsets() -> __m512i {
+    _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(16),
+    )
+}
+
 /// Row-major left operand: each row's run of 32 columns is one tile row (all `kp/32` tiles of
 /// rows `..rows` written through `tiles`).
 #[cfg(target_arch = "x86_64")]
@@ -128,11 +139,7 @@ unsafe fn lhs_band_rows(a: &Strided, row0: usize, rows: usize, tiles: *mut u16) 
 unsafe fn lhs_band_columns(a: &Strided, row0: usize, rows: usize, tiles: &mut [u16]) {
     let k = a.cols;
     let order = interleave_index();
-    // Tile row r starts 16 pairs (u32) after row r − 1.
-    let offsets = _mm512_mullo_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-        _mm512_set1_epi32(16),
-    );
+    let offsets = tile_row_offsets();
     let mask = lanes(rows);
     let base = a.data.as_ptr().add(row0);
     for c in (0..k).step_by(2) {
@@ -190,10 +197,7 @@ unsafe fn rhs_tile_columns(
     cols: usize,
     tile: &mut [u16],
 ) {
-    let offsets = _mm512_mullo_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-        _mm512_set1_epi32(16),
-    );
+    let offsets = tile_row_offsets();
     let mask = lanes(rows.div_ceil(2));
     for c in 0..cols {
         let v = round32(b.data.as_ptr().add(r0 + (c0 + c) * b.cs), rows);
