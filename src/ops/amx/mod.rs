@@ -382,6 +382,21 @@ unsafe fn block(t: &Tiles, i: usize, out: OutPtr, m: usize, n: usize, j: usize) 
     } else {
         (scratch, BLOCK)
     };
+    // The four 16 × 16 sum tiles (tmm0–3) moved to or from the block at `base`, rows `stride`
+    // floats apart.
+    macro_rules! sums {
+        ($($insn:literal),+) => {
+            asm!(
+                $($insn),+,
+                p00 = in(reg) base,
+                p01 = in(reg) base.add(16),
+                p10 = in(reg) base.add(16 * stride),
+                p11 = in(reg) base.add(16 * stride + 16),
+                s = in(reg) stride * 4,
+                options(nostack)
+            )
+        };
+    }
     if !t.accumulate {
         asm!(
             "tilezero tmm0",
@@ -400,17 +415,11 @@ unsafe fn block(t: &Tiles, i: usize, out: OutPtr, m: usize, n: usize, j: usize) 
                 );
             }
         }
-        asm!(
+        sums!(
             "tileloadd tmm0, [{p00} + {s}*1]",
             "tileloadd tmm1, [{p01} + {s}*1]",
             "tileloadd tmm2, [{p10} + {s}*1]",
-            "tileloadd tmm3, [{p11} + {s}*1]",
-            p00 = in(reg) base,
-            p01 = in(reg) base.add(16),
-            p10 = in(reg) base.add(16 * stride),
-            p11 = in(reg) base.add(16 * stride + 16),
-            s = in(reg) stride * 4,
-            options(nostack)
+            "tileloadd tmm3, [{p11} + {s}*1]"
         );
     }
     for kb in t.ks.clone() {
@@ -434,17 +443,11 @@ unsafe fn block(t: &Tiles, i: usize, out: OutPtr, m: usize, n: usize, j: usize) 
             options(nostack)
         );
     }
-    asm!(
+    sums!(
         "tilestored [{p00} + {s}*1], tmm0",
         "tilestored [{p01} + {s}*1], tmm1",
         "tilestored [{p10} + {s}*1], tmm2",
-        "tilestored [{p11} + {s}*1], tmm3",
-        p00 = in(reg) base,
-        p01 = in(reg) base.add(16),
-        p10 = in(reg) base.add(16 * stride),
-        p11 = in(reg) base.add(16 * stride + 16),
-        s = in(reg) stride * 4,
-        options(nostack)
+        "tilestored [{p11} + {s}*1], tmm3"
     );
     if inside {
         return;
