@@ -177,6 +177,39 @@ fn bf16(c: &mut Criterion) {
             )
         });
     }
+    // A whole frozen SmolLM2 layer (the emulator's middle): one fused op against its separate ops.
+    let x3 = Var::from_tensor(&randn(&[4, SEQ, HIDDEN])).expect("var");
+    let pack = |out: usize, inp: usize| {
+        let w = (randn(&[out, inp]) * 0.05).expect("scale");
+        std::sync::Arc::new(
+            ops::Bf16Weight::pack(&w, false)
+                .expect("pack")
+                .expect("AMX"),
+        )
+    };
+    let kv = 3 * HEAD_DIM;
+    let layer = ops::FrozenLlamaLayer {
+        norms: [randn(&[HIDDEN]), randn(&[HIDDEN])],
+        eps: 1e-5,
+        linears: [
+            pack(HIDDEN, HIDDEN),
+            pack(kv, HIDDEN),
+            pack(kv, HIDDEN),
+            pack(HIDDEN, HIDDEN),
+            pack(MLP, HIDDEN),
+            pack(MLP, HIDDEN),
+            pack(HIDDEN, MLP),
+        ],
+        heads: (HEADS, 3, HEAD_DIM),
+    };
+    let cos = randn(&[SEQ, HEAD_DIM / 2]);
+    let sin = randn(&[SEQ, HEAD_DIM / 2]);
+    pair(c, "frozen_llama_layer/fused", &x3, |x| {
+        ops::frozen_llama_layer(x, &layer, &cos, &sin)
+    });
+    pair(c, "frozen_llama_layer/separate", &x3, |x| {
+        ops::frozen_llama_layer_reference(x, &layer, &cos, &sin)
+    });
     // A trained head (the tied embedding under full fine-tuning): per-call packing on the tiles.
     let h = Var::from_tensor(&(randn(&[TOKENS, HIDDEN]) * 0.05).expect("scale")).expect("var");
     let head = Var::from_tensor(&(randn(&[VOCAB, HIDDEN]) * 0.05).expect("scale")).expect("var");

@@ -18,13 +18,13 @@ use std::sync::Mutex;
 
 /// Sizes: batch, queries, keys, query heads, key/value heads, head size.
 #[derive(Clone, Copy, Debug)]
-struct Dims {
-    b: usize,
-    t: usize,
-    s: usize,
-    nh: usize,
-    nkv: usize,
-    hd: usize,
+pub(crate) struct Dims {
+    pub(crate) b: usize,
+    pub(crate) t: usize,
+    pub(crate) s: usize,
+    pub(crate) nh: usize,
+    pub(crate) nkv: usize,
+    pub(crate) hd: usize,
 }
 
 impl Dims {
@@ -94,16 +94,22 @@ fn product<T: Float>(c: &mut [T], a: MatRef<T>, b: MatRef<T>, accumulate: bool, 
 
 /// The masking and scaling of the scores.
 #[derive(Clone, Debug)]
-struct Scoring {
-    scale: f64,
-    window: Option<usize>,
-    alibi: Option<Vec<f64>>,
+pub(crate) struct Scoring {
+    pub(crate) scale: f64,
+    pub(crate) window: Option<usize>,
+    pub(crate) alibi: Option<Vec<f64>>,
     /// The four products (two forward, four backward) on AMX tiles in bf16.
-    bf16: bool,
+    pub(crate) bf16: bool,
 }
 
 /// Output `[b, t, nh·hd]` and probabilities `[b, nh, t, s]`.
-fn forward_kernel<T: Float>(q: &[T], k: &[T], v: &[T], d: Dims, sc: &Scoring) -> (Vec<T>, Vec<T>) {
+pub(crate) fn forward_kernel<T: Float>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    d: Dims,
+    sc: &Scoring,
+) -> (Vec<T>, Vec<T>) {
     let bf16 = sc.bf16;
     let Dims {
         b,
@@ -160,7 +166,7 @@ fn forward_kernel<T: Float>(q: &[T], k: &[T], v: &[T], d: Dims, sc: &Scoring) ->
 }
 
 /// Gradients of q, k, v from the output gradient `dout` (`[b, t, nh·hd]`).
-fn backward_kernel<T: Float>(
+pub(crate) fn backward_kernel<T: Float>(
     q: &[T],
     k: &[T],
     v: &[T],

@@ -9,6 +9,7 @@ pub(crate) mod cpu;
 pub mod dropout;
 pub mod exp;
 pub mod frozen_affine;
+pub mod frozen_layer;
 pub mod frozen_linear;
 pub mod frozen_linear_bf16;
 pub mod linear_bf16;
@@ -23,6 +24,7 @@ pub(crate) mod testing;
 
 pub use attention::{attention, attention_with};
 pub use frozen_affine::frozen_affine;
+pub use frozen_layer::{frozen_llama_layer, frozen_llama_layer_reference, FrozenLlamaLayer};
 pub use frozen_linear::frozen_linear;
 pub use frozen_linear_bf16::{frozen_linear_bf16, Bf16Weight};
 pub use linear_bf16::linear_bf16;

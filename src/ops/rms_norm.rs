@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 /// Normalises each row of `x` in place into `out`, scaled by `w`.
-fn forward_kernel<T: Float>(x: &[T], w: &[T], eps: f64, out: &mut Vec<T>) {
+pub(crate) fn forward_kernel<T: Float>(x: &[T], w: &[T], eps: f64, out: &mut Vec<T>) {
     let d = w.len();
     let eps = T::from(eps).expect("eps fits");
     let n = T::from(d).expect("d fits");
@@ -58,7 +58,7 @@ fn dot3<T: Float>(a: &[T], b: &[T], c: &[T]) -> T {
 }
 
 /// Input gradient: with `g = w·dy` and `r = 1/rms(x)`, `dx = r·g − x·r³·mean(x·g)`.
-fn input_grad_kernel<T: Float>(x: &[T], dy: &[T], w: &[T], eps: f64) -> Vec<T> {
+pub(crate) fn input_grad_kernel<T: Float>(x: &[T], dy: &[T], w: &[T], eps: f64) -> Vec<T> {
     let d = w.len();
     let eps = T::from(eps).expect("eps fits");
     let n = T::from(d).expect("d fits");

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 /// Rotates `x` of layout `[batch, seq, heads, head_dim]` by the angles whose cos/sin are given per
 /// position (`[seq, head_dim/2]`). `sign = -1` rotates backwards (the gradient).
-fn kernel<T: Float>(x: &[T], dims: &[usize], cos: &[T], sin: &[T], sign: T) -> Vec<T> {
+pub(crate) fn kernel<T: Float>(x: &[T], dims: &[usize], cos: &[T], sin: &[T], sign: T) -> Vec<T> {
     let (seq, heads, hd) = (dims[1], dims[2], dims[3]);
     let half = hd / 2;
     let mut out = vec![T::zero(); x.len()];

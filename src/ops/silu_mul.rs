@@ -24,7 +24,7 @@ fn sigmoid_into<T: Float>(g: &[T], s: &mut [T]) {
     }
 }
 
-fn forward_kernel<T: Float>(g: &[T], u: &[T]) -> Vec<T> {
+pub(crate) fn forward_kernel<T: Float>(g: &[T], u: &[T]) -> Vec<T> {
     let mut out = vec![T::zero(); g.len()];
     out.par_chunks_mut(BLOCK)
         .zip(g.par_chunks(BLOCK).zip(u.par_chunks(BLOCK)))
@@ -38,7 +38,7 @@ fn forward_kernel<T: Float>(g: &[T], u: &[T]) -> Vec<T> {
 }
 
 /// Both input gradients, stacked: `[dgate; dup]` (`2 × n`).
-fn backward_kernel<T: Float>(g: &[T], u: &[T], dy: &[T]) -> Vec<T> {
+pub(crate) fn backward_kernel<T: Float>(g: &[T], u: &[T], dy: &[T]) -> Vec<T> {
     let n = g.len();
     let mut out = vec![T::zero(); 2 * n];
     let (dg, du) = out.split_at_mut(n);

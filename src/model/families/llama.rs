@@ -7,9 +7,9 @@ use crate::model::config::{Family, HfJson, ModelConfig};
 use crate::model::layer::{DecoderLayer, LayerCache, LayerContext, ModuleMut, ModuleRef};
 use crate::model::stem::Stem;
 use crate::model::tensor_map::TensorMap;
-use crate::model::weight::{Linear, Norm, NormKind};
+use crate::model::weight::{Linear, Norm, NormKind, Weight};
 use crate::ops::SoftmaxMask;
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 /// HF names of a LLaMA layer's weights, relative to `model.layers.N.`, in a fixed order.
 pub const WEIGHT_NAMES: [&str; 9] = [
@@ -34,13 +34,8 @@ pub const MODULES: [&str; 7] = [
     "mlp.up_proj",
     "mlp.down_proj",
 ];
-const Q: usize = 0;
-const K: usize = 1;
-const V: usize = 2;
-const O: usize = 3;
-const GATE: usize = 4;
-const UP: usize = 5;
-const DOWN: usize = 6;
+// The fused frozen layer takes the projections in this same order.
+use crate::ops::frozen_layer::slot::{DOWN, GATE, K, O, Q, UP, V};
 
 /// LoRA's default targets for LLaMA-style layers (also Qwen2's and Gemma 3's).
 pub const LORA_TARGETS: &[&str] = &[
@@ -212,6 +207,35 @@ impl LlamaLayer {
         })
     }
 
+    /// The layer as one fused op ([`crate::ops::frozen_llama_layer`]), when nothing in it is
+    /// trained or adapted, every projection is packed for AMX and `x` is f32 on the CPU: the
+    /// emulator's frozen middle under `--precision frozen-bf16|bf16`.
+    fn frozen_bf16(&self, x: &Tensor) -> Option<crate::ops::FrozenLlamaLayer> {
+        let same_eps = self.input_norm.eps == self.post_norm.eps;
+        if x.dtype() != DType::F32 || !x.device().is_cpu() || x.rank() != 3 || !same_eps {
+            return None;
+        }
+        let norm = |n: &Norm| match (&n.kind, &n.weight, &n.bias) {
+            (NormKind::Rms, Weight::Frozen(w), None) => Some(w.clone()),
+            _ => None,
+        };
+        let packed = |l: &Linear| match (&l.weight, &l.bf16) {
+            (Weight::Frozen(w), Some(p))
+                if p.packs(w) && l.bias.is_none() && l.lora.is_none() && l.adapter.is_none() =>
+            {
+                Some(p.clone())
+            }
+            _ => None,
+        };
+        let linears: Vec<_> = self.linears.iter().map(packed).collect::<Option<_>>()?;
+        Some(crate::ops::FrozenLlamaLayer {
+            norms: [norm(&self.input_norm)?, norm(&self.post_norm)?],
+            eps: self.input_norm.eps,
+            linears: linears.try_into().ok()?,
+            heads: (self.num_heads, self.num_kv_heads, self.head_dim),
+        })
+    }
+
     /// Applies linear map `i` (see [`MODULES`]) with this forward's dropout stream.
     fn linear(&self, i: usize, x: &Tensor, ctx: &LayerContext) -> Result<Tensor> {
         let seed = ctx.module_seed(self.index, i, MODULES.len());
@@ -248,6 +272,10 @@ impl DecoderLayer for LlamaLayer {
         ctx: &LayerContext,
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
+        if let (None, Some(fused)) = (&cache, self.frozen_bf16(x)) {
+            let (cos, sin) = ctx.rope(self.rope_theta)?;
+            return crate::ops::frozen_llama_layer(x, &fused, cos, sin);
+        }
         let h = (x + self.attention(&self.input_norm.forward(x)?, ctx, cache)?)?;
         &h + self.mlp(&self.post_norm.forward(&h)?, ctx)?
     }

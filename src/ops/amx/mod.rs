@@ -284,15 +284,57 @@ pub fn matmul_new(a: &Strided, b: &PackedRhs) -> Vec<f32> {
 /// or with `add`, initialised and added to.
 unsafe fn matmul_raw(a: &Strided, b: &PackedRhs, out: *mut f32, add: bool) {
     assert!(available(), "AMX bf16 tiles are not available");
-    let (m, k, n) = (a.rows, b.k, b.n);
-    assert_eq!(a.cols, k, "lhs columns differ from rhs rows");
-    if m == 0 || n == 0 {
+    assert_eq!(a.cols, b.k, "lhs columns differ from rhs rows");
+    if a.rows == 0 || b.n == 0 {
         return;
     }
-    let kp = b.kp;
-    let lhs = pack_lhs(a, kp, true);
-    let panels = round_up(n, BLOCK) / BLOCK;
-    let out_ptr = OutPtr(out);
+    let lhs = pack_lhs(a, b.kp, true);
+    // SAFETY: the caller's promise on `out`.
+    unsafe { products(&lhs, a.rows, &[(b, OutPtr(out))], add) }
+}
+
+/// `a · bᵢ` for each right operand (all with `a`'s `k`), as new row-major vectors, the left
+/// operand rounded and packed once: a layer's q/k/v (or gate/up) projections of one input. Their
+/// column panels also share one parallel loop, so that narrow products (k/v: 6 panels) do not
+/// each leave a thread idle.
+pub fn matmul_shared(a: &Strided, bs: &[&PackedRhs]) -> Vec<Vec<f32>> {
+    assert!(available(), "AMX bf16 tiles are not available");
+    for b in bs {
+        assert_eq!(a.cols, b.k, "lhs columns differ from rhs rows");
+    }
+    let mut outs: Vec<Vec<f32>> = bs
+        .iter()
+        .map(|b| Vec::with_capacity(a.rows * b.n))
+        .collect();
+    if a.rows > 0 && !bs.is_empty() {
+        let lhs = pack_lhs(a, bs[0].kp, true);
+        let jobs: Vec<(&PackedRhs, OutPtr)> = bs
+            .iter()
+            .zip(outs.iter_mut())
+            .map(|(b, o)| (*b, OutPtr(o.as_mut_ptr())))
+            .collect();
+        // SAFETY: each output has capacity for m × n and is written in full.
+        unsafe { products(&lhs, a.rows, &jobs, false) };
+    }
+    for (o, b) in outs.iter_mut().zip(bs) {
+        // SAFETY: `products` wrote every element (whole blocks by tile stores, edge blocks
+        // element by element).
+        unsafe { o.set_len(a.rows * b.n) };
+    }
+    outs
+}
+
+/// The products of one packed left operand (`m` rows) with each `(b, out)`: every `out` must
+/// have room for `m × b.n` elements (written, or with `add` initialised and added to), and every
+/// `b` the `kp` the left operand was packed with.
+unsafe fn products(lhs: &[u16], m: usize, jobs: &[(&PackedRhs, OutPtr)], add: bool) {
+    let kp = jobs[0].0.kp;
+    // Work items: (job, column panel), all jobs' panels in one loop.
+    let items: Vec<(usize, usize)> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(ji, (b, _))| (0..round_up(b.n, BLOCK) / BLOCK).map(move |j| (ji, j)))
+        .collect();
     // A long `k` (the LM head's backward sums over the vocabulary) is cut into slices whose
     // operands stay in cache: a block over all of `k = 49,152` streams 3 MB of each operand
     // from memory, for every block. Slices go one after the other, blocks adding to the sums
@@ -300,12 +342,19 @@ unsafe fn matmul_raw(a: &Strided, b: &PackedRhs, out: *mut f32, add: bool) {
     let slices = kp.div_ceil(K_SLICE);
     for s in 0..slices {
         let ks = s * K_SLICE / TILE_K..((s + 1) * K_SLICE).min(kp) / TILE_K;
-        (0..panels)
-            .into_par_iter()
-            .with_min_len(panels.div_ceil(rayon::current_num_threads() * 4).max(1))
-            .for_each_init(TileGuard::configure, |_tiles, j| {
+        items
+            .par_iter()
+            .with_min_len(
+                items
+                    .len()
+                    .div_ceil(rayon::current_num_threads() * 4)
+                    .max(1),
+            )
+            .for_each_init(TileGuard::configure, |_tiles, &(ji, j)| {
+                let (b, out) = jobs[ji];
+                debug_assert_eq!(b.kp, kp);
                 let tiles = Tiles {
-                    lhs: &lhs,
+                    lhs,
                     kp,
                     panel: b.panel(j),
                     ks: ks.clone(),
@@ -313,7 +362,7 @@ unsafe fn matmul_raw(a: &Strided, b: &PackedRhs, out: *mut f32, add: bool) {
                 };
                 // SAFETY: tiles are configured on this thread, `out` holds m × n elements and
                 // this task writes its own columns only.
-                unsafe { panel_blocks(&tiles, out_ptr, m, n, j) };
+                unsafe { panel_blocks(&tiles, out, m, b.n, j) };
             });
     }
 }
@@ -523,6 +572,28 @@ mod tests {
                     (g - w).abs() <= 1e-5 * (k as f32).sqrt(),
                     "{m}x{k}x{n} [{idx}]: {g} vs {w}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn shared_left_operand_gives_each_product_exactly() {
+        if !available() {
+            eprintln!("skipped: no AMX on this CPU");
+            return;
+        }
+        // Ragged m and n, and a k longer than a slice: every path a shared product takes.
+        for &(m, k) in &[(50, 576), (7, 40), (33, K_SLICE + 40)] {
+            let a = lcg(5 + m as u64, m * k);
+            let packed: Vec<PackedRhs> = [192usize, 33, 64]
+                .iter()
+                .map(|&n| PackedRhs::pack(&lcg(6 + n as u64, k * n), k, n, n, 1))
+                .collect();
+            let view = Strided::row_major(&a, m, k);
+            let outs = matmul_shared(&view, &packed.iter().collect::<Vec<_>>());
+            for (b, got) in packed.iter().zip(&outs) {
+                // The same blocks in the same order: bit-equal to the product on its own.
+                assert_eq!(got, &matmul_new(&view, b), "{m}x{k}x{}", b.n);
             }
         }
     }
