@@ -5,6 +5,7 @@ use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
 /// A reproducible stream for one dropout mask: the step's seed mixed with the module's id.
+#[inline(always)]
 pub fn mix_seed(seed: u64, module: u64) -> u64 {
     // SplitMix64 finaliser: distinct modules get unrelated streams from one step seed.
     let mut z = seed ^ module.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -28,17 +29,27 @@ pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
 /// thread count, and its blocks are drawn in parallel (a sequential generator was a tenth of a
 /// LoRA step).
 pub fn mask(len: usize, p: f64, seed: u64) -> Vec<f32> {
-    let keep = (1.0 / (1.0 - p)) as f32;
     const BLOCK: usize = 1 << 14;
     let mut mask = vec![0f32; len];
     mask.par_chunks_mut(BLOCK)
         .enumerate()
         .for_each(|(block, m)| {
             for (j, v) in m.iter_mut().enumerate() {
-                let draw = mix_seed(seed, (block * BLOCK + j) as u64) >> 11;
-                let u = draw as f64 / (1u64 << 53) as f64;
-                *v = if u < p { 0.0 } else { keep };
+                *v = keep_factor(p, seed, block * BLOCK + j);
             }
         });
     mask
+}
+
+/// Element `index` of [`mask`]`(_, p, seed)`, drawn on its own: for kernels that apply the
+/// mask as they stream through the input rather than materialise it.
+#[inline(always)]
+pub fn keep_factor(p: f64, seed: u64, index: usize) -> f32 {
+    let draw = mix_seed(seed, index as u64) >> 11;
+    let u = draw as f64 / (1u64 << 53) as f64;
+    if u < p {
+        0.0
+    } else {
+        (1.0 / (1.0 - p)) as f32
+    }
 }

@@ -8,9 +8,9 @@
 //! kept, and `drop(x) · Aᵀ` is recomputed rather than stored.
 
 use super::amx;
-use super::cpu::{matmul_into, slice, with_f32, MatRef};
-use super::dropout;
+use super::cpu::{slice, with_f32, MatRef};
 use super::frozen_linear_bf16::Bf16Weight;
+use super::low_rank::Branch;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use std::sync::Arc;
 
@@ -20,37 +20,6 @@ struct LoraLinear {
     scale: f32,
     /// Dropout probability and the mask's seed (training only).
     dropout: Option<(f64, u64)>,
-}
-
-impl LoraLinear {
-    /// `drop(x)`, and the mask when there is one.
-    fn dropped(&self, x: &[f32]) -> (Vec<f32>, Option<Vec<f32>>) {
-        match self.dropout {
-            Some((p, seed)) if p > 0.0 => {
-                let mask = dropout::mask(x.len(), p, seed);
-                (
-                    x.iter().zip(&mask).map(|(a, b)| a * b).collect(),
-                    Some(mask),
-                )
-            }
-            _ => (x.to_vec(), None),
-        }
-    }
-
-    /// `u = s · drop(x) · Aᵀ` (`[m, r]`), the branch's hidden activations, scaled.
-    fn hidden(&self, xd: &[f32], a: &[f32], m: usize, r: usize, in_f: usize) -> Vec<f32> {
-        let mut u = vec![0f32; m * r];
-        matmul_into(
-            &mut u,
-            MatRef::row_major(xd, m, in_f),
-            MatRef::row_major(a, r, in_f).t(),
-            false,
-        );
-        for v in &mut u {
-            *v *= self.scale;
-        }
-        u
-    }
 }
 
 impl CustomOp3 for LoraLinear {
@@ -84,14 +53,7 @@ impl CustomOp3 for LoraLinear {
         );
         let m = x.len() / in_f.max(1);
         let mut y = amx::matmul_new(&MatRef::row_major(x, m, in_f), self.base.forward_rhs());
-        let (xd, _) = self.dropped(x);
-        let u = self.hidden(&xd, a, m, r, in_f);
-        matmul_into(
-            &mut y,
-            MatRef::row_major(&u, m, r),
-            MatRef::row_major(b, out_f, r).t(),
-            true,
-        );
+        Branch::new(a, b, r, self.scale, self.dropout).forward(x, &mut y);
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("checked non-empty") = out_f;
         Ok((CpuStorage::F32(y), Shape::from(out_dims)))
@@ -112,50 +74,11 @@ impl CustomOp3 for LoraLinear {
         let b_vals = b.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let (dx, da, db) = with_f32(x, |x| {
             with_f32(grad, |dy| {
-                // The base: dx = dy · W on the tiles.
+                // The base: dx = dy · W on the tiles; the branch adds its part and gives dA, dB.
                 let dy_mat = MatRef::row_major(dy, m, out_f);
                 let mut dx = amx::matmul_new(&dy_mat, self.base.backward_rhs()?);
-                // The branch, recomputed: u = s · drop(x) · Aᵀ.
-                let (xd, mask) = self.dropped(x);
-                let u = self.hidden(&xd, &a_vals, m, r, in_f);
-                // dB = dyᵀ · u.
-                let mut db = vec![0f32; out_f * r];
-                matmul_into(
-                    &mut db,
-                    MatRef::row_major(dy, m, out_f).t(),
-                    MatRef::row_major(&u, m, r),
-                    false,
-                );
-                // du = s · dy · B; dA = duᵀ · drop(x).
-                let mut du = vec![0f32; m * r];
-                matmul_into(
-                    &mut du,
-                    MatRef::row_major(dy, m, out_f),
-                    MatRef::row_major(&b_vals, out_f, r),
-                    false,
-                );
-                for v in &mut du {
-                    *v *= self.scale;
-                }
-                let mut da = vec![0f32; r * in_f];
-                matmul_into(
-                    &mut da,
-                    MatRef::row_major(&du, m, r).t(),
-                    MatRef::row_major(&xd, m, in_f),
-                    false,
-                );
-                // dx += (du · A) ⊙ mask.
-                let a_mat = MatRef::row_major(&a_vals, r, in_f);
-                match mask {
-                    None => matmul_into(&mut dx, MatRef::row_major(&du, m, r), a_mat, true),
-                    Some(mask) => {
-                        let mut dxd = vec![0f32; m * in_f];
-                        matmul_into(&mut dxd, MatRef::row_major(&du, m, r), a_mat, false);
-                        for ((d, g), k) in dx.iter_mut().zip(&dxd).zip(&mask) {
-                            *d += g * k;
-                        }
-                    }
-                }
+                let branch = Branch::new(&a_vals, &b_vals, r, self.scale, self.dropout);
+                let (da, db) = branch.backward(x, dy, &mut dx);
                 Ok((dx, da, db))
             })
         })?;
@@ -215,7 +138,7 @@ mod tests {
             let fused = lora_linear_bf16(&x, &base, &a, &b, 4.0, dropout)?;
             // The composition: the frozen bf16 op plus the branch as plain candle ops.
             let xd = match dropout {
-                Some((p, seed)) => dropout::dropout(&x, p, seed)?,
+                Some((p, seed)) => crate::ops::dropout::dropout(&x, p, seed)?,
                 None => x.as_tensor().clone(),
             };
             let branch = (xd.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)? * 4.0)?;

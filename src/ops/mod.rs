@@ -15,6 +15,7 @@ pub mod frozen_linear_bf16;
 pub mod linear_bf16;
 pub mod lm_head_loss;
 pub mod lora_linear;
+mod low_rank;
 pub mod rms_norm;
 pub mod rope;
 pub mod silu_mul;
