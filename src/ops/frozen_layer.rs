@@ -71,8 +71,11 @@ struct Saved {
 
 /// The op over `x` (`[b, t, hidden]`).
 struct LayerOp {
-    layer: FrozenLlamaLayer,
+    linears: [Arc<Bf16Weight>; 7],
+    /// The RMSNorm scales, read out of their tensors once per call.
     norms: [Vec<f32>; 2],
+    eps: f64,
+    heads: (usize, usize, usize),
     /// RoPE tables, `[t, hd/2]` each.
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -95,15 +98,15 @@ fn add_into(a: &mut [f32], b: &[f32]) {
 
 impl LayerOp {
     fn packed(&self, i: usize) -> &PackedRhs {
-        self.layer.linears[i].forward_rhs()
+        self.linears[i].forward_rhs()
     }
 
     fn packed_t(&self, i: usize) -> Result<&PackedRhs> {
-        self.layer.linears[i].backward_rhs()
+        self.linears[i].backward_rhs()
     }
 
     fn dims(&self, b: usize, t: usize) -> Dims {
-        let (nh, nkv, hd) = self.layer.heads;
+        let (nh, nkv, hd) = self.heads;
         Dims {
             b,
             t,
@@ -116,7 +119,7 @@ impl LayerOp {
 
     fn scoring(&self) -> Scoring {
         Scoring {
-            scale: 1.0 / (self.layer.heads.2 as f64).sqrt(),
+            scale: 1.0 / (self.heads.2 as f64).sqrt(),
             window: None,
             alibi: None,
             bf16: true,
@@ -125,7 +128,7 @@ impl LayerOp {
 
     fn forward(&self, x: &[f32], b: usize, t: usize, hidden: usize) -> Vec<f32> {
         let m = b * t;
-        let eps = self.layer.eps;
+        let eps = self.eps;
         let d = self.dims(b, t);
         let mut normed = Vec::new();
         rms_norm::forward_kernel(x, &self.norms[0], eps, &mut normed);
@@ -166,7 +169,7 @@ impl LayerOp {
         let m = b * t;
         let hidden = x.len() / m.max(1);
         let inner = s.gate.len() / m.max(1);
-        let eps = self.layer.eps;
+        let eps = self.eps;
         let d = self.dims(b, t);
         // MLP half: y = h + down(silu(gate) · up).
         let dact = amx::matmul_new(&rows(m, dy, hidden), self.packed_t(DOWN)?);
@@ -248,7 +251,9 @@ pub fn frozen_llama_layer(
         norms: [tensor_vec(&layer.norms[0])?, tensor_vec(&layer.norms[1])?],
         cos: tensor_vec(cos)?,
         sin: tensor_vec(sin)?,
-        layer: layer.clone(),
+        linears: layer.linears.clone(),
+        eps: layer.eps,
+        heads: layer.heads,
         keep: x.track_op(),
         saved: Mutex::new(None),
     };
