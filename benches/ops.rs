@@ -201,6 +201,7 @@ fn bf16(c: &mut Criterion) {
             pack(HIDDEN, MLP),
         ],
         heads: (HEADS, 3, HEAD_DIM),
+        bf16_attention: true,
     };
     let cos = randn(&[SEQ, HEAD_DIM / 2]);
     let sin = randn(&[SEQ, HEAD_DIM / 2]);

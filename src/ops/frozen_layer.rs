@@ -52,6 +52,9 @@ pub struct FrozenLlamaLayer {
     pub linears: [Arc<Bf16Weight>; 7],
     /// Query heads, key/value heads, head size.
     pub heads: (usize, usize, usize),
+    /// Attention's own products (scores, probabilities × values) on AMX tiles too, as
+    /// `--precision bf16` runs them; with `frozen-bf16` they stay f32.
+    pub bf16_attention: bool,
 }
 
 /// What the forward keeps for the backward.
@@ -76,6 +79,7 @@ struct LayerOp {
     norms: [Vec<f32>; 2],
     eps: f64,
     heads: (usize, usize, usize),
+    bf16_attention: bool,
     /// RoPE tables, `[t, hd/2]` each.
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -122,7 +126,7 @@ impl LayerOp {
             scale: 1.0 / (self.heads.2 as f64).sqrt(),
             window: None,
             alibi: None,
-            bf16: true,
+            bf16: self.bf16_attention,
         }
     }
 
@@ -254,6 +258,7 @@ pub fn frozen_llama_layer(
         linears: layer.linears.clone(),
         eps: layer.eps,
         heads: layer.heads,
+        bf16_attention: layer.bf16_attention,
         keep: x.track_op(),
         saved: Mutex::new(None),
     };
@@ -276,7 +281,8 @@ pub fn frozen_llama_layer_reference(
     let k = super::rope(&lin(&n1, K)?.reshape((b, t, nkv, hd))?, cos, sin)?;
     let v = lin(&n1, V)?.reshape((b, t, nkv, hd))?;
     let scale = 1.0 / (hd as f64).sqrt();
-    let a = super::attention_with(&q, &k, &v, scale, super::SoftmaxMask::default(), true)?;
+    let mask = super::SoftmaxMask::default();
+    let a = super::attention_with(&q, &k, &v, scale, mask, layer.bf16_attention)?;
     let h = (x + lin(&a, O)?)?;
     let n2 = super::rms_norm(&h, &layer.norms[1], layer.eps, false)?;
     let act = super::silu_mul(&lin(&n2, GATE)?, &lin(&n2, UP)?)?;
@@ -326,6 +332,7 @@ mod tests {
             eps: 1e-5,
             linears: linears.try_into().expect("seven"),
             heads: (4, 2, hd),
+            bf16_attention: true,
         })
     }
 
@@ -339,28 +346,34 @@ mod tests {
             eprintln!("skipped: no AMX on this CPU");
             return Ok(());
         }
-        let l = layer()?;
-        let (cos, sin) = tables(19, 16)?;
-        let x = Var::from_tensor(&rand_tensor(&[2, 19, 64], DType::F32, 1)?)?;
-        let g = rand_tensor(&[2, 19, 64], DType::F32, 2)?;
-        let fused = frozen_llama_layer(&x, &l, &cos, &sin)?;
-        let want = frozen_llama_layer_reference(&x, &l, &cos, &sin)?;
-        let scale = max_abs(&want)?;
-        assert!(max_abs(&(&fused - &want)?)? <= 1e-5 * scale);
-        let dx = (fused * &g)?
-            .sum_all()?
-            .backward()?
-            .get(&x)
-            .cloned()
-            .expect("dx");
-        let want_dx = (want * &g)?
-            .sum_all()?
-            .backward()?
-            .get(&x)
-            .cloned()
-            .expect("dx");
-        // Equal up to the order in which the three q/k/v (and gate/up) contributions are summed.
-        assert!(max_abs(&(&dx - &want_dx)?)? <= 1e-5 * max_abs(&want_dx)?);
+        // Attention's products on tiles (`--precision bf16`) or in f32 (`frozen-bf16`).
+        for bf16_attention in [true, false] {
+            let l = FrozenLlamaLayer {
+                bf16_attention,
+                ..layer()?
+            };
+            let (cos, sin) = tables(19, 16)?;
+            let x = Var::from_tensor(&rand_tensor(&[2, 19, 64], DType::F32, 1)?)?;
+            let g = rand_tensor(&[2, 19, 64], DType::F32, 2)?;
+            let fused = frozen_llama_layer(&x, &l, &cos, &sin)?;
+            let want = frozen_llama_layer_reference(&x, &l, &cos, &sin)?;
+            let scale = max_abs(&want)?;
+            assert!(max_abs(&(&fused - &want)?)? <= 1e-5 * scale);
+            let dx = (fused * &g)?
+                .sum_all()?
+                .backward()?
+                .get(&x)
+                .cloned()
+                .expect("dx");
+            let want_dx = (want * &g)?
+                .sum_all()?
+                .backward()?
+                .get(&x)
+                .cloned()
+                .expect("dx");
+            // Equal up to the order in which the three q/k/v (and gate/up) contributions are summed.
+            assert!(max_abs(&(&dx - &want_dx)?)? <= 1e-5 * max_abs(&want_dx)?);
+        }
         Ok(())
     }
 

@@ -210,7 +210,7 @@ impl LlamaLayer {
     /// The layer as one fused op ([`crate::ops::frozen_llama_layer`]), when nothing in it is
     /// trained or adapted, every projection is packed for AMX and `x` is f32 on the CPU: the
     /// emulator's frozen middle under `--precision frozen-bf16|bf16`.
-    fn frozen_bf16(&self, x: &Tensor) -> Option<crate::ops::FrozenLlamaLayer> {
+    fn frozen_bf16(&self, x: &Tensor, ctx: &LayerContext) -> Option<crate::ops::FrozenLlamaLayer> {
         let same_eps = self.input_norm.eps == self.post_norm.eps;
         if x.dtype() != DType::F32 || !x.device().is_cpu() || x.rank() != 3 || !same_eps {
             return None;
@@ -233,6 +233,7 @@ impl LlamaLayer {
             eps: self.input_norm.eps,
             linears: linears.try_into().ok()?,
             heads: (self.num_heads, self.num_kv_heads, self.head_dim),
+            bf16_attention: ctx.bf16_products,
         })
     }
 
@@ -272,7 +273,7 @@ impl DecoderLayer for LlamaLayer {
         ctx: &LayerContext,
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
-        if let (None, Some(fused)) = (&cache, self.frozen_bf16(x)) {
+        if let (None, Some(fused)) = (&cache, self.frozen_bf16(x, ctx)) {
             let (cos, sin) = ctx.rope(self.rope_theta)?;
             return crate::ops::frozen_llama_layer(x, &fused, cos, sin);
         }
