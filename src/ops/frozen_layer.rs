@@ -336,6 +336,12 @@ mod tests {
         })
     }
 
+    /// The gradient of `Σ y·g` with respect to `x`.
+    fn input_grad(y: &Tensor, g: &Tensor, x: &Var) -> Result<Tensor> {
+        let grads = (y * g)?.sum_all()?.backward()?;
+        Ok(grads.get(x).cloned().expect("x has a gradient"))
+    }
+
     fn max_abs(t: &Tensor) -> Result<f32> {
         t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
     }
@@ -359,18 +365,8 @@ mod tests {
             let want = frozen_llama_layer_reference(&x, &l, &cos, &sin)?;
             let scale = max_abs(&want)?;
             assert!(max_abs(&(&fused - &want)?)? <= 1e-5 * scale);
-            let dx = (fused * &g)?
-                .sum_all()?
-                .backward()?
-                .get(&x)
-                .cloned()
-                .expect("dx");
-            let want_dx = (want * &g)?
-                .sum_all()?
-                .backward()?
-                .get(&x)
-                .cloned()
-                .expect("dx");
+            let dx = input_grad(&fused, &g, &x)?;
+            let want_dx = input_grad(&want, &g, &x)?;
             // Equal up to the order in which the three q/k/v (and gate/up) contributions are summed.
             assert!(max_abs(&(&dx - &want_dx)?)? <= 1e-5 * max_abs(&want_dx)?);
         }
@@ -392,12 +388,7 @@ mod tests {
         };
         let xv = Var::from_tensor(&x)?;
         let y = frozen_llama_layer(&xv, &l, &cos, &sin)?;
-        let dx = (y * &g)?
-            .sum_all()?
-            .backward()?
-            .get(&xv)
-            .cloned()
-            .expect("dx");
+        let dx = input_grad(&y, &g, &xv)?;
         // A directional derivative, along a random direction through every element at once.
         let dir = rand_tensor(&[1, 8, 64], DType::F32, 5)?;
         // A step large enough that the rounding (a fixed pattern of ~2⁻⁹ relative errors) is
