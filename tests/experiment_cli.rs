@@ -1,4 +1,4 @@
-//! `offsite experiment` on a tiny model: all five rows, report files, resumption, skipping.
+//! `offsite experiment` on a tiny model: all six rows (the paper's five and the oracle), report files, resumption, skipping.
 
 use candle_core::DType;
 use offsite::io::tokenizer::Tokenizer;
@@ -85,7 +85,7 @@ fn setup_with_seed(dir: &Path, seed: u64) -> std::path::PathBuf {
 }
 
 #[test]
-fn five_rows_report_and_resume() {
+fn six_rows_report_and_resume() {
     let d = tempfile::tempdir().unwrap();
     setup(d.path());
     let out = d.path().join("exp");
@@ -107,6 +107,7 @@ fn five_rows_report_and_resume() {
             "zero_shot",
             "emulator_zero_shot",
             "emulator_ft",
+            "oracle",
             "plug_in",
             "full_ft"
         ]
@@ -127,7 +128,7 @@ fn five_rows_report_and_resume() {
     // A rerun recomputes nothing and reports the same numbers.
     let (ok, _, err) = run(&[]);
     assert!(ok, "{err}");
-    assert_eq!(err.matches("already done").count(), 5, "{err}");
+    assert_eq!(err.matches("already done").count(), 6, "{err}");
     let again: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(again["rows"], report["rows"]);
@@ -137,7 +138,7 @@ fn five_rows_report_and_resume() {
     assert!(ok, "{err}");
     let skipped: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
-    assert_eq!(skipped["rows"].as_array().unwrap().len(), 3);
+    assert_eq!(skipped["rows"].as_array().unwrap().len(), 4);
 
     // Other settings in the same folder would mix results: refused, naming the folder's config.
     let (ok, _, err) = run(&["--peft", "lora"]);
@@ -158,7 +159,7 @@ fn peft_methods_tune_the_adapter_in_experiments() {
         ("bitfit", "adapter-bitfit.safetensors"),
     ] {
         let out = d.path().join(peft);
-        let skip = "zero-shot,emulator-zero-shot,full-ft";
+        let skip = "zero-shot,emulator-zero-shot,oracle,full-ft";
         let (ok, stdout, err) = experiment(d.path(), &out, &["--skip", skip, "--peft", peft]);
         assert!(ok, "{peft}: {err}");
         assert!(stdout.contains("| plug-in |"), "{stdout}");

@@ -68,15 +68,11 @@ pub fn run(args: Args) -> Result<()> {
                 train.len(),
                 val.len()
             );
-            // The layer-dropped emulator is the starting point.
+            // The uncompressed emulator of the chosen layers is the starting point.
             let plain = Package::build(
                 &full,
-                None,
-                EmulatorOptions::layer_drop(
-                    args.options.bottom,
-                    args.options.keep,
-                    args.options.top,
-                ),
+                ckpt.tokenizer.as_ref(),
+                args.options.uncompressed(),
                 &args.output,
             )?;
             let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
@@ -96,16 +92,27 @@ pub fn run(args: Args) -> Result<()> {
                 training: options,
                 metrics,
             };
-            Some((weights, record))
+            Some((weights, record, plain))
         }
     };
-    let package = Package::build_with(
-        &full,
-        ckpt.tokenizer.as_ref(),
-        args.options.clone(),
-        distilled.as_ref().map(|(w, r)| (w, r.clone())),
-        &args.output,
-    )?;
+    let package = match &distilled {
+        // Distillation started from the chosen layers: keep that choice (a data-driven one is
+        // not measured twice).
+        Some((weights, record, plain)) => Package::assemble(
+            &full,
+            ckpt.tokenizer.as_ref(),
+            args.options.clone(),
+            (plain.meta.split.clone(), plain.meta.choice.clone()),
+            Some((weights, record.clone())),
+            &args.output,
+        )?,
+        None => Package::build(
+            &full,
+            ckpt.tokenizer.as_ref(),
+            args.options.clone(),
+            &args.output,
+        )?,
+    };
     package.save(&args.output)?;
     let m = &package.meta;
     let size = std::fs::metadata(&args.output)
@@ -117,11 +124,19 @@ pub fn run(args: Args) -> Result<()> {
         size as f64 / 1e6
     );
     println!(
-        "adapter layers {:?} | emulator layers {:?} (of {} middle layers)",
+        "adapter layers {:?} | emulator layers {:?} ({} stored of {} middle layers, {})",
         m.split.adapter(),
         m.split.emulator,
-        m.config.num_layers - m.options.bottom - m.options.top
+        m.split.stored().len(),
+        m.split.num_middle(),
+        m.options.compression()
     );
+    if let Some(c) = &m.choice {
+        println!(
+            "chosen on {} ({} tokens): cosine {:.4}, relative error {:.4}, norm ratio {:.3} at the top adapter's input",
+            c.calibration, c.calibration_tokens, c.fidelity.cosine, c.fidelity.rel_l2, c.fidelity.norm_ratio
+        );
+    }
     println!(
         "{} parameters, {:.1}% of the full model's {}; source model {}…",
         package.num_parameters(),

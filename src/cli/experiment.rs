@@ -1,5 +1,5 @@
 //! `offsite experiment MODEL --train T --val V --test X [--task t] [--keep K] [--skip rows] -o OUT`:
-//! the paper's five-row table for one model and task, resumable, with a report and a chart.
+//! the paper's table (plus an oracle row) for one model and task, resumable, with a report and a chart.
 
 use super::ModelSpec;
 use anyhow::Result;

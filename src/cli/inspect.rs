@@ -39,6 +39,9 @@ fn inspect_package(path: &Path, as_json: bool) -> Result<()> {
         "num_layers": m.config.num_layers,
         "adapter_layers": m.split.adapter(),
         "emulator_layers": m.split.emulator,
+        "stored_emulator_layers": m.split.stored(),
+        "strategy": m.options.strategy,
+        "choice": m.choice,
         "layer_map": layer_map,
         "options": m.options,
         "compression": m.options.compression(),
@@ -72,12 +75,26 @@ fn inspect_package(path: &Path, as_json: bool) -> Result<()> {
         m.split.adapter()
     );
     println!(
-        "emulator      layers {:?} ({} of {} middle layers, {})",
+        "emulator      layers {:?} ({} stored, {} run, of {} middle layers; strategy {}, {})",
         m.split.emulator,
+        m.split.stored().len(),
         m.split.emulator.len(),
-        m.config.num_layers - m.split.bottom.len() - m.split.top.len(),
+        m.split.num_middle(),
+        m.options.strategy,
         m.options.compression()
     );
+    if let Some(c) = &m.choice {
+        println!(
+            "chosen on     {} ({} tokens, sha256 {}…): cosine {:.4}, relative error {:.4}, norm \
+             ratio {:.3} at the top adapter's input",
+            c.calibration,
+            c.calibration_tokens,
+            short(&c.calibration_sha256),
+            c.fidelity.cosine,
+            c.fidelity.rel_l2,
+            c.fidelity.norm_ratio
+        );
+    }
     if let Some(d) = &m.distillation {
         println!(
             "distilled     on {} ({} steps, kd weight {}, lm weight {}, best validation loss {})",

@@ -11,6 +11,7 @@ mod finetune;
 mod generate;
 mod inspect;
 mod plug;
+mod probe;
 mod score;
 mod tune;
 
@@ -46,6 +47,9 @@ enum Command {
     Plug(plug::Args),
     /// Measure a model, an emulator, or either with a tuned adapter.
     Eval(eval::Args),
+    /// Emulator against full model on the same text: residual stream at the top adapter's
+    /// input, KL of the next-token distributions, perplexities.
+    Probe(probe::Args),
     /// Baseline: fine-tune every weight of the full model, write a Hugging Face directory.
     Finetune(finetune::Args),
     /// The paper's five-row table (zero-shot, emulator zero-shot, emulator fine-tuned, plug-in,
@@ -75,6 +79,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Tune(a) => tune::run(a),
         Command::Plug(a) => plug::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Probe(a) => probe::run(a),
         Command::Finetune(a) => finetune::run(a),
         Command::Experiment(a) => experiment::run_cmd(a),
         Command::Ablate(a) => ablate::run(a),

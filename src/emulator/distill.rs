@@ -152,6 +152,13 @@ pub(crate) fn distill_until(
             "the emulator keeps no layers: nothing to distil".into(),
         ));
     }
+    if split.shares() {
+        // A shared layer runs at several depths; the trainer would see one copy per use.
+        return Err(Error::Invalid(
+            "distilling an emulator with shared layers (--strategy share) is not supported yet"
+                .into(),
+        ));
+    }
     if !options.precision.is_f32() {
         // The student's frozen layers are written into the distilled package: bf16 storage
         // would round them.

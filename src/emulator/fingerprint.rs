@@ -29,7 +29,11 @@ pub fn fingerprint<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>)
 
 /// The first 12 hex digits, for messages.
 pub fn short(fingerprint: &str) -> &str {
-    &fingerprint[..fingerprint.len().min(12)]
+    // By characters: a damaged file's fingerprint need not be ASCII.
+    fingerprint
+        .char_indices()
+        .nth(12)
+        .map_or(fingerprint, |(i, _)| &fingerprint[..i])
 }
 
 #[cfg(test)]

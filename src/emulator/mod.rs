@@ -4,15 +4,18 @@
 pub mod adapter;
 pub mod compress;
 pub mod distill;
+pub mod fidelity;
 pub mod fingerprint;
 pub mod package;
 pub mod plan;
 pub mod plug;
+pub mod strategy;
 pub mod tune;
 
 pub use adapter::Adapter;
 pub use package::{EmulatorOptions, Package};
 pub use plan::{plan, uniform_choice, Split};
 pub use plug::{model_fingerprint, plug};
+pub use strategy::Strategy;
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,8 @@
 use super::compress::{Encoded, Encoding, MASK_SUFFIX};
 use super::distill::DistillRecord;
 use super::fingerprint::fingerprint;
-use super::plan::{plan, Split};
+use super::plan::Split;
+use super::strategy::{self, Calibration, ChoiceRecord, Strategy};
 use crate::io::atomic;
 use crate::io::hf_dir::safetensors_bytes;
 use crate::io::tokenizer::Tokenizer;
@@ -14,7 +15,7 @@ use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Key of our JSON in the safetensors header's `__metadata__`.
 pub const METADATA_KEY: &str = "offsite";
@@ -32,9 +33,28 @@ pub struct EmulatorOptions {
     /// Adapter layers at the top (the last `top` layers).
     #[arg(long, default_value_t = 2)]
     pub top: usize,
-    /// Middle layers the emulator keeps (uniformly chosen, as in the paper).
+    /// Middle layers the emulator keeps (stores): run once each (`uniform`, `importance`) or
+    /// shared over the whole middle depth (`share`).
     #[arg(long)]
     pub keep: usize,
+    /// Which middle layers and in what order: `uniform` (the paper's layer drop),
+    /// `importance` (greedy layer drop by fidelity on calibration text), `share` (CRaSh:
+    /// clusters of alike consecutive layers, one stored layer run for each member).
+    #[arg(long, value_enum, default_value_t = Strategy::Uniform)]
+    #[serde(default, skip_serializing_if = "is_uniform")]
+    pub strategy: Strategy,
+    /// Calibration text for `importance` and `share` (JSONL {"text"} or .txt; general text,
+    /// not the downstream task).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<PathBuf>,
+    /// Tokens of calibration text (evenly spaced 128-token blocks).
+    #[arg(long, default_value_t = DEFAULT_CALIBRATION_TOKENS)]
+    #[serde(
+        default = "default_calibration_tokens",
+        skip_serializing_if = "is_default_calibration_tokens"
+    )]
+    pub calibration_tokens: usize,
     /// Zero this fraction of the smallest-magnitude entries of each 2-D emulator weight
     /// (unstructured magnitude pruning; stored sparse).
     #[arg(long)]
@@ -47,6 +67,21 @@ pub struct EmulatorOptions {
     pub quant_bits: Option<u8>,
 }
 
+/// Calibration tokens unless told otherwise.
+pub const DEFAULT_CALIBRATION_TOKENS: usize = 1024;
+
+fn default_calibration_tokens() -> usize {
+    DEFAULT_CALIBRATION_TOKENS
+}
+
+fn is_default_calibration_tokens(n: &usize) -> bool {
+    *n == DEFAULT_CALIBRATION_TOKENS
+}
+
+fn is_uniform(s: &Strategy) -> bool {
+    *s == Strategy::Uniform
+}
+
 impl EmulatorOptions {
     /// Plain layer drop with `bottom` + `keep` + `top` layers.
     pub fn layer_drop(bottom: usize, keep: usize, top: usize) -> Self {
@@ -54,8 +89,29 @@ impl EmulatorOptions {
             bottom,
             top,
             keep,
+            strategy: Strategy::Uniform,
+            calibration: None,
+            calibration_tokens: DEFAULT_CALIBRATION_TOKENS,
             prune: None,
             quant_bits: None,
+        }
+    }
+
+    /// `strategy` with calibration text `calibration`.
+    pub fn with_strategy(self, strategy: Strategy, calibration: Option<PathBuf>) -> Self {
+        EmulatorOptions {
+            strategy,
+            calibration,
+            ..self
+        }
+    }
+
+    /// The same emulator without pruning or quantization (what distillation starts from).
+    pub fn uncompressed(&self) -> Self {
+        EmulatorOptions {
+            prune: None,
+            quant_bits: None,
+            ..self.clone()
         }
     }
 
@@ -79,9 +135,14 @@ impl EmulatorOptions {
     }
 
     /// How the middle was compressed: `layer drop`, `layer drop + pruned 30%`,
-    /// `layer drop + 4-bit`, ….
+    /// `importance layer drop + 4-bit`, `shared layers`, ….
     pub fn compression(&self) -> String {
-        let mut out = String::from("layer drop");
+        let mut out = String::from(match self.strategy {
+            Strategy::Uniform => "layer drop",
+            Strategy::Importance => "importance layer drop",
+            Strategy::ImportanceShare => "importance layer drop and sharing",
+            Strategy::Share => "shared layers",
+        });
         if let Some(r) = self.prune {
             out += &format!(" + pruned {:.0}%", r * 100.0);
         }
@@ -154,6 +215,9 @@ pub struct PackageMeta {
     /// How the emulator layers were distilled, when they were.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distillation: Option<DistillRecord>,
+    /// How a data-driven strategy chose the layers, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choice: Option<ChoiceRecord>,
     /// The tensors stored compressed (pruned and/or quantized emulator weights), by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub encodings: BTreeMap<String, Encoding>,
@@ -210,8 +274,44 @@ impl Package {
         origin: &Path,
     ) -> Result<Self> {
         options.validate()?;
+        let choice = Self::choose(full, tokenizer, &options)?;
+        Self::assemble(full, tokenizer, options, choice, distilled, origin)
+    }
+
+    /// The split `options` ask for (measured on their calibration text for data-driven
+    /// strategies) and how it was chosen.
+    pub fn choose(
+        full: &Model,
+        tokenizer: Option<&Tokenizer>,
+        options: &EmulatorOptions,
+    ) -> Result<(Split, Option<ChoiceRecord>)> {
+        let calibration = match (&options.calibration, options.strategy.needs_calibration()) {
+            (Some(path), true) => {
+                let tok = tokenizer.ok_or_else(|| {
+                    Error::Invalid("calibration text needs the model's tokenizer".into())
+                })?;
+                let cal = Calibration::load(path, tok, options.calibration_tokens, full.device())?;
+                Some((cal, path.as_path()))
+            }
+            _ => None,
+        };
+        let (b, t, k) = (options.bottom, options.top, options.keep);
+        let cal = calibration.as_ref().map(|(c, p)| (c, *p));
+        strategy::choose(full, options.strategy, b, t, k, cal)
+    }
+
+    /// [`Package::build_with`] on a split already chosen by [`Package::choose`] (distillation
+    /// reuses its starting package's).
+    pub fn assemble(
+        full: &Model,
+        tokenizer: Option<&Tokenizer>,
+        options: EmulatorOptions,
+        (split, choice): (Split, Option<ChoiceRecord>),
+        distilled: Option<(&BTreeMap<String, Tensor>, DistillRecord)>,
+        origin: &Path,
+    ) -> Result<Self> {
+        options.validate()?;
         let config = full.config().clone();
-        let split = plan(config.num_layers, options.bottom, options.top, options.keep)?;
         let source_fingerprint = fingerprint(
             full.named_weights()
                 .iter()
@@ -272,6 +372,7 @@ impl Package {
                 tokenizer,
                 created_by: format!("offsite {}", env!("CARGO_PKG_VERSION")),
                 distillation,
+                choice,
                 encodings: encoded
                     .iter()
                     .map(|(n, e): (&String, &Encoded)| (n.clone(), e.encoding.metadata()))

@@ -61,25 +61,69 @@ impl Split {
     }
 }
 
-/// Splits an `n`-layer model: adapter `[0, bottom)` and `[n-top, n)`, and `keep` of the
-/// `n - bottom - top` middle layers chosen by [`uniform_choice`].
-pub fn plan(n: usize, bottom: usize, top: usize, keep: usize) -> Result<Split> {
-    if bottom + top > n {
-        return Err(Error::Invalid(format!(
-            "an adapter of {bottom} bottom + {top} top layers does not fit a {n}-layer model"
-        )));
+impl Split {
+    /// An `n`-layer model with adapter `[0, bottom)` and `[n-top, n)` whose emulator runs the
+    /// original middle layers `emulator` in that order. An entry may repeat (a layer shared in
+    /// place of its neighbours), but the list never goes back: layer `i` cannot run after a
+    /// layer above it.
+    pub fn new(n: usize, bottom: usize, top: usize, emulator: Vec<usize>) -> Result<Self> {
+        if bottom + top > n {
+            return Err(Error::Invalid(format!(
+                "an adapter of {bottom} bottom + {top} top layers does not fit a {n}-layer model"
+            )));
+        }
+        let middle = bottom..n - top;
+        if let Some(bad) = emulator.iter().find(|i| !middle.contains(i)) {
+            return Err(Error::Invalid(format!(
+                "emulator layer {bad} is not a middle layer ({}..{})",
+                middle.start, middle.end
+            )));
+        }
+        if emulator.windows(2).any(|w| w[1] < w[0]) {
+            return Err(Error::Invalid(format!(
+                "emulator layers {emulator:?} go back: they must not decrease"
+            )));
+        }
+        Ok(Split {
+            num_layers: n,
+            bottom: (0..bottom).collect(),
+            emulator,
+            top: (n - top..n).collect(),
+        })
     }
-    let m = n - bottom - top;
+
+    /// The distinct middle layers the emulator stores (its weights), ascending.
+    pub fn stored(&self) -> Vec<usize> {
+        let mut v = self.emulator.clone();
+        v.dedup();
+        v
+    }
+
+    /// Number of middle layers of the full model.
+    pub fn num_middle(&self) -> usize {
+        self.num_layers - self.bottom.len() - self.top.len()
+    }
+
+    /// Whether some stored layer runs more than once.
+    pub fn shares(&self) -> bool {
+        self.stored().len() != self.emulator.len()
+    }
+}
+
+/// Splits an `n`-layer model: adapter `[0, bottom)` and `[n-top, n)`, and `keep` of the
+/// `n - bottom - top` middle layers chosen by [`uniform_choice`] (the paper's plan; the
+/// data-driven strategies of [`super::strategy`] build their [`Split`] with [`Split::new`]).
+pub fn plan(n: usize, bottom: usize, top: usize, keep: usize) -> Result<Split> {
+    let m = n.checked_sub(bottom + top).ok_or_else(|| {
+        Error::Invalid(format!(
+            "an adapter of {bottom} bottom + {top} top layers does not fit a {n}-layer model"
+        ))
+    })?;
     let emulator = uniform_choice(m, keep)?
         .into_iter()
         .map(|i| i + bottom)
         .collect();
-    Ok(Split {
-        num_layers: n,
-        bottom: (0..bottom).collect(),
-        emulator,
-        top: (n - top..n).collect(),
-    })
+    Split::new(n, bottom, top, emulator)
 }
 
 #[cfg(test)]
@@ -139,5 +183,18 @@ mod tests {
         assert_eq!(plan(10, 2, 2, 1).unwrap().emulator, [4]);
         assert!(plan(10, 2, 2, 7).is_err());
         assert!(plan(3, 2, 2, 0).is_err());
+    }
+
+    #[test]
+    fn shared_splits_store_each_layer_once_and_never_go_back() {
+        let s = Split::new(10, 2, 2, vec![2, 2, 4, 4, 4, 7]).unwrap();
+        assert_eq!(s.stored(), [2, 4, 7]);
+        assert!(s.shares());
+        assert_eq!(s.num_middle(), 6);
+        assert_eq!(s.layer_order(), [0, 1, 2, 2, 4, 4, 4, 7, 8, 9]);
+        assert!(!plan(10, 2, 2, 3).unwrap().shares());
+        assert!(Split::new(10, 2, 2, vec![4, 3]).is_err());
+        assert!(Split::new(10, 2, 2, vec![1]).is_err());
+        assert!(Split::new(10, 2, 2, vec![8]).is_err());
     }
 }

@@ -97,7 +97,8 @@ pub fn ablate(
         let dir = out.join(c.name());
         eprintln!("ablation: {} ({})", c.name(), c.kind());
         let mut skip = base.skip.clone();
-        skip.extend([Row::ZeroShot, Row::FullFt]);
+        // Rows that do not depend on the emulator are run once by `experiment`, not per point.
+        skip.extend([Row::ZeroShot, Row::Oracle, Row::FullFt]);
         let cfg = ExperimentConfig {
             emulator: c.options(bottom, top, middle),
             skip,

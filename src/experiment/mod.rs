@@ -38,6 +38,11 @@ pub enum Row {
     /// The emulator with the tuned adapter.
     #[value(name = "emulator-ft")]
     EmulatorFt,
+    /// The ceiling of offsite-tuning with this adapter: the adapter tuned through the full
+    /// model's real (frozen) middle, then plugged in. Tells "the adapter can't learn it" from
+    /// "the emulator doesn't transfer".
+    #[value(name = "oracle")]
+    Oracle,
     /// The full model with the tuned adapter plugged in.
     #[value(name = "plug-in")]
     PlugIn,
@@ -48,10 +53,11 @@ pub enum Row {
 
 impl Row {
     /// All rows.
-    pub const ALL: [Row; 5] = [
+    pub const ALL: [Row; 6] = [
         Row::ZeroShot,
         Row::EmulatorZeroShot,
         Row::EmulatorFt,
+        Row::Oracle,
         Row::PlugIn,
         Row::FullFt,
     ];
@@ -62,6 +68,7 @@ impl Row {
             Row::ZeroShot => "zero_shot",
             Row::EmulatorZeroShot => "emulator_zero_shot",
             Row::EmulatorFt => "emulator_ft",
+            Row::Oracle => "oracle",
             Row::PlugIn => "plug_in",
             Row::FullFt => "full_ft",
         }
@@ -73,6 +80,7 @@ impl Row {
             Row::ZeroShot => "full model, zero-shot",
             Row::EmulatorZeroShot => "emulator, zero-shot",
             Row::EmulatorFt => "emulator, fine-tuned",
+            Row::Oracle => "oracle (tuned through the real middle)",
             Row::PlugIn => "plug-in",
             Row::FullFt => "full fine-tuning",
         }
@@ -269,6 +277,31 @@ fn tuned_adapter(
     Adapter::load(&path, &Device::Cpu)
 }
 
+/// The oracle's adapter: tuned (same data and options) through a package that keeps every
+/// middle layer, in `out/oracle/`.
+fn oracle_adapter(
+    cfg: &ExperimentConfig,
+    ckpt: &checkpoint::Checkpoint,
+    tok: &Tokenizer,
+    options: &TrainOptions,
+    pad: u32,
+    out: &Path,
+) -> Result<Adapter> {
+    let dir = out.join("oracle");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let path = dir.join("emulator.offsite");
+    if !path.is_file() {
+        eprintln!("experiment: building the oracle's package (every middle layer)");
+        let full = ckpt.model()?;
+        let (b, t) = (cfg.emulator.bottom, cfg.emulator.top);
+        let m = full.config().num_layers.saturating_sub(b + t);
+        let options = EmulatorOptions::layer_drop(b, m, t);
+        Package::build(&full, Some(tok), options, &path)?.save(&path)?;
+    }
+    let package = Package::load(&path, &Device::Cpu)?;
+    tuned_adapter(cfg, &package, options, pad, &dir)
+}
+
 /// Refuses to resume into a folder whose finished rows were made with other settings (only the
 /// rows to skip may change between runs).
 fn check_same_experiment(cfg: &ExperimentConfig, out: &Path) -> Result<()> {
@@ -375,6 +408,10 @@ pub fn run(cfg: &ExperimentConfig, out: &Path) -> Result<Vec<RowResult>> {
                 a.apply(&mut emu)?;
                 evaluate(row, &emu)?
             }
+            Row::Oracle => {
+                let a = oracle_adapter(cfg, &ckpt, &tok, &tuning, pad, out)?;
+                evaluate(row, &plug(&ckpt, &a)?)?
+            }
             Row::PlugIn => evaluate(row, &plug(&ckpt, adapter.as_ref().expect("made"))?)?,
             Row::FullFt => {
                 let ft_dir = out.join("full-ft");
@@ -416,7 +453,7 @@ pub fn write_report(
         &out.join("report.json"),
         &serde_json::json!({
             "model": cfg.model, "task": cfg.task.map(|t| t.name()), "train": cfg.train,
-            "val": cfg.val, "test": cfg.test, "metric": metric, "emulator": cfg.emulator, "emulator_package": cfg.emulator_package,
+            "val": cfg.val, "test": cfg.test, "metric": metric, "emulator": cfg.emulator, "strategy": cfg.emulator.strategy, "emulator_package": cfg.emulator_package,
             "training": cfg.training, "method": cfg.method, "limits": {"train": cfg.limit_train, "val": cfg.limit_val, "test": cfg.limit_test},
             "rows": rows,
         }),
@@ -522,6 +559,17 @@ pub fn write_report(
 /// and distillation (read from the package's header).
 fn emulator_text(cfg: &ExperimentConfig) -> String {
     let mut text = cfg.emulator.compression();
+    if let (true, Some(cal)) = (
+        cfg.emulator.strategy.needs_calibration(),
+        &cfg.emulator.calibration,
+    ) {
+        text += &format!(
+            ", strategy `{}` measured on `{}` ({} tokens)",
+            cfg.emulator.strategy,
+            cal.display(),
+            cfg.emulator.calibration_tokens
+        );
+    }
     let Some(path) = &cfg.emulator_package else {
         return text;
     };
