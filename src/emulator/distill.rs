@@ -23,6 +23,23 @@ pub struct DistillWeights {
     /// Weight of the emulator model's language-modelling loss.
     #[arg(long, default_value_t = 1.0)]
     pub lm_weight: f64,
+    /// How the hidden-state loss is normalised: `token` (each position's squared error over
+    /// its own energy, then averaged: a massive activation counts as one token) or `block`
+    /// (squared error over the whole block's energy, which such an activation dominates).
+    #[arg(long, value_enum, default_value_t = KdNorm::Token)]
+    #[serde(default)]
+    pub kd_norm: KdNorm,
+}
+
+/// The normalisation of the hidden-state distillation loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum KdNorm {
+    /// `mean_p ‖t_p − s_p‖² / ‖t_p‖²`.
+    Token,
+    /// `Σ (t − s)² / Σ t²` (how packages distilled before the per-token loss were made).
+    #[default]
+    Block,
 }
 
 /// What a distilled package records about its distillation.
@@ -50,6 +67,21 @@ pub fn kd_loss(teacher: &Tensor, student: &Tensor, mask: &Tensor) -> candle_core
     // The teacher is outside the graph: its energy is a constant of the step.
     let energy = teacher.sqr()?.broadcast_mul(&mask)?.sum_all()?.detach();
     err.broadcast_div(&energy)
+}
+
+/// `mean_p ‖t_p − s_p‖² / ‖t_p‖²` over the positions `p` where `mask` is set: every token
+/// weighs the same, whatever its norm.
+pub fn kd_loss_per_token(
+    teacher: &Tensor,
+    student: &Tensor,
+    mask: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let err = (teacher - student)?.sqr()?.sum(D::Minus1)?;
+    // The teacher's energies are constants of the step; the floor keeps a zero vector finite.
+    let energy = (teacher.sqr()?.sum(D::Minus1)?.detach() + 1e-12)?;
+    let mask = mask.to_dtype(teacher.dtype())?;
+    let count = mask.sum_all()?.detach();
+    (err / energy)?.mul(&mask)?.sum_all()?.broadcast_div(&count)
 }
 
 /// The student and teacher sides of a distillation step.
@@ -85,7 +117,10 @@ impl Pair<'_> {
         let emulator = self.bottom..self.bottom + self.emulator;
         let student = self.student.forward_layers(h, &ctx, emulator.clone())?;
         let mask = position_mask(batch)?;
-        let kd = kd_loss(&teacher, &student, &mask)?;
+        let kd = match self.weights.kd_norm {
+            KdNorm::Token => kd_loss_per_token(&teacher, &student, &mask)?,
+            KdNorm::Block => kd_loss(&teacher, &student, &mask)?,
+        };
         let rest = emulator.end..self.student.layers().len();
         let top = self.student.forward_layers(student, &ctx, rest)?;
         let hidden = self.student.final_norm(&top)?;
@@ -210,6 +245,19 @@ mod tests {
         assert!((kd - 1.0).abs() < 1e-7, "{kd}");
         let same = kd_loss(&t, &t, &mask).unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(same, 0.0);
+        // Per token: position 0's ‖(1, −2)‖² / ‖(1, 2)‖² = 1, and a second real position with
+        // t = (10, 0), s = (9, 0) adds 1/100: the mean is 0.505, where the block loss would
+        // give (5 + 1) / (5 + 100).
+        let t = Tensor::new(&[[[1.0f32, 2.0], [10.0, 0.0], [3.0, 3.0]]], &Device::Cpu).unwrap();
+        let s = Tensor::new(&[[[0.0f32, 4.0], [9.0, 0.0], [0.0, 0.0]]], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[[1.0f32, 1.0, 0.0]], &Device::Cpu).unwrap();
+        let kd = kd_loss_per_token(&t, &s, &mask)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((kd - 0.505).abs() < 1e-6, "{kd}");
+        let block = kd_loss(&t, &s, &mask).unwrap().to_scalar::<f32>().unwrap();
+        assert!((block - 6.0 / 105.0).abs() < 1e-6, "{block}");
     }
 
     fn setup() -> (Model, Package, Vec<Sequence>) {
@@ -247,6 +295,7 @@ mod tests {
         let weights = DistillWeights {
             kd_weight: 1.0,
             lm_weight: 0.0,
+            kd_norm: KdNorm::Block,
         };
         let out = dir.path().join("d.offsite");
         let options = TrainOptions {
@@ -364,6 +413,7 @@ mod tests {
             DistillWeights {
                 kd_weight: 30.0,
                 lm_weight: 1.0,
+                kd_norm: KdNorm::Token,
             }
         }
     }
