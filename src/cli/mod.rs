@@ -12,6 +12,7 @@ mod generate;
 mod inspect;
 mod plug;
 mod probe;
+mod sample;
 mod score;
 mod tune;
 
@@ -47,6 +48,8 @@ enum Command {
     Plug(plug::Args),
     /// Measure a model, an emulator, or either with a tuned adapter.
     Eval(eval::Args),
+    /// A corpus of the model's own samples (data-free calibration and distillation text).
+    Sample(sample::Args),
     /// Emulator against full model on the same text: residual stream at the top adapter's
     /// input, KL of the next-token distributions, perplexities.
     Probe(probe::Args),
@@ -80,6 +83,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Plug(a) => plug::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Probe(a) => probe::run(a),
+        Command::Sample(a) => sample::run(a),
         Command::Finetune(a) => finetune::run(a),
         Command::Experiment(a) => experiment::run_cmd(a),
         Command::Ablate(a) => ablate::run(a),

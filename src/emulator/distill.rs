@@ -121,11 +121,17 @@ impl Pair<'_> {
             KdNorm::Token => kd_loss_per_token(&teacher, &student, &mask)?,
             KdNorm::Block => kd_loss(&teacher, &student, &mask)?,
         };
+        let kd = (kd * self.weights.kd_weight)?;
+        if self.weights.lm_weight == 0.0 {
+            // Without the LM term the top layers and the head (the widest product of the step)
+            // have nothing to contribute.
+            return Ok(kd);
+        }
         let rest = emulator.end..self.student.layers().len();
         let top = self.student.forward_layers(student, &ctx, rest)?;
         let hidden = self.student.final_norm(&top)?;
         let lm = crate::train::loss::head_loss(self.student, &hidden, batch)?;
-        (kd * self.weights.kd_weight)? + (lm * self.weights.lm_weight)?
+        kd + (lm * self.weights.lm_weight)?
     }
 }
 
