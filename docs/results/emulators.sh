@@ -55,4 +55,24 @@ for run in "${RUNS[@]}"; do
         done
     done
 done
+# The importance emulator distilled (per-token KD only, no LM term) on the State of the Union
+# training split, held out on its first two validation addresses, then the spam table through it
+# (the rows that do not depend on the emulator copied from the runs above).
+head -n 2 "$SHARED/sotu/validation.jsonl" > "$OUT/sotu-val2.jsonl"
+"$B" emulator smollm2 --keep 13 --strategy importance --calibration "$SHARED/sotu/train.jsonl" \
+    --distill "$SHARED/sotu/train.jsonl" --distill-val "$OUT/sotu-val2.jsonl" --distill-steps 300 \
+    --kd-weight 1 --lm-weight 0 --kd-norm token --lr 2e-4 --schedule cosine --warmup-steps 10 \
+    --clip 1 --batch-size 4 --block-size 128 --eval-every 100 --save-every 50 --seed 42 --resume \
+    -o "$OUT/k13-importance-distilled.offsite"
+dir="$OUT/spam-k13-importance_distilled"
+mkdir -p "$dir/rows"
+cp "$OUT"/spam-rows/*.json "$dir/rows/"
+"$B" experiment "${SPAM[@]}" --keep 13 --strategy importance --calibration "$SHARED/sotu/train.jsonl" \
+    --emulator-package "$OUT/k13-importance-distilled.offsite" -o "$dir"
+cp "$OUT/k13-importance-distilled.offsite" "$dir/emulator.offsite"
+"$B" inspect "$dir/emulator.offsite" --json > "$dir/inspect.json"
+for text in "$SHARED/sotu/validation.jsonl" "$SHARED/spam/train_text.jsonl"; do
+    name=$(basename "$(dirname "$text")")
+    "$B" probe smollm2 "$dir/emulator.offsite" --data "$text" --max-blocks 8 --json > "$dir/probe-$name.json"
+done
 python3 docs/results/emulators_table.py "$OUT"

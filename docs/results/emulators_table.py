@@ -19,10 +19,10 @@ def rows_of(report):
 points = {"spam": [], "sotu": []}
 for task, key, fmt in [("spam", "acc", "{:.3f}"), ("sotu", "token_perplexity", "{:.2f}")]:
     print(f"\n### {task}\n")
-    print("| strategy | K | stored layers | run layers | % params | MB | cos (sotu/spam) | rel err (sotu/spam) "
+    print("| run | strategy | K | stored layers | run layers | % params | MB | cos (sotu/spam) | rel err (sotu/spam) "
           "| KL sotu | ppl sotu (emu/full) | zero-shot | emulator zero-shot | emulator fine-tuned "
           "| oracle | plug-in | full fine-tuning |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for d in sorted(out.glob(f"{task}-k*-*")):
         report = load(d / "report.json")
         inspect = load(d / "inspect.json")
@@ -47,14 +47,14 @@ for task, key, fmt in [("spam", "acc", "{:.3f}"), ("sotu", "token_perplexity", "
             return " / ".join(f"{v:.3f}" for v in vals)
 
         ps = probes["sotu"]
-        print(f"| {strategy} | {k} | {len(inspect['stored_emulator_layers'])} | {len(inspect['emulator_layers'])} "
+        print(f"| {d.name} | {strategy} | {k} | {len(inspect['stored_emulator_layers'])} | {len(inspect['emulator_layers'])} "
               f"| {inspect['percent_of_full']:.1f} | {inspect['file_bytes'] / 1e6:.0f} | {probe('cosine')} | {probe('rel_l2')} "
               f"| {ps['kl']:.3f} | {ps['emulator_perplexity']:.1f} / {ps['full_perplexity']:.1f} "
               f"| {cell('zero_shot')} | {cell('emulator_zero_shot')} | {cell('emulator_ft')} | {cell('oracle')} "
               f"| {cell('plug_in')} | {cell('full_ft')} |")
         e, p = rows.get("emulator_ft", {}).get(key), rows.get("plug_in", {}).get(key)
         if e is not None and p is not None:
-            points[task].append((f"{strategy} K={k}", e, p))
+            points[task].append((d.name, e, p))
 
 # The privacy-utility chart: what the data owner gets through the emulator (x) against what the
 # plugged-in model gives (y); the further a point sits above the diagonal, the more the model
