@@ -28,9 +28,9 @@ pub struct Fidelity {
     pub first_rel_l2: f64,
 }
 
-/// Running sums behind a [`Fidelity`].
+/// Running sums behind a [`Fidelity`]: add batches, then [`FidelitySums::finish`].
 #[derive(Clone, Debug, Default)]
-struct Sums {
+pub struct FidelitySums {
     tokens: usize,
     cosine: f64,
     rel_l2: f64,
@@ -39,8 +39,9 @@ struct Sums {
     first_rel_l2: f64,
 }
 
-impl Sums {
-    fn finish(&self) -> Fidelity {
+impl FidelitySums {
+    /// The averages over everything added.
+    pub fn finish(&self) -> Fidelity {
         let n = self.tokens.max(1) as f64;
         Fidelity {
             tokens: self.tokens,
@@ -53,7 +54,7 @@ impl Sums {
 
     /// Adds `[batch, seq, hidden]` full-model (`t`) and emulator (`s`) states at the positions
     /// where `lens` (each row's real length) says there is a token.
-    fn add(&mut self, t: &Tensor, s: &Tensor, lens: &[usize]) -> Result<()> {
+    pub fn add(&mut self, t: &Tensor, s: &Tensor, lens: &[usize]) -> Result<()> {
         let t = t.to_dtype(candle_core::DType::F32)?.to_vec3::<f32>()?;
         let s = s.to_dtype(candle_core::DType::F32)?.to_vec3::<f32>()?;
         for ((tr, sr), &len) in t.iter().zip(&s).zip(lens) {
@@ -92,7 +93,7 @@ pub fn compare(teacher: &Tensor, student: &Tensor, lens: &[usize]) -> Result<Fid
             student.dims()
         )));
     }
-    let mut sums = Sums::default();
+    let mut sums = FidelitySums::default();
     sums.add(teacher, student, lens)?;
     Ok(sums.finish())
 }
@@ -195,7 +196,7 @@ impl<'a> MiddleProbe<'a> {
 
     /// Fidelity of the emulator that runs original middle layers `map`.
     pub fn fidelity(&self, map: &[usize]) -> Result<Fidelity> {
-        let mut sums = Sums::default();
+        let mut sums = FidelitySums::default();
         for (b, c) in self.batches.iter().enumerate() {
             let out = self.run(b, c.input.clone(), map)?;
             sums.add(&c.target, &out, &c.lens)?;
@@ -223,7 +224,7 @@ impl<'a> MiddleProbe<'a> {
 
     /// Fidelity of running `rest` from given per-batch states (`starts[b]`).
     pub fn fidelity_from(&self, starts: &[&Tensor], rest: &[usize]) -> Result<Fidelity> {
-        let mut sums = Sums::default();
+        let mut sums = FidelitySums::default();
         for (b, c) in self.batches.iter().enumerate() {
             let out = self.run(b, starts[b].clone(), rest)?;
             sums.add(&c.target, &out, &c.lens)?;

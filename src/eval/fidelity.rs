@@ -3,7 +3,7 @@
 //! next-token distributions, and both perplexities.
 
 use crate::data::{Batch, Sequence};
-use crate::emulator::fidelity::{compare, row_lengths, Fidelity};
+use crate::emulator::fidelity::{row_lengths, Fidelity, FidelitySums};
 use crate::emulator::{model_fingerprint, Package};
 use crate::model::{log_softmax, Model};
 use crate::{Error, Result};
@@ -55,7 +55,7 @@ pub fn probe(
     let (b, e) = (split.bottom.len(), split.emulator.len());
     let n = full.config().num_layers;
     let top_in_full = n - split.top.len();
-    let (mut hidden_parts, mut weights) = (Vec::new(), Vec::new());
+    let mut hidden = FidelitySums::default();
     let (mut kl, mut agree, mut nll_full, mut nll_emu, mut tokens) = (0f64, 0f64, 0f64, 0f64, 0);
     for chunk in seqs.chunks(batch_size.max(1)) {
         let refs: Vec<&Sequence> = chunk.iter().collect();
@@ -68,9 +68,7 @@ pub fn probe(
         let emu_mid = emu.forward_layers(h0, &ctx, 0..b + e)?;
         let emu_out = emu.forward_layers(emu_mid.clone(), &ctx, b + e..emu.layers().len())?;
         let lens = row_lengths(&batch)?;
-        let f = compare(&full_mid, &emu_mid, &lens)?;
-        weights.push(f.tokens as f64);
-        hidden_parts.push(f);
+        hidden.add(&full_mid, &emu_mid, &lens)?;
         let lp_full = log_softmax(&full.head(&full_out)?)?;
         let lp_emu = log_softmax(&emu.head(&emu_out)?)?;
         let mask = batch.weights.unsqueeze(D::Minus1)?;
@@ -94,29 +92,7 @@ pub fn probe(
         nll_emu -= gold(&lp_emu)?;
         tokens += batch.num_targets;
     }
-    let total: f64 = weights.iter().sum::<f64>().max(1.0);
-    let mean = |get: fn(&Fidelity) -> f64| -> f64 {
-        hidden_parts
-            .iter()
-            .zip(&weights)
-            .map(|(f, w)| get(f) * w)
-            .sum::<f64>()
-            / total
-    };
-    let rows: usize = seqs.len();
-    let hidden = Fidelity {
-        tokens: total as usize,
-        cosine: mean(|f| f.cosine),
-        rel_l2: mean(|f| f.rel_l2),
-        norm_ratio: mean(|f| f.norm_ratio),
-        // Each batch's first-position figure is a mean over its rows.
-        first_rel_l2: seqs
-            .chunks(batch_size.max(1))
-            .zip(&hidden_parts)
-            .map(|(c, f)| f.first_rel_l2 * c.len() as f64)
-            .sum::<f64>()
-            / rows as f64,
-    };
+    let hidden = hidden.finish();
     let per = |x: f64| x / tokens.max(1) as f64;
     Ok(ProbeReport {
         emulator_layers: split.emulator.clone(),
