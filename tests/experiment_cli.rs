@@ -113,7 +113,15 @@ fn six_rows_report_and_resume() {
         ]
     );
     for r in report["rows"].as_array().unwrap() {
-        for k in ["acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"] {
+        for k in [
+            "acc",
+            "acc_stderr",
+            "acc_norm",
+            "acc_norm_stderr",
+            "margin",
+            "margin_stderr",
+            "n",
+        ] {
             assert!(r.get(k).is_some(), "{k} missing in {r}");
         }
         assert_eq!(r["n"], 5);

@@ -220,6 +220,61 @@ fn emulator_tune_plug_eval_round() {
     );
     assert_eq!(eval(&[s(&emu), "--limit", "1"])["n"], 1);
 
+    // Multiple choice with per-record scores: one line per record, the argmax of each line's
+    // log-likelihoods reproduces the reported accuracy.
+    let mc = d.path().join("mc.jsonl");
+    let recs = [
+        ("Is it red? Answer:", 0),
+        ("Sky is blue? Answer:", 1),
+        ("Grass? Answer:", 1),
+    ];
+    let lines: Vec<String> = recs
+        .iter()
+        .map(|(c, l)| {
+            serde_json::json!({"context": c, "choices": [" no", " yes"], "label": l}).to_string()
+        })
+        .collect();
+    std::fs::write(&mc, lines.join("\n") + "\n").unwrap();
+    let scores = d.path().join("scores.jsonl");
+    let r: serde_json::Value = serde_json::from_str(&ok(offsite(&[
+        "eval",
+        s(&plugged),
+        "--data",
+        s(&mc),
+        "--metric",
+        "mc",
+        "--scores",
+        s(&scores),
+        "--json",
+    ])))
+    .unwrap();
+    let text = std::fs::read_to_string(&scores).unwrap();
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3);
+    let right = rows
+        .iter()
+        .filter(|row| {
+            let ll: Vec<f64> = serde_json::from_value(row["logliks"].clone()).unwrap();
+            let pick = if ll[1] > ll[0] { 1 } else { 0 };
+            row["label"] == pick
+        })
+        .count();
+    assert!((r["acc"].as_f64().unwrap() - right as f64 / 3.0).abs() < 1e-12);
+    assert!(r.get("auc").is_some() && r.get("margin").is_some(), "{r}");
+    let o = offsite(&[
+        "eval",
+        s(&plugged),
+        "--data",
+        s(&mc),
+        "--scores",
+        s(&scores),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--scores applies to --metric mc"));
+
     // The plugged directory differs from the original only in the adapter layers.
     let (changed, all) = changed(&model, &plugged);
     for name in &all {

@@ -3,9 +3,10 @@
 use anyhow::{bail, Result};
 use offsite::data::read_texts;
 use offsite::data::tasks::{load_mc, load_task, Task};
-use offsite::eval::multiple_choice::evaluate_mc;
+use offsite::eval::multiple_choice::{mc_metrics, score_mc};
 use offsite::eval::perplexity;
 use offsite::eval::target::load_evaluable;
+use offsite::io::atomic;
 use std::path::PathBuf;
 
 /// Which measure.
@@ -49,6 +50,11 @@ pub struct Args {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// mc only: also write each record's per-choice log-likelihoods and gold label to this
+    /// JSONL file (`{"index", "logliks", "label"}`), for margins, calibration or significance
+    /// tests between two runs.
+    #[arg(long)]
+    scores: Option<PathBuf>,
 }
 
 /// Evaluates and prints the report.
@@ -60,6 +66,9 @@ pub fn run(args: Args) -> Result<()> {
     if args.task.is_some() && args.metric != Metric::Mc {
         bail!("--task applies to --metric mc");
     }
+    if args.scores.is_some() && args.metric != Metric::Mc {
+        bail!("--scores applies to --metric mc");
+    }
     let target = load_evaluable(&path, args.adapter.as_deref(), &candle_core::Device::Cpu)?;
     let (report, lines) = match args.metric {
         Metric::Mc => {
@@ -68,11 +77,27 @@ pub fn run(args: Args) -> Result<()> {
                 None => load_mc(&args.data)?,
             };
             records.truncate(args.limit.unwrap_or(usize::MAX));
-            let r = evaluate_mc(&target.model, &target.tokenizer, &records, args.block_size)?;
+            let logliks = score_mc(&target.model, &target.tokenizer, &records, args.block_size)?;
+            if let Some(path) = &args.scores {
+                let mut text = String::new();
+                for (i, (ll, rec)) in logliks.iter().zip(&records).enumerate() {
+                    let line = serde_json::json!({"index": i, "logliks": ll, "label": rec.label});
+                    text += &format!("{line}\n");
+                }
+                atomic::write_bytes(path, text.as_bytes())?;
+            }
+            let scored: Vec<_> = logliks.into_iter().zip(&records).collect();
+            let r = mc_metrics(&scored);
             let lines = vec![
                 format!("{} questions", r.n),
                 format!("acc      {:.4} ± {:.4}", r.acc, r.acc_stderr),
                 format!("acc_norm {:.4} ± {:.4}", r.acc_norm, r.acc_norm_stderr),
+                format!(
+                    "margin   {:.3} ± {:.3} nats (gold − best wrong){}",
+                    r.margin,
+                    r.margin_stderr,
+                    r.auc.map_or(String::new(), |a| format!("; AUC {a:.4}"))
+                ),
             ];
             (serde_json::to_value(&r)?, lines)
         }

@@ -121,6 +121,18 @@ pub struct McReport {
     pub acc_norm_stderr: f64,
     /// Questions scored.
     pub n: usize,
+    /// Mean margin in nats: the best gold choice's log-likelihood minus the best wrong one's
+    /// (> 0 where `acc` counts the question right). Tells "no transfer" (margins unchanged)
+    /// from "transfer short of the decision threshold" (margins moved, accuracy not yet).
+    #[serde(default)]
+    pub margin: f64,
+    /// Standard error of `margin`.
+    #[serde(default)]
+    pub margin_stderr: f64,
+    /// For two-choice tasks with one gold each: the ROC AUC of `ll[1] − ll[0]` as a score for
+    /// "choice 1 is gold" — threshold-free, so a shifted but informative model shows here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auc: Option<f64>,
 }
 
 /// Index of the largest value (first on ties, as numpy's argmax).
@@ -168,13 +180,73 @@ pub fn mc_metrics(scored: &[(Vec<f64>, &McRecord)]) -> McReport {
     }
     let (a, ae) = mean_and_stderr(&acc);
     let (an, ane) = mean_and_stderr(&acc_norm);
+    let margins: Vec<f64> = scored.iter().map(|(ll, r)| margin(ll, r)).collect();
+    let (m, me) = mean_and_stderr(&margins);
     McReport {
         acc: a,
         acc_stderr: ae,
         acc_norm: an,
         acc_norm_stderr: ane,
         n: scored.len(),
+        margin: m,
+        margin_stderr: me,
+        auc: binary_auc(scored),
     }
+}
+
+/// Best gold log-likelihood minus best wrong one (0 when every choice is gold).
+fn margin(ll: &[f64], record: &McRecord) -> f64 {
+    let best = |gold: bool| {
+        ll.iter()
+            .enumerate()
+            .filter(|(i, _)| record.is_gold(*i) == gold)
+            .map(|(_, &l)| l)
+            .fold(f64::NEG_INFINITY, f64::max)
+    };
+    let (g, w) = (best(true), best(false));
+    if w == f64::NEG_INFINITY {
+        0.0
+    } else {
+        g - w
+    }
+}
+
+/// Mann–Whitney ROC AUC of `ll[1] − ll[0]` against "gold is choice 1", ties counted half; `None`
+/// unless every question has exactly two choices and one gold, and both classes occur.
+fn binary_auc(scored: &[(Vec<f64>, &McRecord)]) -> Option<f64> {
+    let mut pos = Vec::new();
+    let mut neg = Vec::new();
+    for (ll, r) in scored {
+        if ll.len() != 2 || r.gold_indices().len() != 1 {
+            return None;
+        }
+        let s = ll[1] - ll[0];
+        if r.is_gold(1) {
+            pos.push(s);
+        } else {
+            neg.push(s);
+        }
+    }
+    if pos.is_empty() || neg.is_empty() {
+        return None;
+    }
+    // Rank-sum form, O(n log n): sort all scores, average ranks over ties.
+    let mut all: Vec<(f64, bool)> = pos.iter().map(|&s| (s, true)).collect();
+    all.extend(neg.iter().map(|&s| (s, false)));
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < all.len() {
+        let mut j = i;
+        while j < all.len() && all[j].0 == all[i].0 {
+            j += 1;
+        }
+        let avg = (i + j + 1) as f64 / 2.0; // ranks i+1..=j
+        rank_sum += all[i..j].iter().filter(|x| x.1).count() as f64 * avg;
+        i = j;
+    }
+    let (np, nn) = (pos.len() as f64, neg.len() as f64);
+    Some((rank_sum - np * (np + 1.0) / 2.0) / (np * nn))
 }
 
 /// Scores every record with `model` (a progress bar on stderr) and computes acc / acc_norm.
@@ -184,6 +256,18 @@ pub fn evaluate_mc(
     records: &[McRecord],
     max_len: usize,
 ) -> Result<McReport> {
+    let logliks = score_mc(model, tok, records, max_len)?;
+    let scored: Vec<(Vec<f64>, &McRecord)> = logliks.into_iter().zip(records).collect();
+    Ok(mc_metrics(&scored))
+}
+
+/// Each record's per-choice summed log-likelihoods (a progress bar on stderr), in order.
+pub fn score_mc(
+    model: &Model,
+    tok: &Tokenizer,
+    records: &[McRecord],
+    max_len: usize,
+) -> Result<Vec<Vec<f64>>> {
     if records.is_empty() {
         return Err(Error::Invalid("no records to evaluate".into()));
     }
@@ -194,16 +278,15 @@ pub fn evaluate_mc(
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let mut scored = Vec::with_capacity(records.len());
+    let mut out = Vec::with_capacity(records.len());
     for r in records {
-        scored.push((
-            choice_logliks(model, tok, &r.context, &r.choices, max_len, prefix)?,
-            r,
-        ));
+        out.push(choice_logliks(
+            model, tok, &r.context, &r.choices, max_len, prefix,
+        )?);
         pb.inc(1);
     }
     pb.finish_and_clear();
-    Ok(mc_metrics(&scored))
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -302,5 +385,42 @@ mod tests {
         assert!((r.acc_stderr - 0.5).abs() < 1e-12);
         assert_eq!(r.acc_norm_stderr, 0.0);
         assert_eq!(choice_chars(" yes"), 3);
+        // Margins: q1 gold 1: -5 - -4 = -1; q2 gold 0: -1 - -3 = 2 → mean 0.5.
+        assert!((r.margin - 0.5).abs() < 1e-12);
+        // AUC: positive (gold 1) score -1, negative score -2 → the positive ranks higher.
+        assert_eq!(r.auc, Some(1.0));
+    }
+
+    #[test]
+    fn auc_by_hand_with_ties_and_none_when_undefined() {
+        let rec = |label| McRecord {
+            context: "Q:".into(),
+            choices: vec![" a".into(), " b".into()],
+            label,
+            golds: vec![],
+        };
+        let (p, n) = (rec(1), rec(0));
+        // Scores ll[1]-ll[0]: positives 1, 0; negatives 0, -1. Pairs (p,n): (1,0) win, (1,-1)
+        // win, (0,0) tie, (0,-1) win → (3 + 0.5) / 4.
+        let scored = vec![
+            (vec![0.0, 1.0], &p),
+            (vec![0.0, 0.0], &p),
+            (vec![0.0, 0.0], &n),
+            (vec![1.0, 0.0], &n),
+        ];
+        assert_eq!(binary_auc(&scored), Some(0.875));
+        // One class only, or three choices: no AUC.
+        assert_eq!(binary_auc(&scored[..2]), None);
+        let three = McRecord {
+            choices: vec![" a".into(), " b".into(), " c".into()],
+            ..rec(0)
+        };
+        assert_eq!(binary_auc(&[(vec![0.0, 1.0, 2.0], &three)]), None);
+        // A question where every choice is gold has margin 0.
+        let all_gold = McRecord {
+            golds: vec![0, 1],
+            ..rec(0)
+        };
+        assert_eq!(margin(&[1.0, 2.0], &all_gold), 0.0);
     }
 }

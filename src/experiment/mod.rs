@@ -459,7 +459,15 @@ pub fn write_report(
         }),
     )?;
     let keys: &[&str] = match metric {
-        Metric::Mc => &["acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"],
+        Metric::Mc => &[
+            "acc",
+            "acc_stderr",
+            "acc_norm",
+            "acc_norm_stderr",
+            "margin",
+            "auc",
+            "n",
+        ],
         Metric::Ppl => &[
             "token_perplexity",
             "word_perplexity",
