@@ -53,6 +53,11 @@ fn model_data_emulator(dir: &Path, seed: u64) -> (PathBuf, PathBuf, PathBuf) {
 
 /// `offsite emulator MODEL --bottom 1 --top 1 --keep 2 -o OUT`, plus `extra` flags.
 fn make_emulator(model: &Path, out: &Path, extra: &[&str]) -> String {
+    ok(offsite(&emulator_args(model, out, extra)))
+}
+
+/// The arguments of [`make_emulator`].
+fn emulator_args<'a>(model: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "emulator",
         s(model),
@@ -66,7 +71,7 @@ fn make_emulator(model: &Path, out: &Path, extra: &[&str]) -> String {
         s(out),
     ];
     args.extend_from_slice(extra);
-    ok(offsite(&args))
+    args
 }
 
 /// The tensors whose values differ between the checkpoints at `a` and `b` (same names and shapes
@@ -582,18 +587,7 @@ fn distilled_emulators_record_their_distillation() {
     let (model, train, _) = model_data_emulator(d.path(), 8);
     let emu = d.path().join("distilled.offsite");
     let train = s(&train);
-    let out = make_emulator(
-        &model,
-        &emu,
-        &[
-            "--distill",
-            train,
-            "--distill-steps",
-            "2",
-            "--block-size",
-            "16",
-        ],
-    );
+    let out = make_emulator(&model, &emu, &distil_flags(train, &[]));
     assert!(out.contains("distilled on"), "{out}");
     let v: serde_json::Value =
         serde_json::from_str(&ok(offsite(&["inspect", s(&emu), "--json"]))).unwrap();
@@ -603,6 +597,41 @@ fn distilled_emulators_record_their_distillation() {
     // Its checkpoints are gone, its metrics log stays beside it.
     assert!(!d.path().join("distilled.offsite.ckpt").exists());
     assert!(d.path().join("distilled.offsite.metrics.jsonl").is_file());
+
+    // Continuing it with the output term keeps its layers and records both distillations.
+    let more = d.path().join("more.offsite");
+    let from = ["--distill-from", s(&emu)];
+    let flags = distil_flags(train, &[&from[..], &["--logit-weight", "1"]].concat());
+    assert!(make_emulator(&model, &more, &flags).contains("distilled on"));
+    let w: serde_json::Value =
+        serde_json::from_str(&ok(offsite(&["inspect", s(&more), "--json"]))).unwrap();
+    assert_eq!(w["distillation"]["weights"]["logit_weight"], 1.0);
+    assert_eq!(w["distillation"]["previous"], v["distillation"]);
+    assert_eq!(w["emulator_layers"], v["emulator_layers"]);
+    // Only a package of the same model can be continued.
+    let other = tiny_model_dir(d.path(), 99);
+    let x = d.path().join("x.offsite");
+    let o = offsite(&emulator_args(&other, &x, &distil_flags(train, &from)));
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("distilled.offsite") && err.contains("another model"),
+        "{err}"
+    );
+}
+
+/// A two-step distillation on `train` in blocks of 16, plus `extra`.
+fn distil_flags<'a>(train: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "--distill",
+        train,
+        "--distill-steps",
+        "2",
+        "--block-size",
+        "16",
+    ];
+    v.extend_from_slice(extra);
+    v
 }
 
 #[test]

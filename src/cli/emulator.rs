@@ -29,6 +29,11 @@ pub struct Args {
     /// corpus's blocks).
     #[arg(long, requires = "distill")]
     distill_val: Option<PathBuf>,
+    /// Continue distilling this package (built from the same model, uncompressed) instead of
+    /// starting from plain layer drop: its layer choice, options and earlier distillation are
+    /// kept, e.g. to add the output term (--logit-weight) after hidden-state KD.
+    #[arg(long, requires = "distill")]
+    distill_from: Option<PathBuf>,
     /// Optimizer steps of the distillation (overrides --max-steps).
     #[arg(long, requires = "distill")]
     distill_steps: Option<usize>,
@@ -45,10 +50,32 @@ fn hold_out(mut seqs: Vec<Sequence>) -> (Vec<Sequence>, Vec<Sequence>) {
     (seqs, val)
 }
 
+/// The package a continued distillation starts from: built from `full`, not compressed.
+fn start_from(path: &std::path::Path, full: &offsite::model::Model) -> Result<Package> {
+    let package = Package::load(path, full.device())?;
+    if package.meta.source_fingerprint != offsite::emulator::plug::model_fingerprint(full)? {
+        anyhow::bail!(
+            "{}: was built from another model (its source fingerprint differs)",
+            path.display()
+        );
+    }
+    if package.meta.options.compresses() {
+        anyhow::bail!(
+            "{}: is compressed ({}); continue from an uncompressed package and compress after",
+            path.display(),
+            package.meta.options.compression()
+        );
+    }
+    Ok(package)
+}
+
 /// Builds and writes the package, then describes it.
 pub fn run(args: Args) -> Result<()> {
     let ckpt = args.model.load()?;
     let full = ckpt.model()?;
+    let build = |options: EmulatorOptions| {
+        Package::build(&full, ckpt.tokenizer.as_ref(), options, &args.output)
+    };
     let distilled = match &args.distill {
         None => None,
         Some(corpus) => {
@@ -68,13 +95,12 @@ pub fn run(args: Args) -> Result<()> {
                 train.len(),
                 val.len()
             );
-            // The uncompressed emulator of the chosen layers is the starting point.
-            let plain = Package::build(
-                &full,
-                ckpt.tokenizer.as_ref(),
-                args.options.uncompressed(),
-                &args.output,
-            )?;
+            // The uncompressed emulator of the chosen layers is the starting point, or the
+            // package whose distillation this continues.
+            let plain = match &args.distill_from {
+                Some(from) => start_from(from, &full)?,
+                None => build(args.options.uncompressed())?,
+            };
             let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
             let (weights, metrics) = distill(
                 &full,
@@ -91,6 +117,7 @@ pub fn run(args: Args) -> Result<()> {
                 weights: args.weights.clone(),
                 training: options,
                 metrics,
+                previous: plain.meta.distillation.clone().map(Box::new),
             };
             Some((weights, record, plain))
         }
@@ -101,17 +128,15 @@ pub fn run(args: Args) -> Result<()> {
         Some((weights, record, plain)) => Package::assemble(
             &full,
             ckpt.tokenizer.as_ref(),
-            args.options.clone(),
+            match &args.distill_from {
+                Some(_) => plain.meta.options.clone(),
+                None => args.options.clone(),
+            },
             (plain.meta.split.clone(), plain.meta.choice.clone()),
             Some((weights, record.clone())),
             &args.output,
         )?,
-        None => Package::build(
-            &full,
-            ckpt.tokenizer.as_ref(),
-            args.options.clone(),
-            &args.output,
-        )?,
+        None => build(args.options.clone())?,
     };
     package.save(&args.output)?;
     let m = &package.meta;

@@ -29,6 +29,17 @@ pub struct DistillWeights {
     #[arg(long, value_enum, default_value_t = KdNorm::Token)]
     #[serde(default)]
     pub kd_norm: KdNorm,
+    /// Weight of the output-distribution loss: KL(full model ‖ emulator) of the next-token
+    /// distributions, both through the same (frozen) top adapter layers and head. What the
+    /// hidden-state loss leaves in the emulator's outputs is what the data owner's adapter
+    /// learns to compensate for — and carries, wrongly, into the full model.
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub logit_weight: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// The normalisation of the hidden-state distillation loss.
@@ -53,6 +64,9 @@ pub struct DistillRecord {
     pub training: TrainOptions,
     /// How training went.
     pub metrics: TrainSummary,
+    /// The distillation this one continued (`--distill-from`), when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Box<DistillRecord>>,
 }
 
 /// `mean((teacher − student)²) / mean(teacher²)` over the positions where `mask` (`[batch,
@@ -82,6 +96,17 @@ pub fn kd_loss_per_token(
     let mask = mask.to_dtype(teacher.dtype())?;
     let count = mask.sum_all()?.detach();
     (err / energy)?.mul(&mask)?.sum_all()?.broadcast_div(&count)
+}
+
+/// `mean_p KL(softmax(t_p) ‖ softmax(s_p))` over the positions where `mask` (`[batch, seq]`)
+/// is set, for teacher and student logits `[batch, seq, vocab]`; the teacher is a constant.
+pub fn logit_kl(teacher: &Tensor, student: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    let log_t = crate::model::log_softmax(&teacher.detach())?;
+    let log_s = crate::model::log_softmax(student)?;
+    let kl = (log_t.exp()? * (log_t - log_s)?)?.sum(D::Minus1)?;
+    let mask = mask.to_dtype(kl.dtype())?;
+    let count = mask.sum_all()?.detach();
+    kl.mul(&mask)?.sum_all()?.broadcast_div(&count)
 }
 
 /// The student and teacher sides of a distillation step.
@@ -121,17 +146,28 @@ impl Pair<'_> {
             KdNorm::Token => kd_loss_per_token(&teacher, &student, &mask)?,
             KdNorm::Block => kd_loss(&teacher, &student, &mask)?,
         };
-        let kd = (kd * self.weights.kd_weight)?;
-        if self.weights.lm_weight == 0.0 {
-            // Without the LM term the top layers and the head (the widest product of the step)
-            // have nothing to contribute.
-            return Ok(kd);
+        let mut loss = (kd * self.weights.kd_weight)?;
+        let (lm_w, logit_w) = (self.weights.lm_weight, self.weights.logit_weight);
+        if lm_w == 0.0 && logit_w == 0.0 {
+            // Without the LM and output terms the top layers and the head (the widest product
+            // of the step) have nothing to contribute.
+            return Ok(loss);
         }
         let rest = emulator.end..self.student.layers().len();
         let top = self.student.forward_layers(student, &ctx, rest)?;
         let hidden = self.student.final_norm(&top)?;
-        let lm = crate::train::loss::head_loss(self.student, &hidden, batch)?;
-        kd + (lm * self.weights.lm_weight)?
+        if lm_w != 0.0 {
+            let lm = crate::train::loss::head_loss(self.student, &hidden, batch)?;
+            loss = (loss + (lm * lm_w)?)?;
+        }
+        if logit_w != 0.0 {
+            let rest = self.middle.end..self.teacher.layers().len();
+            let t_top = self.teacher.forward_layers(teacher, &teacher_ctx, rest)?;
+            let t_logits = self.teacher.head(&t_top)?.detach();
+            let s_logits = self.student.logits(&hidden)?;
+            loss = (loss + (logit_kl(&t_logits, &s_logits, &mask)? * logit_w)?)?;
+        }
+        Ok(loss)
     }
 }
 
@@ -266,6 +302,65 @@ mod tests {
         assert!((block - 6.0 / 105.0).abs() < 1e-6, "{block}");
     }
 
+    #[test]
+    fn logit_kl_matches_a_hand_computation() {
+        // Position 0: teacher p = softmax(0, ln 3) = (1/4, 3/4), student q = (1/2, 1/2):
+        // KL = 1/4 ln(1/2) + 3/4 ln(3/2). Position 1 is masked; identical logits give 0.
+        let t = Tensor::new(&[[[0.0f32, 3f32.ln()], [5.0, 0.0]]], &Device::Cpu).unwrap();
+        let s = Tensor::new(&[[[1.0f32, 1.0], [0.0, 5.0]]], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[[1.0f32, 0.0]], &Device::Cpu).unwrap();
+        let kl = logit_kl(&t, &s, &mask).unwrap().to_scalar::<f32>().unwrap();
+        let want = 0.25 * 0.5f32.ln() + 0.75 * 1.5f32.ln();
+        assert!((kl - want).abs() < 1e-6, "{kl} vs {want}");
+        let same = logit_kl(
+            &t,
+            &t,
+            &Tensor::new(&[[1.0f32, 1.0]], &Device::Cpu).unwrap(),
+        )
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+        assert!(same.abs() < 1e-6, "{same}");
+    }
+
+    #[test]
+    fn the_output_term_alone_trains_the_emulator_towards_the_full_models_distribution() {
+        let (full, pkg, data) = setup();
+        let weights = DistillWeights {
+            kd_weight: 0.0,
+            lm_weight: 0.0,
+            kd_norm: KdNorm::Token,
+            logit_weight: 1.0,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("d.offsite");
+        let options = TrainOptions {
+            max_steps: Some(12),
+            lr: 2e-3,
+            ..opts()
+        };
+        let (trained, _) = distill(&full, &pkg, &data, None, &options, &weights, 0, &out).unwrap();
+        let mut student = pkg.model().unwrap();
+        let before = kl_of(&full, &student, &data);
+        for (name, w) in student.named_weights_mut() {
+            if let Some(t) = trained.get(&name) {
+                *w = crate::model::Weight::Frozen(t.clone());
+            }
+        }
+        let after = kl_of(&full, &student, &data);
+        assert!(after < 0.8 * before, "KL {before} -> {after}");
+    }
+
+    /// Mean KL(full ‖ student) of the next-token distributions over `data`.
+    fn kl_of(full: &Model, student: &Model, data: &[Sequence]) -> f32 {
+        let rows: Vec<&Sequence> = data.iter().collect();
+        let batch = Batch::new(&rows, 0, &Device::Cpu).unwrap();
+        let mask = position_mask(&batch).unwrap();
+        let t = full.forward(&batch.inputs).unwrap();
+        let s = student.forward(&batch.inputs).unwrap();
+        logit_kl(&t, &s, &mask).unwrap().to_scalar::<f32>().unwrap()
+    }
+
     fn setup() -> (Model, Package, Vec<Sequence>) {
         let config = ModelConfig {
             num_layers: 8,
@@ -302,6 +397,7 @@ mod tests {
             kd_weight: 1.0,
             lm_weight: 0.0,
             kd_norm: KdNorm::Block,
+            logit_weight: 0.0,
         };
         let out = dir.path().join("d.offsite");
         let options = TrainOptions {
@@ -334,6 +430,7 @@ mod tests {
             weights: weights.clone(),
             training: options,
             metrics: summary,
+            previous: None,
         };
         let built = Package::build_with(
             &full,
@@ -420,6 +517,7 @@ mod tests {
                 kd_weight: 30.0,
                 lm_weight: 1.0,
                 kd_norm: KdNorm::Token,
+                logit_weight: 0.5,
             }
         }
     }

@@ -139,6 +139,7 @@ fn a_shared_package_stores_each_representative_once_and_runs_it_at_every_depth()
             kd_weight: 1.0,
             lm_weight: 0.0,
             kd_norm: crate::emulator::distill::KdNorm::Token,
+            logit_weight: 0.0,
         },
         0,
         &dir.path().join("d.offsite"),
