@@ -1,6 +1,7 @@
 //! Weight compression for emulator layers (the paper's Figure 4 alternatives to plain layer
-//! drop): unstructured magnitude pruning and uniform per-tensor quantization, plus the compact
-//! encodings that make a compressed package really smaller on disk.
+//! drop, and ScaleOT's rank compression): unstructured magnitude pruning, truncated-SVD low-rank
+//! factors and uniform per-tensor quantization, plus the compact encodings that make a
+//! compressed package really smaller on disk.
 //!
 //! These are pure functions on a tensor's values; the package decides which tensors (the 2-D
 //! weights of emulator layers) they apply to.
@@ -24,6 +25,77 @@ pub fn magnitude_prune(values: &mut [f32], ratio: f64) -> usize {
         values[i] = 0.0;
     }
     k
+}
+
+/// The rank whose factors `B [m × r]`, `A [r × n]` take `ratio` of an `m × n` matrix's
+/// parameters: `floor(ratio · m·n / (m + n))`, at least 1 and at most `min(m, n)`.
+pub fn rank_for(m: usize, n: usize, ratio: f64) -> usize {
+    let r = (ratio * (m * n) as f64 / (m + n) as f64).floor() as usize;
+    r.clamp(1, m.min(n))
+}
+
+/// The best rank-`r` approximation of the row-major `m × n` matrix `w` in the Frobenius norm
+/// (Eckart–Young), as its factors `[B (m × r) | A (r × n)]`, both row-major, `w ≈ B·A`.
+///
+/// Computed from the eigenvectors of the smaller Gram matrix (`WᵀW` or `WWᵀ`, in f64): for
+/// the narrow matrices of a transformer layer that is a 576 × 576 eigenproblem instead of a
+/// full SVD, and the leading singular directions it keeps are the well-conditioned ones.
+pub fn low_rank_factors(w: &[f32], m: usize, n: usize, r: usize) -> Vec<f32> {
+    use nalgebra::DMatrix;
+    assert_eq!(
+        w.len(),
+        m * n,
+        "matrix of {} values is not {m} × {n}",
+        w.len()
+    );
+    let r = r.clamp(1, m.min(n));
+    let wm = DMatrix::<f64>::from_row_slice(m, n, &w.iter().map(|&x| x as f64).collect::<Vec<_>>());
+    // Leading eigenvectors of the smaller Gram matrix, largest eigenvalue first (ties by index,
+    // so the factors are deterministic).
+    let gram = if n <= m {
+        wm.transpose() * &wm
+    } else {
+        &wm * wm.transpose()
+    };
+    let eig = gram.symmetric_eigen();
+    let mut order: Vec<usize> = (0..eig.eigenvalues.len()).collect();
+    order.sort_by(|&a, &b| {
+        eig.eigenvalues[b]
+            .total_cmp(&eig.eigenvalues[a])
+            .then(a.cmp(&b))
+    });
+    let basis = DMatrix::from_fn(eig.eigenvectors.nrows(), r, |i, j| {
+        eig.eigenvectors[(i, order[j])]
+    });
+    // n ≤ m: W ≈ (W V) Vᵀ; otherwise W ≈ U (Uᵀ W).
+    let (b, a) = if n <= m {
+        (&wm * &basis, basis.transpose())
+    } else {
+        (basis.clone(), basis.transpose() * &wm)
+    };
+    let mut out = Vec::with_capacity(r * (m + n));
+    for i in 0..m {
+        out.extend((0..r).map(|k| b[(i, k)] as f32));
+    }
+    for k in 0..r {
+        out.extend((0..n).map(|j| a[(k, j)] as f32));
+    }
+    out
+}
+
+/// `B·A` for factors laid out as [`low_rank_factors`] returns them: the dense `m × n` matrix.
+pub fn low_rank_dense(factors: &[f32], m: usize, n: usize, r: usize) -> Vec<f32> {
+    let (b, a) = factors.split_at(m * r);
+    let mut out = vec![0f32; m * n];
+    for (i, row) in out.chunks_exact_mut(n).enumerate() {
+        // i-k-j order: each step is one axpy over a row of A, which the compiler vectorizes.
+        for (k, &bik) in b[i * r..(i + 1) * r].iter().enumerate() {
+            for (o, &akj) in row.iter_mut().zip(&a[k * n..(k + 1) * n]) {
+                *o += bik * akj;
+            }
+        }
+    }
+    out
 }
 
 /// A tensor quantized to `bits` per value: `value = min + code · scale`, codes in
@@ -158,6 +230,9 @@ pub struct Encoding {
     pub sparse: bool,
     /// The stored values' quantization (`None`: f32).
     pub quant: Option<Quantized>,
+    /// Stored as rank-`r` factors `[B (m × r) | A (r × n)]` of the 2-D `[m, n]` tensor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<usize>,
 }
 
 impl Encoding {
@@ -186,15 +261,26 @@ pub struct Encoded {
 pub const MASK_SUFFIX: &str = ".__mask";
 
 impl Encoded {
-    /// Compresses `values` (of `shape`): zero the `prune` fraction of smallest magnitude (kept
-    /// sparse), then quantize what is left to `bits`.
+    /// Compresses `values` (of `shape`): replace a 2-D tensor by low-rank factors taking the
+    /// `low_rank` fraction of its parameters, or zero the `prune` fraction of smallest
+    /// magnitude (kept sparse); then quantize what is stored to `bits`. Pruning and low rank
+    /// do not compose (the options refuse both).
     pub fn compress(
         mut values: Vec<f32>,
         shape: &[usize],
         prune: Option<f64>,
+        low_rank: Option<f64>,
         bits: Option<u8>,
     ) -> Self {
-        let mask = prune.map(|r| {
+        let rank = match (low_rank, shape) {
+            (Some(ratio), &[m, n]) => {
+                let r = rank_for(m, n, ratio);
+                values = low_rank_factors(&values, m, n, r);
+                Some(r)
+            }
+            _ => None,
+        };
+        let mask = prune.filter(|_| rank.is_none()).map(|r| {
             magnitude_prune(&mut values, r);
             let sparse = Sparse::encode(&values);
             values = sparse.values;
@@ -209,6 +295,7 @@ impl Encoded {
                 shape: shape.to_vec(),
                 sparse: mask.is_some(),
                 quant,
+                rank,
             },
             mask,
             values,
@@ -222,6 +309,9 @@ impl Encoded {
             Some(q) => q.values(),
             None => self.values.clone(),
         };
+        if let (Some(r), &[m, n]) = (self.encoding.rank, self.encoding.shape.as_slice()) {
+            return low_rank_dense(&stored, m, n, r);
+        }
         match &self.mask {
             Some(mask) => Sparse {
                 mask: mask.clone(),
@@ -230,6 +320,20 @@ impl Encoded {
             }
             .decode(),
             None => stored,
+        }
+    }
+
+    /// Parameters stored: the factors' for a low-rank tensor, the kept values' for a pruned
+    /// one, all of them otherwise.
+    pub fn stored_values(&self) -> usize {
+        match (
+            self.encoding.rank,
+            self.encoding.shape.as_slice(),
+            &self.mask,
+        ) {
+            (Some(r), &[m, n], _) => r * (m + n),
+            (_, _, Some(mask)) => mask.iter().map(|b| b.count_ones() as usize).sum(),
+            _ => self.encoding.shape.iter().product(),
         }
     }
 
@@ -246,14 +350,21 @@ impl Encoded {
     /// Checks that the stored parts fit the encoding (for files read from disk).
     pub fn check(&self) -> std::result::Result<(), String> {
         let n: usize = self.encoding.shape.iter().product();
-        let stored = match &self.mask {
-            Some(mask) => {
+        let stored = match (&self.mask, self.encoding.rank) {
+            (Some(_), Some(_)) => return Err("both sparse and low-rank".into()),
+            (None, Some(r)) => match self.encoding.shape.as_slice() {
+                &[m, k] if r >= 1 && r <= m.min(k) => r
+                    .checked_mul(m + k)
+                    .ok_or_else(|| format!("rank {r} of a {m} × {k} tensor overflows"))?,
+                shape => return Err(format!("rank {r} for a tensor of shape {shape:?}")),
+            },
+            (Some(mask), None) => {
                 if mask.len() != n.div_ceil(8) {
                     return Err(format!("mask of {} bytes for {n} values", mask.len()));
                 }
                 mask.iter().map(|b| b.count_ones() as usize).sum()
             }
-            None => n,
+            (None, None) => n,
         };
         match &self.encoding.quant {
             Some(q)
@@ -362,7 +473,7 @@ mod tests {
     fn encodings_shrink_and_decode_to_the_compressed_values() {
         let v = random(4096, 5);
         let dense = 4096 * 4;
-        let pruned = Encoded::compress(v.clone(), &[64, 64], Some(0.6), None);
+        let pruned = Encoded::compress(v.clone(), &[64, 64], Some(0.6), None, None);
         assert!(
             pruned.stored_bytes() < dense / 2,
             "{}",
@@ -370,9 +481,9 @@ mod tests {
         );
         let d = pruned.decode();
         assert_eq!(d.iter().filter(|x| **x == 0.0).count(), 2457);
-        let q4 = Encoded::compress(v.clone(), &[64, 64], None, Some(4));
+        let q4 = Encoded::compress(v.clone(), &[64, 64], None, None, Some(4));
         assert_eq!(q4.stored_bytes(), dense / 8);
-        let both = Encoded::compress(v.clone(), &[64, 64], Some(0.3), Some(3));
+        let both = Encoded::compress(v.clone(), &[64, 64], Some(0.3), None, Some(3));
         let d = both.decode();
         assert_eq!(d.iter().filter(|x| **x == 0.0).count(), 1228);
         let mut levels: Vec<u32> = d
@@ -399,5 +510,87 @@ mod tests {
         assert_eq!(s.values.len(), 999 - 599);
         assert_eq!(s.mask.len(), 125);
         assert_eq!(s.decode(), v);
+    }
+
+    #[test]
+    fn rank_for_takes_the_requested_share_of_parameters() {
+        // 576 × 1536 at one half: floor(0.5 · 884,736 / 2,112) = 209.
+        assert_eq!(rank_for(576, 1536, 0.5), 209);
+        assert_eq!(rank_for(4, 4, 0.01), 1);
+        assert_eq!(rank_for(4, 6, 10.0), 4);
+    }
+
+    #[test]
+    fn low_rank_factors_are_the_truncated_svd() {
+        // A rank-2 matrix plus a small rank-1 part, W = Σ σₖ uₖ vₖᵀ with orthonormal uₖ (unit
+        // vectors) and vₖ (a rotation), σ = 5, 2, 0.1: the
+        // rank-2 approximation drops exactly the small part (Eckart–Young), in both
+        // orientations (m > n and m < n).
+        let (m, n) = (6, 4);
+        let left = [
+            [1.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0],
+            [0.0, 0.0, 1.0],
+            [0.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0],
+        ];
+        let right = [
+            [0.6, 0.8, 0.0, 0.0],
+            [-0.8, 0.6, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0],
+        ];
+        let sigma = [5.0, 2.0, 0.1];
+        let full = |keep: usize| -> Vec<f32> {
+            let mut w = vec![0f32; m * n];
+            for i in 0..m {
+                for j in 0..n {
+                    w[i * n + j] = (0..keep)
+                        .map(|k| left[i][k] * sigma[k] * right[k][j])
+                        .sum::<f64>() as f32;
+                }
+            }
+            w
+        };
+        let (w, want) = (full(3), full(2));
+        let got = low_rank_dense(&low_rank_factors(&w, m, n, 2), m, n, 2);
+        for (g, e) in got.iter().zip(&want) {
+            assert!((g - e).abs() < 1e-5, "{got:?} vs {want:?}");
+        }
+        // The transpose (4 × 6) goes through the other Gram matrix and gives the transpose.
+        let wt: Vec<f32> = (0..n * m).map(|x| w[(x % m) * n + x / m]).collect();
+        let got_t = low_rank_dense(&low_rank_factors(&wt, n, m, 2), n, m, 2);
+        for j in 0..n {
+            for i in 0..m {
+                assert!((got_t[j * m + i] - want[i * n + j]).abs() < 1e-5);
+            }
+        }
+        // Full rank reproduces the matrix.
+        let back = low_rank_dense(&low_rank_factors(&w, m, n, 4), m, n, 4);
+        for (g, e) in back.iter().zip(&w) {
+            assert!((g - e).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn low_rank_encoding_stores_the_factors_and_checks_them() {
+        let v = random(64 * 48, 5);
+        let e = Encoded::compress(v.clone(), &[64, 48], None, Some(0.25), None);
+        let r = rank_for(64, 48, 0.25);
+        assert_eq!(e.encoding.rank, Some(r));
+        assert_eq!(e.values.len(), r * (64 + 48));
+        assert_eq!(e.stored_values(), r * 112);
+        assert!(e.stored_values() <= 64 * 48 / 4);
+        assert_eq!(e.decode().len(), 64 * 48);
+        assert!(e.check().is_ok());
+        // Quantized factors compose; a damaged rank or factor count is refused.
+        let q = Encoded::compress(v, &[64, 48], None, Some(0.25), Some(8));
+        assert!(q.check().is_ok() && q.decode().len() == 64 * 48);
+        let mut bad = e.clone();
+        bad.encoding.rank = Some(49);
+        assert!(bad.check().unwrap_err().contains("rank 49"));
+        let mut short = e;
+        short.values.pop();
+        assert!(short.check().is_err());
     }
 }

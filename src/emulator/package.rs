@@ -65,6 +65,12 @@ pub struct EmulatorOptions {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quant_bits: Option<u8>,
+    /// Replace each 2-D emulator weight by its truncated SVD, rank-r factors taking this
+    /// fraction of its parameters (ScaleOT's rank compression; e.g. `--keep 26 --low-rank 0.5`
+    /// keeps every middle layer at half its size).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_rank: Option<f64>,
 }
 
 /// Calibration tokens unless told otherwise.
@@ -94,6 +100,7 @@ impl EmulatorOptions {
             calibration_tokens: DEFAULT_CALIBRATION_TOKENS,
             prune: None,
             quant_bits: None,
+            low_rank: None,
         }
     }
 
@@ -111,6 +118,7 @@ impl EmulatorOptions {
         EmulatorOptions {
             prune: None,
             quant_bits: None,
+            low_rank: None,
             ..self.clone()
         }
     }
@@ -122,6 +130,18 @@ impl EmulatorOptions {
                 return Err(Error::Invalid(format!(
                     "--prune must be a fraction in [0, 1), not {r}"
                 )));
+            }
+        }
+        if let Some(r) = self.low_rank {
+            if !(r > 0.0 && r < 1.0) {
+                return Err(Error::Invalid(format!(
+                    "--low-rank must be a fraction in (0, 1), not {r}"
+                )));
+            }
+            if self.prune.is_some() {
+                return Err(Error::Invalid(
+                    "--low-rank and --prune do not compose: choose one".into(),
+                ));
             }
         }
         if let Some(b) = self.quant_bits {
@@ -146,15 +166,18 @@ impl EmulatorOptions {
         if let Some(r) = self.prune {
             out += &format!(" + pruned {:.0}%", r * 100.0);
         }
+        if let Some(r) = self.low_rank {
+            out += &format!(" + low rank {:.0}%", r * 100.0);
+        }
         if let Some(b) = self.quant_bits {
             out += &format!(" + {b}-bit");
         }
         out
     }
 
-    /// Whether emulator weights are pruned or quantized.
+    /// Whether emulator weights are pruned, factored or quantized.
     pub fn compresses(&self) -> bool {
-        self.prune.is_some() || self.quant_bits.is_some()
+        self.prune.is_some() || self.quant_bits.is_some() || self.low_rank.is_some()
     }
 }
 
@@ -346,7 +369,13 @@ impl Package {
                     .flatten_all()?
                     .to_dtype(candle_core::DType::F32)?
                     .to_vec1()?;
-                let e = Encoded::compress(values, t.dims(), options.prune, options.quant_bits);
+                let e = Encoded::compress(
+                    values,
+                    t.dims(),
+                    options.prune,
+                    options.low_rank,
+                    options.quant_bits,
+                );
                 let dense =
                     Tensor::from_vec(e.decode(), t.dims(), t.device())?.to_dtype(t.dtype())?;
                 tensors.insert(name.clone(), dense, origin);
@@ -508,9 +537,17 @@ impl Package {
         }
     }
 
-    /// Parameters in the package.
+    /// Parameters the package stores: a compressed tensor counts what its encoding keeps
+    /// (low-rank factors, unpruned values), not its dense size.
     pub fn num_parameters(&self) -> usize {
-        self.tensors.iter().map(|(_, t)| t.elem_count()).sum()
+        self.tensors
+            .iter()
+            .map(|(name, t)| {
+                self.encoded
+                    .get(name)
+                    .map_or(t.elem_count(), Encoded::stored_values)
+            })
+            .sum()
     }
 }
 

@@ -451,6 +451,62 @@ fn compressed_packages_shrink_and_read_back_bit_identical() {
 }
 
 #[test]
+fn low_rank_packages_store_factors_of_emulator_matrices_only() {
+    let model = Model::random(&config(), 12, DType::F32).unwrap();
+    let dense = package_of(&model);
+    let options = EmulatorOptions {
+        low_rank: Some(0.3),
+        ..options()
+    };
+    let pkg = Package::build(&model, None, options.clone(), Path::new("c.offsite")).unwrap();
+    assert_eq!(pkg.meta.options.compression(), "layer drop + low rank 30%");
+    let emulator = &pkg.meta.split.emulator;
+    let mut saved = 0;
+    for (name, t) in pkg.tensors.iter() {
+        let is_emulator_matrix =
+            t.rank() == 2 && package::layer_index(name).is_some_and(|i| emulator.contains(&i));
+        let e = pkg.encoded.get(name);
+        assert_eq!(e.is_some(), is_emulator_matrix, "{name}");
+        if let Some(e) = e {
+            let (m, n) = t.dims2().unwrap();
+            let r = crate::emulator::compress::rank_for(m, n, 0.3);
+            assert_eq!(e.encoding.rank, Some(r), "{name}");
+            assert_eq!(e.stored_values(), r * (m + n));
+            saved += m * n - r * (m + n);
+            // The dense tensor has (at most) rank r: it is what the factors multiply to.
+            let want = crate::emulator::compress::low_rank_dense(&e.values, m, n, r);
+            let got: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(got, want, "{name}");
+        }
+    }
+    assert_eq!(pkg.num_parameters(), dense.num_parameters() - saved);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lr.offsite");
+    pkg.save(&path).unwrap();
+    let back = Package::load(&path, &Device::Cpu).unwrap();
+    assert_eq!(back.meta.options, options);
+    for (name, t) in pkg.tensors.iter() {
+        let u = back.tensors.get(name, t.dims()).unwrap();
+        assert_eq!(t.to_vec1_any(), u.to_vec1_any(), "{name}");
+    }
+    // Low rank and pruning do not compose; the fraction must be in (0, 1).
+    for (prune, low_rank, flag) in [
+        (Some(0.5), Some(0.5), "--prune"),
+        (None, Some(1.0), "(0, 1)"),
+    ] {
+        let bad = EmulatorOptions {
+            prune,
+            low_rank,
+            ..options.clone()
+        };
+        let err = Package::build(&model, None, bad, Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--low-rank") && err.contains(flag), "{err}");
+    }
+}
+
+#[test]
 fn a_damaged_compressed_tensor_is_reported_by_name() {
     let model = Model::random(&config(), 11, DType::F32).unwrap();
     let options = EmulatorOptions {
