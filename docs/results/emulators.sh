@@ -75,4 +75,47 @@ for text in "$SHARED/sotu/validation.jsonl" "$SHARED/spam/train_text.jsonl"; do
     name=$(basename "$(dirname "$text")")
     "$B" probe smollm2 "$dir/emulator.offsite" --data "$text" --max-blocks 8 --json > "$dir/probe-$name.json"
 done
+
+# Session 2 (see emulators.md, "Where the transfer is lost"):
+# (a) per-record scores of the spam rows through the distilled importance emulator (first 100
+#     test records): zero-shot, emulator zero-shot, emulator fine-tuned, plug-in, and the plug-in
+#     with only the top (layers 28-29) or only the bottom (0-1) adapter layers tuned.
+T100=(--metric mc --data "$SHARED/spam/test.jsonl" --limit 100)
+A="$dir/adapter.safetensors"
+P="$OUT/k13-importance-distilled.offsite"
+python3 docs/results/splice_adapter.py "$A" "$P" "$OUT/top-only.safetensors" 0,1
+python3 docs/results/splice_adapter.py "$A" "$P" "$OUT/bottom-only.safetensors" 28,29
+"$B" eval smollm2 "${T100[@]}" --scores "$OUT/sc-zero.jsonl" --json > "$OUT/m-zero.json"
+"$B" eval "$P" "${T100[@]}" --scores "$OUT/sc-emuzs.jsonl" --json > "$OUT/m-emuzs.json"
+"$B" eval "$P" --adapter "$A" "${T100[@]}" --scores "$OUT/sc-emuft.jsonl" --json > "$OUT/m-emuft.json"
+for a in "$A:plug" "$OUT/top-only.safetensors:top-only" "$OUT/bottom-only.safetensors:bottom-only"; do
+    "$B" eval smollm2 --adapter "${a%%:*}" "${T100[@]}" --scores "$OUT/sc-${a##*:}.jsonl" --json > "$OUT/m-${a##*:}.json"
+done
+# (b) the output term: the distilled importance emulator distilled 300 more steps with
+#     KL(full || emulator) of the next-token distributions added, then the spam table through it.
+"$B" emulator smollm2 --keep 13 --distill "$SHARED/sotu/train.jsonl" --distill-val "$OUT/sotu-val2.jsonl" \
+    --distill-from "$P" --distill-steps 300 --kd-weight 1 --lm-weight 0 --logit-weight 1 --kd-norm token \
+    --lr 1e-4 --schedule cosine --warmup-steps 10 --clip 1 --batch-size 4 --block-size 128 \
+    --eval-every 100 --save-every 25 --seed 43 --resume -o "$OUT/k13-importance-distilled-logit.offsite"
+dir="$OUT/spam-k13-importance_distilled_logit"
+mkdir -p "$dir/rows"
+cp "$OUT"/spam-rows/{oracle,full_ft}.json "$dir/rows/"
+"$B" experiment "${SPAM[@]}" --keep 13 --strategy importance --calibration "$SHARED/sotu/train.jsonl" \
+    --emulator-package "$OUT/k13-importance-distilled-logit.offsite" -o "$dir"
+cp "$OUT/k13-importance-distilled-logit.offsite" "$dir/emulator.offsite"
+"$B" inspect "$dir/emulator.offsite" --json > "$dir/inspect.json"
+"$B" probe smollm2 "$dir/emulator.offsite" --data "$SHARED/sotu/validation.jsonl" --max-blocks 8 --json > "$dir/probe-sotu.json"
+# (c) low rank: every middle layer kept, each matrix as truncated-SVD factors, two sizes.
+for r in 0.55 0.75; do
+    "$B" emulator smollm2 --keep 26 --low-rank $r -o "$OUT/k26-lowrank$r.offsite"
+    "$B" probe smollm2 "$OUT/k26-lowrank$r.offsite" --data "$SHARED/sotu/validation.jsonl" --max-blocks 8 \
+        --json > "$OUT/probe-k26-lowrank$r-sotu.json"
+done
+# (d) SGD with momentum instead of AdamW for the data owner's tuning (same budget), plugged in.
+"$B" tune "$P" --data "$SHARED/spam/train.jsonl" --val "$SHARED/spam/validation.jsonl" --max-steps 50 \
+    --batch-size 4 --warmup-steps 5 --eval-every 25 --lr 0.05 --optimizer sgd --block-size 512 --seed 42 \
+    -o "$OUT/sgd-0.05.safetensors"
+"$B" eval smollm2 --adapter "$OUT/sgd-0.05.safetensors" "${T100[@]}" --scores "$OUT/sc-sgd-plug.jsonl" --json > "$OUT/m-sgd-plug.json"
+"$B" eval "$P" --adapter "$OUT/sgd-0.05.safetensors" "${T100[@]}" --json > "$OUT/m-sgd-emuft.json"
 python3 docs/results/emulators_table.py "$OUT"
+python3 docs/results/log_odds.py "$OUT"

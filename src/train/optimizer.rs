@@ -42,6 +42,8 @@ pub struct AdamW {
     beta2: f64,
     eps: f64,
     weight_decay: f64,
+    /// SGD with momentum instead (`m` is the momentum buffer, `v` unused).
+    sgd: bool,
 }
 
 impl AdamW {
@@ -56,12 +58,41 @@ impl AdamW {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay,
+            sgd: false,
         })
+    }
+
+    /// The state of `kind` for `params` (SGD keeps its momentum buffer in `m`, so checkpoints
+    /// and resume are the same code).
+    pub fn of_kind(
+        params: &[Param],
+        weight_decay: f64,
+        kind: super::options::OptimizerKind,
+    ) -> Result<Self> {
+        let mut opt = Self::new(params, weight_decay)?;
+        opt.sgd = kind == super::options::OptimizerKind::Sgd;
+        Ok(opt)
+    }
+
+    /// SGD with momentum 0.9 and decoupled weight decay, as candle ops (a few per parameter:
+    /// the adapter's update is a negligible part of a step).
+    fn sgd_step(&mut self, params: &[Param], grads: &[Tensor], lr: f64) -> Result<()> {
+        for (i, (p, g)) in params.iter().zip(grads).enumerate() {
+            let decay = if p.decay { self.weight_decay } else { 0.0 };
+            let buf = ((&self.m[i] * self.beta1)? + g)?;
+            let w = (p.var.as_tensor() * (1.0 - lr * decay))?;
+            p.var.set(&(w - (&buf * lr)?)?)?;
+            self.m[i] = buf;
+        }
+        Ok(())
     }
 
     /// Applies one update with learning rate `lr` from `grads` (aligned with `params`).
     pub fn step(&mut self, params: &[Param], grads: &[Tensor], lr: f64) -> Result<()> {
         self.t += 1;
+        if self.sgd {
+            return self.sgd_step(params, grads, lr);
+        }
         let bc1 = 1.0 - self.beta1.powi(self.t as i32);
         let bc2 = 1.0 - self.beta2.powi(self.t as i32);
         for (i, (p, g)) in params.iter().zip(grads).enumerate() {
@@ -252,6 +283,30 @@ mod tests {
             (got[1] - expect(first[1], 0.25, 1.0)).abs() < 1e-12,
             "{got:?}"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn matches_hand_computed_torch_sgd_with_momentum() -> Result<()> {
+        // torch.optim.SGD([p], lr=0.1, momentum=0.9) with decoupled decay 0.5 (as AdamW's):
+        // p = [1, -2], grads [0.5, 0.25] then [-1, 1].
+        let var = Var::new(&[1.0f64, -2.0], &Device::Cpu)?;
+        let params = [Param {
+            decay: true,
+            ..Param::new("w", var.clone())
+        }];
+        let mut opt = AdamW::of_kind(&params, 0.5, super::super::options::OptimizerKind::Sgd)?;
+        opt.step(&params, &[Tensor::new(&[0.5f64, 0.25], &Device::Cpu)?], 0.1)?;
+        // buf = g; w = 0.95 w − 0.1 g.
+        let first = var.as_tensor().to_vec1::<f64>()?;
+        assert!((first[0] - 0.90).abs() < 1e-12 && (first[1] + 1.925).abs() < 1e-12);
+        opt.step(&params, &[Tensor::new(&[-1.0f64, 1.0], &Device::Cpu)?], 0.1)?;
+        // buf = 0.9·g1 + g2 = [−0.55, 1.225]; w = 0.95 w − 0.1 buf.
+        let second = var.as_tensor().to_vec1::<f64>()?;
+        let want = [0.95 * 0.90 + 0.055, 0.95 * -1.925 - 0.1225];
+        for (g, w) in second.iter().zip(want) {
+            assert!((g - w).abs() < 1e-12, "{second:?} vs {want:?}");
+        }
         Ok(())
     }
 

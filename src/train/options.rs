@@ -15,6 +15,26 @@ pub enum Schedule {
     Cosine,
 }
 
+/// The update rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// AdamW (PyTorch's defaults: betas 0.9, 0.999, eps 1e-8).
+    #[default]
+    Adamw,
+    /// SGD with momentum 0.9 (PyTorch's form: `buf = 0.9·buf + g`, `w -= lr·buf`). It moves
+    /// along the gradient, which for an adapter tuned through an emulator keeps the update in
+    /// the directions the emulator's loss actually constrains; AdamW's per-coordinate
+    /// normalisation moves every weight by about `lr`, however little the loss depends on it.
+    Sgd,
+}
+
+impl OptimizerKind {
+    fn is_default(&self) -> bool {
+        *self == OptimizerKind::Adamw
+    }
+}
+
 /// Training options (also the command-line flags of every training command).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct TrainOptions {
@@ -39,6 +59,10 @@ pub struct TrainOptions {
     /// Steps of linear warm-up from 0 to --lr.
     #[arg(long, default_value_t = 0)]
     pub warmup_steps: usize,
+    /// The update rule (SGD usually wants a learning rate 100–1000× AdamW's).
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Adamw)]
+    #[serde(default, skip_serializing_if = "OptimizerKind::is_default")]
+    pub optimizer: OptimizerKind,
     /// AdamW decoupled weight decay (never applied to norms and biases).
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
@@ -78,6 +102,7 @@ impl Default for TrainOptions {
             lr: 1e-4,
             schedule: Schedule::Cosine,
             warmup_steps: 0,
+            optimizer: OptimizerKind::Adamw,
             weight_decay: 0.0,
             clip: 1.0,
             block_size: 512,

@@ -250,7 +250,7 @@ pub fn train(
     );
     let total = total_steps(o, job.train.len());
     let digest = options_digest(o);
-    let mut opt = AdamW::new(&job.params, o.weight_decay)?;
+    let mut opt = AdamW::of_kind(&job.params, o.weight_decay, o.optimizer)?;
     let mut state = LoopState {
         step: 0,
         epoch: 0,
