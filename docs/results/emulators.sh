@@ -81,6 +81,7 @@ done
 #     test records): zero-shot, emulator zero-shot, emulator fine-tuned, plug-in, and the plug-in
 #     with only the top (layers 28-29) or only the bottom (0-1) adapter layers tuned.
 T100=(--metric mc --data "$SHARED/spam/test.jsonl" --limit 100)
+head -n 64 "$SHARED/spam/validation.jsonl" > "$OUT/val64.jsonl"
 A="$dir/adapter.safetensors"
 P="$OUT/k13-importance-distilled.offsite"
 python3 docs/results/splice_adapter.py "$A" "$P" "$OUT/top-only.safetensors" 0,1
@@ -117,5 +118,10 @@ done
     -o "$OUT/sgd-0.05.safetensors"
 "$B" eval smollm2 --adapter "$OUT/sgd-0.05.safetensors" "${T100[@]}" --scores "$OUT/sc-sgd-plug.jsonl" --json > "$OUT/m-sgd-plug.json"
 "$B" eval "$P" --adapter "$OUT/sgd-0.05.safetensors" "${T100[@]}" --json > "$OUT/m-sgd-emuft.json"
+# AdamW with a smaller step (lr 3e-5): a smaller change of the adapter.
+"$B" tune "$P" --data "$SHARED/spam/train.jsonl" --val "$OUT/val64.jsonl" --max-steps 50 --batch-size 4 \
+    --warmup-steps 5 --eval-every 25 --lr 3e-5 --block-size 512 --seed 42 -o "$OUT/lr3e-5.safetensors"
+"$B" eval smollm2 --adapter "$OUT/lr3e-5.safetensors" "${T100[@]}" --scores "$OUT/sc-lr3e-5-plug.jsonl" --json > "$OUT/m-lr3e-5-plug.json"
+"$B" eval "$P" --adapter "$OUT/lr3e-5.safetensors" "${T100[@]}" --json > "$OUT/m-lr3e-5-emuft.json"
 python3 docs/results/emulators_table.py "$OUT"
 python3 docs/results/log_odds.py "$OUT"

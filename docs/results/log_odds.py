@@ -12,7 +12,8 @@ out = pathlib.Path(sys.argv[1])
 names = [("zero", "full model, zero-shot"), ("emuzs", "emulator, zero-shot"),
          ("emuft", "emulator, fine-tuned"), ("plug", "plug-in"),
          ("top-only", "plug-in, top layers tuned only"),
-         ("bottom-only", "plug-in, bottom layers tuned only"), ("sgd-plug", "plug-in, SGD tuning")]
+         ("bottom-only", "plug-in, bottom layers tuned only"), ("sgd-plug", "plug-in, SGD tuning"),
+         ("lr3e-5-plug", "plug-in, AdamW lr 3e-5")]
 
 
 def auc(pos, neg):
