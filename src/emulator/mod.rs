@@ -6,6 +6,7 @@ pub mod compress;
 pub mod distill;
 pub mod fidelity;
 pub mod fingerprint;
+pub mod options;
 pub mod package;
 pub mod plan;
 pub mod plug;
