@@ -123,5 +123,17 @@ done
     --warmup-steps 5 --eval-every 25 --lr 3e-5 --block-size 512 --seed 42 -o "$OUT/lr3e-5.safetensors"
 "$B" eval smollm2 --adapter "$OUT/lr3e-5.safetensors" "${T100[@]}" --scores "$OUT/sc-lr3e-5-plug.jsonl" --json > "$OUT/m-lr3e-5-plug.json"
 "$B" eval "$P" --adapter "$OUT/lr3e-5.safetensors" "${T100[@]}" --json > "$OUT/m-lr3e-5-emuft.json"
+# (e) template-aware output distillation: the KD + KL emulator distilled 120 more steps on public
+#     text wrapped in the spam prompt template (template_corpus.py), then the spam table.
+python3 docs/results/template_corpus.py "$SHARED/sotu/train.jsonl" "$OUT/template-train.jsonl" "$OUT/template-val.jsonl"
+"$B" emulator smollm2 --keep 13 --distill "$OUT/template-train.jsonl" --distill-val "$OUT/template-val.jsonl" \
+    --distill-from "$OUT/k13-importance-distilled-logit.offsite" --distill-steps 120 --kd-weight 1 --lm-weight 0 \
+    --logit-weight 1 --kd-norm token --lr 1e-4 --schedule cosine --warmup-steps 10 --clip 1 --batch-size 4 \
+    --block-size 128 --eval-every 60 --save-every 20 --seed 44 --resume -o "$OUT/k13-template.offsite"
+dir="$OUT/spam-k13-importance_distilled_template"
+mkdir -p "$dir/rows"
+cp "$OUT"/spam-rows/{oracle,full_ft,zero_shot}.json "$dir/rows/"
+"$B" experiment "${SPAM[@]}" --keep 13 --strategy importance --calibration "$SHARED/sotu/train.jsonl" \
+    --emulator-package "$OUT/k13-template.offsite" -o "$dir"
 python3 docs/results/emulators_table.py "$OUT"
 python3 docs/results/log_odds.py "$OUT"
