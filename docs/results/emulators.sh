@@ -135,8 +135,6 @@ mkdir -p "$dir/rows"
 cp "$OUT"/spam-rows/{oracle,full_ft,zero_shot}.json "$dir/rows/"
 "$B" experiment "${SPAM[@]}" --keep 13 --strategy importance --calibration "$SHARED/sotu/train.jsonl" \
     --emulator-package "$OUT/k13-template.offsite" -o "$dir"
-python3 docs/results/emulators_table.py "$OUT"
-python3 docs/results/log_odds.py "$OUT"
 # (f) three times the tuning budget through the template-aware emulator, plugged in.
 "$B" tune "$OUT/k13-template.offsite" --data "$SHARED/spam/train.jsonl" --val "$OUT/val64.jsonl" --max-steps 150 \
     --batch-size 4 --warmup-steps 5 --eval-every 75 --lr 1e-4 --block-size 512 --seed 42 -o "$OUT/long150.safetensors"
@@ -144,3 +142,5 @@ python3 docs/results/log_odds.py "$OUT"
     --scores "$OUT/sc-long150-plug.jsonl" --json > "$OUT/m-long150-plug.json"
 "$B" eval "$OUT/k13-template.offsite" --adapter "$OUT/long150.safetensors" --metric mc \
     --data "$SHARED/spam/test.jsonl" --limit 200 --json > "$OUT/m-long150-emuft.json"
+python3 docs/results/emulators_table.py "$OUT"
+python3 docs/results/log_odds.py "$OUT"

@@ -13,7 +13,8 @@ names = [("zero", "full model, zero-shot"), ("emuzs", "emulator, zero-shot"),
          ("emuft", "emulator, fine-tuned"), ("plug", "plug-in"),
          ("top-only", "plug-in, top layers tuned only"),
          ("bottom-only", "plug-in, bottom layers tuned only"), ("sgd-plug", "plug-in, SGD tuning"),
-         ("lr3e-5-plug", "plug-in, AdamW lr 3e-5")]
+         ("lr3e-5-plug", "plug-in, AdamW lr 3e-5"),
+         ("long150-plug", "plug-in, 150 steps, template-aware emulator (200 records)")]
 
 
 def auc(pos, neg):
