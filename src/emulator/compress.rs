@@ -71,7 +71,8 @@ pub fn low_rank_factors(w: &[f32], m: usize, n: usize, r: usize) -> Vec<f32> {
     let (b, a) = if n <= m {
         (&wm * &basis, basis.transpose())
     } else {
-        (basis.clone(), basis.transpose() * &wm)
+        let a = basis.transpose() * &wm;
+        (basis, a)
     };
     let mut out = Vec::with_capacity(r * (m + n));
     for i in 0..m {
