@@ -1,4 +1,5 @@
-//! `offsite experiment` on a tiny model: all six rows (the paper's five and the oracle), report files, resumption, skipping.
+//! `offsite experiment` on a tiny model: all eight rows (the paper's five, the oracle, the proxy
+//! and the aligned plug-in), report files, resumption, skipping.
 
 use candle_core::DType;
 use offsite::io::tokenizer::Tokenizer;
@@ -81,15 +82,36 @@ fn setup_with_seed(dir: &Path, seed: u64) -> std::path::PathBuf {
             .collect();
         std::fs::write(dir.join(format!("{name}.jsonl")), lines.join("\n") + "\n").unwrap();
     }
+    let public: Vec<String> = ["the weather is fine", "a quick brown fox", "hello again"]
+        .iter()
+        .map(|t| serde_json::json!({ "text": t }).to_string())
+        .collect();
+    std::fs::write(dir.join("public.jsonl"), public.join("\n") + "\n").unwrap();
     path
 }
 
 #[test]
-fn six_rows_report_and_resume() {
+fn eight_rows_report_and_resume() {
     let d = tempfile::tempdir().unwrap();
     setup(d.path());
     let out = d.path().join("exp");
-    let run = |extra: &[&str]| experiment(d.path(), &out, extra);
+    let public = d.path().join("public.jsonl");
+    let align = [
+        "--align-data",
+        s(&public),
+        "--align-steps",
+        "2",
+        "--align-params",
+        "top",
+        "--align-template",
+        "Q: {text}\nAnswer:",
+        "--align-positions",
+        "last",
+    ];
+    let run = |extra: &[&str]| {
+        let args: Vec<&str> = align.iter().chain(extra).copied().collect();
+        experiment(d.path(), &out, &args)
+    };
     let (ok, stdout, err) = run(&[]);
     assert!(ok, "{err}");
     assert!(stdout.contains("| plug-in |"), "{stdout}");
@@ -109,9 +131,14 @@ fn six_rows_report_and_resume() {
             "emulator_ft",
             "oracle",
             "plug_in",
+            "proxy",
+            "plug_in_aligned",
             "full_ft"
         ]
     );
+    assert!(stdout.contains("| proxy (logit arithmetic) |"), "{stdout}");
+    assert!(stdout.contains("Aligned plug-in:"), "{stdout}");
+    assert_eq!(report["alignment"]["options"]["params"], "top");
     for r in report["rows"].as_array().unwrap() {
         for k in [
             "acc",
@@ -136,7 +163,7 @@ fn six_rows_report_and_resume() {
     // A rerun recomputes nothing and reports the same numbers.
     let (ok, _, err) = run(&[]);
     assert!(ok, "{err}");
-    assert_eq!(err.matches("already done").count(), 6, "{err}");
+    assert_eq!(err.matches("already done").count(), 8, "{err}");
     let again: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(again["rows"], report["rows"]);
@@ -146,7 +173,24 @@ fn six_rows_report_and_resume() {
     assert!(ok, "{err}");
     let skipped: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
-    assert_eq!(skipped["rows"].as_array().unwrap().len(), 4);
+    assert_eq!(skipped["rows"].as_array().unwrap().len(), 6);
+
+    // Another alignment setup in the same folder runs beside the first, which is kept.
+    let mut other = align;
+    other[5] = "norms";
+    let (ok, _, err) = experiment(d.path(), &out, &other);
+    assert!(ok, "{err}");
+    assert_eq!(err.matches("aligning the plug-in").count(), 1, "{err}");
+    let aligned: Vec<_> = std::fs::read_dir(out.join("rows"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("plug_in_aligned-")
+        })
+        .collect();
+    assert_eq!(aligned.len(), 2);
 
     // Other settings in the same folder would mix results: refused, naming the folder's config.
     let (ok, _, err) = run(&["--peft", "lora"]);

@@ -5,7 +5,7 @@ use offsite::data::read_texts;
 use offsite::data::tasks::{load_mc, load_task, Task};
 use offsite::eval::multiple_choice::{mc_metrics, score_mc};
 use offsite::eval::perplexity;
-use offsite::eval::target::load_evaluable;
+use offsite::eval::target::{load_evaluable, load_proxy};
 use offsite::io::atomic;
 use std::path::PathBuf;
 
@@ -27,6 +27,14 @@ pub struct Args {
     /// plug-in (without writing it to disk).
     #[arg(long)]
     adapter: Option<PathBuf>,
+    /// Score with the proxy instead: MODEL's log-probabilities plus α × (those of this emulator
+    /// package with --adapter − those of the package as shipped), renormalised per position
+    /// (logit arithmetic; no plug-in). Needs --adapter; MODEL must be the full model.
+    #[arg(long, requires = "adapter")]
+    proxy: Option<PathBuf>,
+    /// The proxy's α (how much of the emulator's change is added).
+    #[arg(long, default_value_t = offsite::emulator::proxy::DEFAULT_ALPHA, requires = "proxy")]
+    alpha: f64,
     /// Evaluation data: for ppl, JSONL {"text"} or a .txt file; for mc, JSONL
     /// {"context", "choices", "label"}, or a task's Hugging Face export with --task.
     #[arg(long)]
@@ -69,7 +77,11 @@ pub fn run(args: Args) -> Result<()> {
     if args.scores.is_some() && args.metric != Metric::Mc {
         bail!("--scores applies to --metric mc");
     }
-    let target = load_evaluable(&path, args.adapter.as_deref(), &candle_core::Device::Cpu)?;
+    let device = candle_core::Device::Cpu;
+    let target = match (&args.proxy, &args.adapter) {
+        (Some(package), Some(adapter)) => load_proxy(&path, package, adapter, args.alpha, &device)?,
+        _ => load_evaluable(&path, args.adapter.as_deref(), &device)?,
+    };
     let (report, lines) = match args.metric {
         Metric::Mc => {
             let mut records = match args.task {
@@ -77,7 +89,12 @@ pub fn run(args: Args) -> Result<()> {
                 None => load_mc(&args.data)?,
             };
             records.truncate(args.limit.unwrap_or(usize::MAX));
-            let logliks = score_mc(&target.model, &target.tokenizer, &records, args.block_size)?;
+            let logliks = score_mc(
+                &*target.scorer,
+                &target.tokenizer,
+                &records,
+                args.block_size,
+            )?;
             if let Some(path) = &args.scores {
                 let mut text = String::new();
                 for (i, (ll, rec)) in logliks.iter().zip(&records).enumerate() {
@@ -104,7 +121,7 @@ pub fn run(args: Args) -> Result<()> {
         Metric::Ppl => {
             let mut docs = read_texts(&args.data)?;
             docs.truncate(args.limit.unwrap_or(usize::MAX));
-            let (model, tok) = (&target.model, &target.tokenizer);
+            let (model, tok) = (&*target.scorer, &target.tokenizer);
             let r = perplexity(model, tok, &docs, args.block_size, args.batch_size)?;
             let lines = vec![
                 format!("{} documents", r.n),
@@ -123,6 +140,9 @@ pub fn run(args: Args) -> Result<()> {
     if args.json {
         let mut v = report;
         v["model"] = target.kind.into();
+        if args.proxy.is_some() {
+            v["alpha"] = args.alpha.into();
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("{} on {}: {}", target.kind, args.data.display(), lines[0]);

@@ -5,7 +5,7 @@ use super::ModelSpec;
 use anyhow::Result;
 use offsite::data::tasks::Task;
 use offsite::emulator::EmulatorOptions;
-use offsite::experiment::{run, ExperimentConfig, Row};
+use offsite::experiment::{run, AlignSetup, ExperimentConfig, Row};
 use offsite::train::TrainOptions;
 use std::path::PathBuf;
 
@@ -42,6 +42,28 @@ pub struct StudyArgs {
     /// Evaluation block size (perplexity) or longest scored sequence (multiple choice).
     #[arg(long, default_value_t = 512)]
     eval_block_size: usize,
+    /// The proxy row's α: the full model's log-probabilities plus α × the emulator's change.
+    #[arg(long, default_value_t = offsite::emulator::proxy::DEFAULT_ALPHA)]
+    proxy_alpha: f64,
+    /// Public text on which the model owner aligns the plug-in (JSONL {"text"} or .txt, never
+    /// the task's own data): adds the `plug-in-aligned` row.
+    #[arg(long)]
+    align_data: Option<PathBuf>,
+    /// Held-out public text for the alignment.
+    #[arg(long, requires = "align_data")]
+    align_val: Option<PathBuf>,
+    /// Use only the first N documents of the alignment's text.
+    #[arg(long, requires = "align_data")]
+    align_limit: Option<usize>,
+    /// Optimizer steps of the alignment (batch size, block size, schedule, seed and
+    /// checkpointing as the tuning's).
+    #[arg(long, default_value_t = 100)]
+    align_steps: usize,
+    /// Learning rate of the alignment.
+    #[arg(long, default_value_t = 1e-4)]
+    align_lr: f64,
+    #[command(flatten)]
+    align: offsite::emulator::align::AlignOptions,
     /// Output folder (reports, charts, and the artifacts).
     #[arg(short, long)]
     pub output: PathBuf,
@@ -59,6 +81,17 @@ impl StudyArgs {
         emulator: EmulatorOptions,
         emulator_package: Option<PathBuf>,
     ) -> Result<ExperimentConfig> {
+        let alignment = self.align_data.map(|data| AlignSetup {
+            data,
+            val: self.align_val,
+            limit: self.align_limit,
+            options: self.align,
+            training: TrainOptions {
+                max_steps: Some(self.align_steps),
+                lr: self.align_lr,
+                ..self.train_options.clone()
+            },
+        });
         Ok(ExperimentConfig {
             model: self.model.path()?,
             train: self.train,
@@ -74,6 +107,8 @@ impl StudyArgs {
             limit_val: self.limit_val,
             limit_test: self.limit_test,
             eval_block_size: self.eval_block_size,
+            proxy_alpha: self.proxy_alpha,
+            alignment,
         })
     }
 }

@@ -143,6 +143,7 @@ fn inspect_adapter(path: &Path, as_json: bool) -> Result<()> {
         "fingerprint": a.meta.source_fingerprint,
         "training": a.meta.training,
         "metrics": a.meta.metrics,
+        "alignment": a.meta.alignment,
     });
     if as_json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -170,6 +171,34 @@ fn inspect_adapter(path: &Path, as_json: bool) -> Result<()> {
             s.tokens,
             s.final_train_loss.map_or("-".into(), |l| format!("{l:.4}")),
             s.best_val_loss.map_or("-".into(), |l| format!("{l:.4}"))
+        );
+    }
+    if let Some(r) = &a.meta.alignment {
+        let o = &r.options;
+        println!(
+            "aligned       by the model owner on {} (sha256 {}…{}): target {:?} (α {}) at {:?} \
+             positions, {} weights ({:?}), pull {}; {} steps, {} tokens, {:.0} s, final KL {}, \
+             best held-out KL {}",
+            r.corpus,
+            short(&r.corpus_sha256),
+            o.template
+                .as_ref()
+                .map_or(String::new(), |t| format!(", template {t:?}")),
+            o.target,
+            o.alpha,
+            o.positions,
+            r.trained.len(),
+            o.params,
+            o.pull,
+            r.metrics.steps,
+            r.metrics.tokens,
+            r.metrics.seconds,
+            r.metrics
+                .final_train_loss
+                .map_or("-".into(), |l| format!("{l:.4}")),
+            r.metrics
+                .best_val_loss
+                .map_or("-".into(), |l| format!("{l:.4}"))
         );
     }
     Ok(())

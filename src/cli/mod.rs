@@ -1,6 +1,7 @@
 //! Command-line interface: one file per command, each a clap `Args` struct with a `run`.
 
 mod ablate;
+mod align;
 mod bench;
 mod demo;
 mod emulator;
@@ -46,6 +47,9 @@ enum Command {
     Tune(tune::Args),
     /// Model owner: plug a tuned adapter into the full model, write a Hugging Face directory.
     Plug(plug::Args),
+    /// Model owner: align a returned adapter on public text so that, plugged in, it matches the
+    /// proxy (or the emulator) it was tuned for; writes the aligned adapter.
+    Align(align::Args),
     /// Measure a model, an emulator, or either with a tuned adapter.
     Eval(eval::Args),
     /// A corpus of the model's own samples (data-free calibration and distillation text).
@@ -81,6 +85,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Emulator(a) => emulator::run(a),
         Command::Tune(a) => tune::run(a),
         Command::Plug(a) => plug::run(a),
+        Command::Align(a) => align::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Probe(a) => probe::run(a),
         Command::Sample(a) => sample::run(a),

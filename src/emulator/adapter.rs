@@ -43,6 +43,9 @@ pub struct AdapterMeta {
     /// `…o_proj.adapter.down.weight` etc.; they cannot be merged into the model's weights).
     #[serde(default)]
     pub bottleneck: Option<BottleneckConfig>,
+    /// For an adapter the model owner aligned after plugging it in (`offsite align`): how.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alignment: Option<Box<super::align::AlignRecord>>,
 }
 
 /// PEFT's key prefix for a causal LM's weights.
@@ -185,6 +188,7 @@ impl Adapter {
             metrics,
             lora: None,
             bottleneck: None,
+            alignment: None,
         }
     }
 

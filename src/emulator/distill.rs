@@ -172,7 +172,7 @@ impl Pair<'_> {
 }
 
 /// 1 for the non-padding positions of each row of `batch` (`[batch, seq]`).
-fn position_mask(batch: &Batch) -> candle_core::Result<Tensor> {
+pub(crate) fn position_mask(batch: &Batch) -> candle_core::Result<Tensor> {
     let (b, t) = batch.inputs.dims2()?;
     // A row's real tokens are those up to its last counted target; packed corpora count every
     // position, so this is the row's length without the padding.

@@ -2,6 +2,7 @@
 //! emulator (one function), the emulator package, the tuned adapter, fingerprints and plug-in.
 
 pub mod adapter;
+pub mod align;
 pub mod compress;
 pub mod distill;
 pub mod fidelity;
@@ -10,6 +11,7 @@ pub mod options;
 pub mod package;
 pub mod plan;
 pub mod plug;
+pub mod proxy;
 pub mod strategy;
 pub mod tune;
 

@@ -9,11 +9,13 @@
 //! with the context at the boundary is scored on the tokens lm-eval scores.
 //!
 //! The context is run once per question; its KV cache is shared by all the choices, which are
-//! scored together as one batch.
+//! scored together as one batch. Anything that is a [`Scorer`] can be scored (a model, or the
+//! proxy's logit arithmetic).
 
+use super::scorer::Scorer;
 use crate::data::tasks::McRecord;
 use crate::io::tokenizer::Tokenizer;
-use crate::model::{log_softmax, Model, ModelCache};
+use crate::model::log_softmax;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -42,7 +44,7 @@ pub fn encode_pair(
 
 /// The summed log-likelihood of each choice given the context.
 pub fn choice_logliks(
-    model: &Model,
+    model: &dyn Scorer,
     tok: &Tokenizer,
     context: &str,
     choices: &[String],
@@ -73,25 +75,26 @@ pub fn choice_logliks(
         return Err(Error::Invalid("empty context after tokenization".into()));
     }
     let device = model.device();
-    let mut cache = ModelCache::default();
-    let ctx_logits =
-        model.forward_cached_last(&Tensor::new(ctx, device)?.unsqueeze(0)?, &mut cache)?;
-    // Log-probabilities of the first continuation token, from the context's last position.
-    let first = log_softmax(&ctx_logits.get(0)?.to_dtype(DType::F64)?)?.to_vec1::<f64>()?;
-    let mut out: Vec<f64> = pairs.iter().map(|(_, c)| first[c[0] as usize]).collect();
-    if max_cont > 1 {
-        // The rest of each continuation, all choices in one batch after the shared context.
-        let n = choices.len();
-        let len = max_cont - 1;
+    let ctx = Tensor::new(ctx, device)?.unsqueeze(0)?;
+    // The rest of each continuation, all choices in one batch after the shared context.
+    let n = choices.len();
+    let len = max_cont - 1;
+    let rest = if len > 0 {
         let mut ids = vec![0u32; n * len];
         for (row, (_, c)) in pairs.iter().enumerate() {
             for (i, &t) in c[..c.len() - 1].iter().enumerate() {
                 ids[row * len + i] = t;
             }
         }
-        let mut batch_cache = cache.repeat_batch(n)?;
-        let logits =
-            model.forward_cached(&Tensor::from_vec(ids, (n, len), device)?, &mut batch_cache)?;
+        Some(Tensor::from_vec(ids, (n, len), device)?)
+    } else {
+        None
+    };
+    let (first, rest) = model.shared_prefix(&ctx, rest.as_ref())?;
+    // Log-probabilities of the first continuation token, from the context's last position.
+    let first = log_softmax(&first.to_dtype(DType::F64)?)?.to_vec1::<f64>()?;
+    let mut out: Vec<f64> = pairs.iter().map(|(_, c)| first[c[0] as usize]).collect();
+    if let Some(logits) = rest {
         let logp = log_softmax(&logits.to_dtype(DType::F64)?)?;
         for (row, (_, c)) in pairs.iter().enumerate() {
             if c.len() < 2 {
@@ -251,7 +254,7 @@ fn binary_auc(scored: &[(Vec<f64>, &McRecord)]) -> Option<f64> {
 
 /// Scores every record with `model` (a progress bar on stderr) and computes acc / acc_norm.
 pub fn evaluate_mc(
-    model: &Model,
+    model: &dyn Scorer,
     tok: &Tokenizer,
     records: &[McRecord],
     max_len: usize,
@@ -263,7 +266,7 @@ pub fn evaluate_mc(
 
 /// Each record's per-choice summed log-likelihoods (a progress bar on stderr), in order.
 pub fn score_mc(
-    model: &Model,
+    model: &dyn Scorer,
     tok: &Tokenizer,
     records: &[McRecord],
     max_len: usize,
@@ -292,7 +295,7 @@ pub fn score_mc(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ModelConfig;
+    use crate::model::{Model, ModelConfig};
 
     fn tiny() -> (Model, Tokenizer) {
         let config = ModelConfig {

@@ -4,12 +4,10 @@
 //!   `bits_per_byte`: each document scored whole (rolling windows, first token predicted from
 //!   the BOS/EOS prefix token), log-likelihood summed per word / byte.
 
+use super::scorer::Scorer;
 use crate::data::{pack_blocks, Batch, Sequence};
 use crate::io::tokenizer::Tokenizer;
-use crate::model::Model;
-use crate::ops::lm_head_nll;
 use crate::{Error, Result};
-use candle_core::D;
 use serde::{Deserialize, Serialize};
 
 /// Perplexity of a model on a corpus.
@@ -49,7 +47,7 @@ pub fn count_words(doc: &str) -> usize {
 
 /// Total negative log-likelihood of each sequence's targets, in input order.
 pub fn sequence_nll(
-    model: &Model,
+    model: &dyn Scorer,
     seqs: &[Sequence],
     batch_size: usize,
     pad: u32,
@@ -61,13 +59,10 @@ pub fn sequence_nll(
     for chunk in order.chunks(batch_size.max(1)) {
         let refs: Vec<&Sequence> = chunk.iter().map(|&i| &seqs[i]).collect();
         let batch = Batch::new(&refs, pad, model.device())?;
-        let (b, t) = batch.inputs.dims2()?;
-        let h = model.hidden(&batch.inputs)?;
-        let h = h.reshape((b * t, h.dim(D::Minus1)?))?;
+        let (_, t) = batch.inputs.dims2()?;
         let targets = batch.targets.flatten_all()?.to_vec1::<u32>()?;
         let weights = batch.weights.flatten_all()?.to_vec1::<f32>()?;
-        // The fused head: per-position NLL without the [tokens × vocab] logits.
-        let nll = lm_head_nll(&h, model.head_weight().tensor(), &targets)?;
+        let nll = model.position_nll(&batch.inputs, &targets)?;
         for (row, &i) in chunk.iter().enumerate() {
             out[i] = (0..t)
                 .map(|j| nll[row * t + j] * weights[row * t + j] as f64)
@@ -98,7 +93,7 @@ fn rolling_windows(prefix: u32, doc: &[u32], window: usize) -> Vec<Sequence> {
 
 /// Both perplexities of `model` on `docs`.
 pub fn perplexity(
-    model: &Model,
+    model: &dyn Scorer,
     tokenizer: &Tokenizer,
     docs: &[String],
     block_size: usize,
@@ -144,7 +139,7 @@ pub fn perplexity(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{log_softmax, ModelConfig};
+    use crate::model::{log_softmax, Model, ModelConfig};
     use candle_core::{DType, Device, Tensor};
 
     #[test]

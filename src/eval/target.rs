@@ -1,24 +1,58 @@
-//! What an evaluation runs: a full model, an emulator package, either with a tuned adapter.
-//! The four rows of the paper's table come from here: zero-shot (model), emulator zero-shot
-//! (package), emulator fine-tuned (package + adapter), plug-in (model + adapter).
+//! What an evaluation runs: a full model, an emulator package, either with a tuned adapter, or
+//! the proxy. The rows of the paper's table come from here: zero-shot (model), emulator zero-shot
+//! (package), emulator fine-tuned (package + adapter), plug-in (model + adapter), and the proxy
+//! (model + package + adapter, logit arithmetic).
 
+use super::Scorer;
 use crate::emulator::package::{offsite_format, PACKAGE_FORMAT};
+use crate::emulator::proxy::Proxy;
 use crate::emulator::{plug, Adapter, Package};
 use crate::io::checkpoint;
 use crate::io::tokenizer::Tokenizer;
-use crate::model::Model;
-use crate::Result;
+use crate::{Error, Result};
 use candle_core::Device;
 use std::path::Path;
 
-/// A model ready to evaluate, with its tokenizer and a description of what it is.
+/// A model (or the proxy) ready to evaluate, with its tokenizer and a description of what it is.
 pub struct Evaluable {
-    /// The model.
-    pub model: Model,
+    /// What scores.
+    pub scorer: Box<dyn Scorer>,
     /// Its tokenizer.
     pub tokenizer: Tokenizer,
-    /// "full model", "emulator", "emulator + adapter", "plug-in".
+    /// "full model", "emulator", "emulator + adapter", "plug-in", "proxy".
     pub kind: &'static str,
+}
+
+/// The proxy of `adapter` (tuned through the package at `package`, made from the model at
+/// `path`) with its `alpha`: see [`Proxy`].
+pub fn load_proxy(
+    path: &Path,
+    package: &Path,
+    adapter: &Path,
+    alpha: f64,
+    device: &Device,
+) -> Result<Evaluable> {
+    if offsite_format(package).as_deref() != Some(PACKAGE_FORMAT) {
+        return Err(Error::format(
+            package,
+            "is not an emulator package (.offsite)",
+        ));
+    }
+    if offsite_format(path).as_deref() == Some(PACKAGE_FORMAT) {
+        return Err(Error::format(
+            path,
+            "the proxy needs the full model here, not an emulator package",
+        ));
+    }
+    let adapter = Adapter::load(adapter, device)?;
+    let package = Package::load(package, device)?;
+    let ckpt = checkpoint::load(path, device)?;
+    let proxy = Proxy::new(&ckpt, &package, &adapter, alpha)?;
+    Ok(Evaluable {
+        scorer: Box::new(proxy),
+        tokenizer: ckpt.tokenizer()?.clone(),
+        kind: "proxy",
+    })
 }
 
 /// Loads `path` (a model or an emulator package) and, if given, applies `adapter`: to a package
@@ -38,7 +72,7 @@ pub fn load_evaluable(path: &Path, adapter: Option<&Path>, device: &Device) -> R
             None => "emulator",
         };
         return Ok(Evaluable {
-            model,
+            scorer: Box::new(model),
             tokenizer: package.tokenizer()?,
             kind,
         });
@@ -50,7 +84,7 @@ pub fn load_evaluable(path: &Path, adapter: Option<&Path>, device: &Device) -> R
         None => (ckpt.model()?, "full model"),
     };
     Ok(Evaluable {
-        model,
+        scorer: Box::new(model),
         tokenizer,
         kind,
     })

@@ -97,8 +97,15 @@ pub fn ablate(
         let dir = out.join(c.name());
         eprintln!("ablation: {} ({})", c.name(), c.kind());
         let mut skip = base.skip.clone();
-        // Rows that do not depend on the emulator are run once by `experiment`, not per point.
-        skip.extend([Row::ZeroShot, Row::Oracle, Row::FullFt]);
+        // Rows that do not depend on the emulator are run once by `experiment`, not per point;
+        // the proxy and the aligned plug-in are not part of the paper's figure.
+        skip.extend([
+            Row::ZeroShot,
+            Row::Oracle,
+            Row::FullFt,
+            Row::Proxy,
+            Row::PlugInAligned,
+        ]);
         let cfg = ExperimentConfig {
             emulator: c.options(bottom, top, middle),
             skip,

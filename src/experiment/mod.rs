@@ -5,19 +5,23 @@
 
 pub mod ablation;
 pub mod chart;
+mod report;
+
+pub use report::write_report;
 
 use crate::data::records::{data_kind, DataKind};
 use crate::data::sequences::record_sequence;
 use crate::data::tasks::{load_mc, load_task, McRecord, Task};
 use crate::data::{load_training_data, read_texts, Dataset, Sequence};
-use crate::emulator::distill::DistillRecord;
+use crate::emulator::align::{align, align_sequences, AlignOptions, AlignRun};
+use crate::emulator::proxy::Proxy;
 use crate::emulator::tune::tune;
 use crate::emulator::{model_fingerprint, plug, Adapter, EmulatorOptions, Package};
 use crate::eval::multiple_choice::evaluate_mc;
 use crate::eval::perplexity;
+use crate::eval::Scorer;
 use crate::io::tokenizer::Tokenizer;
 use crate::io::{atomic, checkpoint};
-use crate::model::Model;
 use crate::peft::Method;
 use crate::train::{finetune::finetune, TrainOptions};
 use crate::{Error, Result};
@@ -46,6 +50,14 @@ pub enum Row {
     /// The full model with the tuned adapter plugged in.
     #[value(name = "plug-in")]
     PlugIn,
+    /// The full model's log-probabilities plus α × the emulator's change (logit arithmetic:
+    /// [`crate::emulator::proxy`]), without a plug-in.
+    #[value(name = "proxy")]
+    Proxy,
+    /// The plug-in after the model owner's alignment on public text
+    /// ([`crate::emulator::align`]); run when the experiment has an alignment setup.
+    #[value(name = "plug-in-aligned")]
+    PlugInAligned,
     /// The full model with every weight fine-tuned.
     #[value(name = "full-ft")]
     FullFt,
@@ -53,12 +65,14 @@ pub enum Row {
 
 impl Row {
     /// All rows.
-    pub const ALL: [Row; 6] = [
+    pub const ALL: [Row; 8] = [
         Row::ZeroShot,
         Row::EmulatorZeroShot,
         Row::EmulatorFt,
         Row::Oracle,
         Row::PlugIn,
+        Row::Proxy,
+        Row::PlugInAligned,
         Row::FullFt,
     ];
 
@@ -70,6 +84,8 @@ impl Row {
             Row::EmulatorFt => "emulator_ft",
             Row::Oracle => "oracle",
             Row::PlugIn => "plug_in",
+            Row::Proxy => "proxy",
+            Row::PlugInAligned => "plug_in_aligned",
             Row::FullFt => "full_ft",
         }
     }
@@ -82,6 +98,8 @@ impl Row {
             Row::EmulatorFt => "emulator, fine-tuned",
             Row::Oracle => "oracle (tuned through the real middle)",
             Row::PlugIn => "plug-in",
+            Row::Proxy => "proxy (logit arithmetic)",
+            Row::PlugInAligned => "plug-in, aligned",
             Row::FullFt => "full fine-tuning",
         }
     }
@@ -121,6 +139,45 @@ pub struct ExperimentConfig {
     pub limit_test: Option<usize>,
     /// Evaluation block size (perplexity) / longest scored sequence (multiple choice).
     pub eval_block_size: usize,
+    /// The proxy row's α.
+    #[serde(default = "default_alpha")]
+    pub proxy_alpha: f64,
+    /// How the model owner aligns the plug-in (the `plug-in-aligned` row runs only with one).
+    /// Not part of the settings a resumed folder must share: each alignment setup keeps its
+    /// adapter and row under its own digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alignment: Option<AlignSetup>,
+}
+
+/// The model owner's alignment of the returned adapter, as the experiment runs it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlignSetup {
+    /// Public text (never the task's own data).
+    pub data: PathBuf,
+    /// Held-out public text (the aligned weights with the lowest KL on it are kept).
+    pub val: Option<PathBuf>,
+    /// First N documents of each.
+    pub limit: Option<usize>,
+    /// Target, positions, trained part, template.
+    pub options: AlignOptions,
+    /// Trainer options of the alignment.
+    pub training: TrainOptions,
+}
+
+impl AlignSetup {
+    /// A short digest of the setup: the name under which its adapter and row are kept.
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(t) = v.get_mut("training").and_then(|t| t.as_object_mut()) {
+            t.remove("resume");
+        }
+        hex::encode(sha2::Sha256::digest(v.to_string().as_bytes()))[..10].to_string()
+    }
+}
+
+fn default_alpha() -> f64 {
+    crate::emulator::proxy::DEFAULT_ALPHA
 }
 
 fn full_method() -> Method {
@@ -302,6 +359,55 @@ fn oracle_adapter(
     tuned_adapter(cfg, &package, options, pad, &dir)
 }
 
+/// The adapter aligned by `setup` (by the same code as `offsite align`), resumed or made, in
+/// `dir` with the setup beside it.
+fn aligned_adapter(
+    ckpt: &checkpoint::Checkpoint,
+    package: &Package,
+    adapter: &Adapter,
+    setup: &AlignSetup,
+    tok: &Tokenizer,
+    pad: u32,
+    dir: &Path,
+) -> Result<Adapter> {
+    let path = dir.join("adapter.safetensors");
+    if !path.is_file() {
+        eprintln!(
+            "experiment: aligning the plug-in on {}",
+            setup.data.display()
+        );
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        atomic::write_json(&dir.join("setup.json"), setup)?;
+        let template = setup.options.template.as_deref();
+        let block = setup.training.block_size;
+        let load = |p: &PathBuf| -> Result<Vec<Sequence>> {
+            align_sequences(tok, &limit(read_texts(p)?, setup.limit), block, template)
+        };
+        let data = load(&setup.data)?;
+        let val = setup.val.as_ref().map(load).transpose()?;
+        let sha = crate::io::fetch::file_sha256(&setup.data)?;
+        let training = TrainOptions {
+            resume: true,
+            ..setup.training.clone()
+        };
+        let corpus = setup.data.display().to_string();
+        let aligned = align(&AlignRun {
+            ckpt,
+            package,
+            adapter,
+            data: &data,
+            val: val.as_deref(),
+            corpus: (&corpus, &sha),
+            options: &setup.options,
+            training: &training,
+            pad,
+            output: &path,
+        })?;
+        aligned.save(&path)?;
+    }
+    Adapter::load(&path, &Device::Cpu)
+}
+
 /// Refuses to resume into a folder whose finished rows were made with other settings (only the
 /// rows to skip may change between runs).
 fn check_same_experiment(cfg: &ExperimentConfig, out: &Path) -> Result<()> {
@@ -314,6 +420,7 @@ fn check_same_experiment(cfg: &ExperimentConfig, out: &Path) -> Result<()> {
         let mut v = serde_json::to_value(c).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             o.remove("skip");
+            o.remove("alignment");
             // Resuming is what this folder is for; the flag itself changes no result.
             if let Some(t) = o.get_mut("training").and_then(|t| t.as_object_mut()) {
                 t.remove("resume");
@@ -348,8 +455,12 @@ pub fn run(cfg: &ExperimentConfig, out: &Path) -> Result<Vec<RowResult>> {
         (Metric::Mc, None) => TestSet::Mc(limit(load_mc(&cfg.test)?, cfg.limit_test)),
         (Metric::Ppl, _) => TestSet::Text(limit(read_texts(&cfg.test)?, cfg.limit_test)),
     };
-    let row_path = |row: Row| out.join("rows").join(format!("{}.json", row.name()));
-    let evaluate = |row: Row, model: &Model| -> Result<RowResult> {
+    let digest = cfg.alignment.as_ref().map(AlignSetup::digest);
+    let row_path = |row: Row| match (row, &digest) {
+        (Row::PlugInAligned, Some(d)) => out.join("rows").join(format!("{}-{d}.json", row.name())),
+        _ => out.join("rows").join(format!("{}.json", row.name())),
+    };
+    let evaluate = |row: Row, model: &dyn Scorer| -> Result<RowResult> {
         eprintln!("experiment: evaluating {}", row.label());
         let start = std::time::Instant::now();
         let metrics = match &test {
@@ -378,7 +489,9 @@ pub fn run(cfg: &ExperimentConfig, out: &Path) -> Result<Vec<RowResult>> {
     let mut package: Option<Package> = None;
     let mut adapter: Option<Adapter> = None;
     let mut rows = Vec::new();
-    for row in Row::ALL.into_iter().filter(|r| !cfg.skip.contains(r)) {
+    let runs =
+        |r: &Row| !cfg.skip.contains(r) && (*r != Row::PlugInAligned || cfg.alignment.is_some());
+    for row in Row::ALL.into_iter().filter(runs) {
         if let Some(done) = std::fs::read_to_string(row_path(row))
             .ok()
             .and_then(|t| serde_json::from_str::<RowResult>(&t).ok())
@@ -387,11 +500,14 @@ pub fn run(cfg: &ExperimentConfig, out: &Path) -> Result<Vec<RowResult>> {
             rows.push(done);
             continue;
         }
-        if matches!(row, Row::EmulatorZeroShot | Row::EmulatorFt | Row::PlugIn) && package.is_none()
-        {
+        let needs_adapter = matches!(
+            row,
+            Row::EmulatorFt | Row::PlugIn | Row::Proxy | Row::PlugInAligned
+        );
+        if (needs_adapter || row == Row::EmulatorZeroShot) && package.is_none() {
             package = Some(emulator_package(cfg, &ckpt, &tok, out)?);
         }
-        if matches!(row, Row::EmulatorFt | Row::PlugIn) && adapter.is_none() {
+        if needs_adapter && adapter.is_none() {
             let pkg = package.as_ref().expect("made above");
             adapter = Some(tuned_adapter(cfg, pkg, &tuning, pad, out)?);
         }
@@ -413,6 +529,23 @@ pub fn run(cfg: &ExperimentConfig, out: &Path) -> Result<Vec<RowResult>> {
                 evaluate(row, &plug(&ckpt, &a)?)?
             }
             Row::PlugIn => evaluate(row, &plug(&ckpt, adapter.as_ref().expect("made"))?)?,
+            Row::Proxy => {
+                let (pkg, a) = (
+                    package.as_ref().expect("made"),
+                    adapter.as_ref().expect("made"),
+                );
+                evaluate(row, &Proxy::new(&ckpt, pkg, a, cfg.proxy_alpha)?)?
+            }
+            Row::PlugInAligned => {
+                let (pkg, a) = (
+                    package.as_ref().expect("made"),
+                    adapter.as_ref().expect("made"),
+                );
+                let setup = cfg.alignment.as_ref().expect("filtered above");
+                let dir = out.join(format!("aligned-{}", digest.as_deref().unwrap_or("")));
+                let aligned = aligned_adapter(&ckpt, pkg, a, setup, &tok, pad, &dir)?;
+                evaluate(row, &plug(&ckpt, &aligned)?)?
+            }
             Row::FullFt => {
                 let ft_dir = out.join("full-ft");
                 let model = if ft_dir.join("config.json").is_file() {
@@ -432,172 +565,4 @@ pub fn run(cfg: &ExperimentConfig, out: &Path) -> Result<Vec<RowResult>> {
     }
     write_report(cfg, metric, &rows, out)?;
     Ok(rows)
-}
-
-/// The metric shown in the chart and first in the table.
-fn primary(metric: Metric) -> (&'static str, &'static str) {
-    match metric {
-        Metric::Mc => ("acc", "accuracy"),
-        Metric::Ppl => ("token_perplexity", "token perplexity"),
-    }
-}
-
-/// Writes `report.json`, `report.md` and `chart.svg`.
-pub fn write_report(
-    cfg: &ExperimentConfig,
-    metric: Metric,
-    rows: &[RowResult],
-    out: &Path,
-) -> Result<()> {
-    atomic::write_json(
-        &out.join("report.json"),
-        &serde_json::json!({
-            "model": cfg.model, "task": cfg.task.map(|t| t.name()), "train": cfg.train,
-            "val": cfg.val, "test": cfg.test, "metric": metric, "emulator": cfg.emulator, "strategy": cfg.emulator.strategy, "emulator_package": cfg.emulator_package,
-            "training": cfg.training, "method": cfg.method, "limits": {"train": cfg.limit_train, "val": cfg.limit_val, "test": cfg.limit_test},
-            "rows": rows,
-        }),
-    )?;
-    let keys: &[&str] = match metric {
-        Metric::Mc => &[
-            "acc",
-            "acc_stderr",
-            "acc_norm",
-            "acc_norm_stderr",
-            "margin",
-            "auc",
-            "n",
-        ],
-        Metric::Ppl => &[
-            "token_perplexity",
-            "word_perplexity",
-            "byte_perplexity",
-            "bits_per_byte",
-            "n",
-        ],
-    };
-    let t = &cfg.training;
-    let method = match &cfg.method {
-        Method::Full => "all adapter-layer weights".to_string(),
-        Method::Lora(l) => format!(
-            "LoRA r {} alpha {} on {}",
-            l.r,
-            l.alpha,
-            targets_text(&l.targets)
-        ),
-        Method::Adapter(b) => format!(
-            "bottleneck adapters of size {} after {}",
-            b.size,
-            targets_text(&b.targets)
-        ),
-        Method::BitFit => "BitFit (1-D parameters)".to_string(),
-    };
-    let limit = |n: Option<usize>| n.map_or("all".to_string(), |n| format!("first {n}"));
-    let mut md = format!(
-        "# Offsite-tuning experiment\n\nmodel `{}`, test `{}`{}; emulator {} + {} + {} layers ({}).\n\n\
-         Adapter tuning ({}): {}; full fine-tuning trains every weight. Both: {} × batch {} × {} \
-         tokens, lr {} ({:?}, {} warm-up steps). Records used: train {}, validation {}, test {}.\n\n\
-         | row | {} | seconds |\n| --- |{} ---: |\n",
-        cfg.model.display(),
-        cfg.test.display(),
-        cfg.task.map_or(String::new(), |t| format!(" (task {})", t.name())),
-        cfg.emulator.bottom,
-        cfg.emulator.keep,
-        cfg.emulator.top,
-        emulator_text(cfg),
-        cfg.method.name(),
-        method,
-        t.max_steps.map_or(format!("{} epoch(s)", t.epochs), |n| format!("at most {n} steps")),
-        t.batch_size * t.grad_accum,
-        t.block_size,
-        t.lr,
-        t.schedule,
-        t.warmup_steps,
-        limit(cfg.limit_train),
-        limit(cfg.limit_val),
-        limit(cfg.limit_test),
-        keys.join(" | "),
-        " ---: |".repeat(keys.len()),
-    );
-    for r in rows {
-        let label = Row::ALL
-            .iter()
-            .find(|x| x.name() == r.name)
-            .map_or(r.name.as_str(), |x| x.label());
-        let cells: Vec<String> = keys
-            .iter()
-            .map(|k| match r.metrics.get(*k) {
-                Some(serde_json::Value::Number(n)) if n.is_f64() => {
-                    format!("{:.4}", n.as_f64().unwrap_or(f64::NAN))
-                }
-                Some(v) => v.to_string(),
-                None => "-".into(),
-            })
-            .collect();
-        md += &format!("| {label} | {} | {:.0} |\n", cells.join(" | "), r.seconds);
-    }
-    atomic::write_bytes(&out.join("report.md"), md.as_bytes())?;
-    let (key, axis) = primary(metric);
-    let bars: Vec<(String, f64)> = rows
-        .iter()
-        .map(|r| {
-            (
-                r.name.clone(),
-                r.metrics
-                    .get(key)
-                    .and_then(|v| v.as_f64())
-                    .unwrap_or(f64::NAN),
-            )
-        })
-        .collect();
-    let title = format!(
-        "{} on {}",
-        axis,
-        cfg.test
-            .file_name()
-            .map_or("test".into(), |f| f.to_string_lossy().into_owned())
-    );
-    atomic::write_bytes(
-        &out.join("chart.svg"),
-        chart::bar_chart(&title, axis, &bars).as_bytes(),
-    )
-}
-
-/// How the report describes the emulator: its compression, and for a given package its path
-/// and distillation (read from the package's header).
-fn emulator_text(cfg: &ExperimentConfig) -> String {
-    let mut text = cfg.emulator.compression();
-    if let (true, Some(cal)) = (
-        cfg.emulator.strategy.needs_calibration(),
-        &cfg.emulator.calibration,
-    ) {
-        text += &format!(
-            ", strategy `{}` measured on `{}` ({} tokens)",
-            cfg.emulator.strategy,
-            cal.display(),
-            cfg.emulator.calibration_tokens
-        );
-    }
-    let Some(path) = &cfg.emulator_package else {
-        return text;
-    };
-    let distillation = crate::emulator::package::offsite_meta(path)
-        .and_then(|m| m.get("distillation").cloned())
-        .and_then(|d| serde_json::from_value::<DistillRecord>(d).ok());
-    if let Some(d) = distillation {
-        text += &format!(
-            ", distilled on `{}` for {} steps (kd weight {}, lm weight {})",
-            d.corpus, d.metrics.steps, d.weights.kd_weight, d.weights.lm_weight
-        );
-    }
-    text + &format!("; package `{}`", path.display())
-}
-
-/// PEFT target maps as the report names them (none given: the family's defaults).
-fn targets_text(targets: &[String]) -> String {
-    if targets.is_empty() {
-        "the family's default maps".into()
-    } else {
-        targets.join(",")
-    }
 }

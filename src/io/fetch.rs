@@ -261,6 +261,11 @@ pub fn is_verified(path: &Path, sha256: &str) -> Result<bool> {
     }
 }
 
+/// SHA-256 (lowercase hex) of a file, streamed (how reports and records identify files).
+pub fn file_sha256(path: &Path) -> Result<String> {
+    sha256_file(path, &ProgressBar::hidden())
+}
+
 /// SHA-256 (lowercase hex) of a file, streamed.
 fn sha256_file(path: &Path, bar: &ProgressBar) -> Result<String> {
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;

@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 use candle_core::{DType, Tensor};
-use std::path::Path;
+use offsite::io::tokenizer::Tokenizer;
+use offsite::model::{Model, ModelConfig};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Runs the `offsite` binary.
@@ -38,4 +40,97 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .unwrap()
         .to_scalar::<f64>()
         .unwrap()
+}
+
+/// A run that must have failed, without a panic, with each of `needles` in its stderr.
+pub fn fails(o: Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected failure");
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks `{n}`: {err}");
+    }
+}
+
+pub fn tiny_model_dir(dir: &Path, seed: u64) -> PathBuf {
+    let config = ModelConfig {
+        vocab_size: 263,
+        num_layers: 5,
+        ..ModelConfig::tiny()
+    };
+    let model = Model::random(&config, seed, DType::F32).unwrap();
+    let path = dir.join(format!("model{seed}"));
+    offsite::io::hf_dir::save(&path, &model, Some(&Tokenizer::tiny_byte_level())).unwrap();
+    path
+}
+
+pub fn write_texts(path: &Path, n: usize) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            serde_json::json!({"text": format!("hello world {i}, hello again and again.")})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+/// A tiny model (seed `seed`), six training texts, and its 1 + 2 + 1 emulator package.
+pub fn model_data_emulator(dir: &Path, seed: u64) -> (PathBuf, PathBuf, PathBuf) {
+    let model = tiny_model_dir(dir, seed);
+    let train = dir.join("train.jsonl");
+    write_texts(&train, 6);
+    let emu = dir.join("e.offsite");
+    make_emulator(&model, &emu, &[]);
+    (model, train, emu)
+}
+
+/// `offsite emulator MODEL --bottom 1 --top 1 --keep 2 -o OUT`, plus `extra` flags.
+pub fn make_emulator(model: &Path, out: &Path, extra: &[&str]) -> String {
+    ok(offsite(&emulator_args(model, out, extra)))
+}
+
+/// The arguments of [`make_emulator`].
+pub fn emulator_args<'a>(model: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "emulator",
+        s(model),
+        "--bottom",
+        "1",
+        "--top",
+        "1",
+        "--keep",
+        "2",
+        "-o",
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// `offsite tune EMU --data TRAIN -o OUT` for 3 steps on 16-token blocks, plus `extra` flags.
+pub fn tune_briefly(emu: &Path, train: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "tune",
+        s(emu),
+        "--data",
+        s(train),
+        "-o",
+        s(out),
+        "--max-steps",
+        "3",
+        "--block-size",
+        "16",
+        "--lr",
+        "5e-2",
+    ];
+    args.extend_from_slice(extra);
+    ok(offsite(&args))
+}
+
+/// `offsite eval ARGS --data TEST --json` on 16-token blocks.
+pub fn eval_json(test: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["eval"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--data", s(test), "--block-size", "16", "--json"]);
+    serde_json::from_str(&ok(offsite(&all))).unwrap()
 }
