@@ -5,8 +5,8 @@ use super::ModelSpec;
 use anyhow::Result;
 use offsite::data::{load_training_data, Sequence};
 use offsite::emulator::distill::{distill, DistillRecord, DistillWeights};
-use offsite::emulator::fingerprint::short;
-use offsite::emulator::{EmulatorOptions, Package};
+use offsite::emulator::fingerprint::{fingerprint, short};
+use offsite::emulator::{plug, Adapter, EmulatorOptions, Package};
 use offsite::train::TrainOptions;
 use std::path::PathBuf;
 
@@ -37,6 +37,13 @@ pub struct Args {
     /// Optimizer steps of the distillation (overrides --max-steps).
     #[arg(long, requires = "distill")]
     distill_steps: Option<usize>,
+    /// A FedBiOT-style round: the adapter the data owner returned (tuned through
+    /// --distill-from) sits in the adapter layers of both the full model and the emulator while
+    /// the emulator layers are distilled, so that the emulator stands in for the middle under
+    /// that adapter. The package still ships the model's own adapter layers; the data owner
+    /// continues from the returned one (`tune --init-adapter`).
+    #[arg(long, requires = "distill_from")]
+    distill_adapter: Option<PathBuf>,
     #[command(flatten)]
     weights: DistillWeights,
     #[command(flatten)]
@@ -102,9 +109,17 @@ pub fn run(args: Args) -> Result<()> {
                 None => build(args.options.uncompressed())?,
             };
             let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
+            let adapter = args
+                .distill_adapter
+                .as_ref()
+                .map(|p| Adapter::load(p, full.device()))
+                .transpose()?;
+            // The teacher runs the returned adapter's layers too: the full model plugged.
+            let plugged = adapter.as_ref().map(|a| plug(&ckpt, a)).transpose()?;
             let (weights, metrics) = distill(
-                &full,
+                plugged.as_ref().unwrap_or(&full),
                 &plain,
+                adapter.as_ref(),
                 &train,
                 Some(&val),
                 &options,
@@ -118,6 +133,10 @@ pub fn run(args: Args) -> Result<()> {
                 training: options,
                 metrics,
                 previous: plain.meta.distillation.clone().map(Box::new),
+                adapter: adapter
+                    .as_ref()
+                    .map(|a| fingerprint(a.tensors.iter()))
+                    .transpose()?,
             };
             Some((weights, record, plain))
         }

@@ -1,8 +1,8 @@
 //! `offsite tune EMU.offsite --data TRAIN [--val VAL] -o ADAPTER.safetensors` (the data owner).
 
 use anyhow::Result;
-use offsite::emulator::tune::tune;
-use offsite::emulator::Package;
+use offsite::emulator::tune::{tune_from, TuneStart};
+use offsite::emulator::{Adapter, Package};
 use offsite::train::TrainOptions;
 use std::path::PathBuf;
 
@@ -16,6 +16,13 @@ pub struct Args {
     /// The adapter to write: a file, or for `--peft lora` a PEFT directory.
     #[arg(short, long)]
     output: PathBuf,
+    /// Start from this adapter instead of the package's own (a later round: an adapter of the
+    /// same model, e.g. the one tuned in the previous round or averaged by a coordinator).
+    #[arg(long)]
+    init_adapter: Option<PathBuf>,
+    /// Weight of an L2 pull towards --init-adapter's weights (Σ‖θ − θ₀‖² / Σ‖θ₀‖²).
+    #[arg(long, default_value_t = 0.0, requires = "init_adapter")]
+    init_pull: f64,
     #[command(flatten)]
     peft: super::PeftArgs,
     #[command(flatten)]
@@ -29,8 +36,18 @@ pub fn run(args: Args) -> Result<()> {
     let tok = package.tokenizer()?;
     let (train, val) = args.data.load(&tok, args.train.block_size)?;
     let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
-    let adapter = tune(
+    let init = args
+        .init_adapter
+        .as_ref()
+        .map(|p| Adapter::load(p, &device))
+        .transpose()?;
+    let start = init.as_ref().map(|adapter| TuneStart {
+        adapter,
+        pull: args.init_pull,
+    });
+    let adapter = tune_from(
         &package,
+        start.as_ref(),
         &train.sequences,
         val.as_ref().map(|v| v.sequences.as_slice()),
         &args.train,

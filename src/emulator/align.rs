@@ -19,9 +19,10 @@ use crate::data::{pack_blocks, Batch, Sequence};
 use crate::io::checkpoint::Checkpoint;
 use crate::io::tokenizer::Tokenizer;
 use crate::model::{log_softmax, Model};
+use crate::train::loss::Pull;
 use crate::train::{self, trainable_params, TrainJob, TrainOptions, TrainSummary};
 use crate::{Error, Result};
-use candle_core::{Tensor, Var, D};
+use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -194,10 +195,8 @@ struct Alignment<'a> {
     student: &'a Model,
     proxy: &'a Proxy,
     options: &'a AlignOptions,
-    /// Trained variables and their values in A'.
-    start: Vec<(Var, Tensor)>,
-    /// `Σ‖θ_A'‖²` over the trained weights.
-    start_energy: f64,
+    /// The pull towards the trained weights' values in A'.
+    pull: Pull,
 }
 
 impl Alignment<'_> {
@@ -211,13 +210,8 @@ impl Alignment<'_> {
         let logits = self.student.logits(&hidden)?;
         let mask = loss_mask(batch, self.options.positions)?;
         let mut loss = kl_with_exact_gradient(&target, &logits, &mask)?;
-        if self.options.pull != 0.0 {
-            let mut pull = Tensor::zeros((), loss.dtype(), loss.device())?;
-            for (var, start) in &self.start {
-                pull = (pull + (var.as_tensor() - start)?.sqr()?.sum_all()?)?;
-            }
-            let scale = self.options.pull / self.start_energy.max(f64::MIN_POSITIVE);
-            loss = (loss + (pull * scale)?)?;
+        if self.pull.is_active() {
+            loss = (loss + self.pull.loss()?)?;
         }
         Ok(loss)
     }
@@ -306,19 +300,12 @@ pub(crate) fn align_until(run: &AlignRun, stop_at: Option<usize>) -> Result<Adap
         )));
     }
     let params = trainable_params(&mut student, |n| names.iter().any(|x| x == n))?;
-    let mut start = Vec::with_capacity(params.len());
-    let mut start_energy = 0.0;
-    for p in &params {
-        let t = p.var.as_tensor().copy()?.detach();
-        start_energy += t.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-        start.push((p.var.clone(), t));
-    }
+    let pull = Pull::new(&params, options.pull)?;
     let alignment = Alignment {
         student: &student,
         proxy: &proxy,
         options,
-        start,
-        start_energy,
+        pull,
     };
     let total = student.num_parameters();
     let mut job = TrainJob::beside(output, "align", params, data, val, pad, training, total);

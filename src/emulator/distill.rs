@@ -67,6 +67,11 @@ pub struct DistillRecord {
     /// The distillation this one continued (`--distill-from`), when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<Box<DistillRecord>>,
+    /// Fingerprint of the returned adapter that sat in the adapter layers of both sides
+    /// (FedBiOT-style rounds: the emulator learns to stand in for the middle *under that
+    /// adapter*), when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
 }
 
 /// `mean((teacher − student)²) / mean(teacher²)` over the positions where `mask` (`[batch,
@@ -187,12 +192,14 @@ pub(crate) fn position_mask(batch: &Batch) -> candle_core::Result<Tensor> {
 }
 
 /// Distils the emulator layers of `package` (plain layer drop, built from `full`) on `train`
-/// (validating on `val`), with checkpoints and a metrics log beside `output`. Returns the trained
-/// emulator-layer weights by name and the run's summary.
+/// (validating on `val`), with checkpoints and a metrics log beside `output`. With `adapter`,
+/// that adapter's layers replace the adapter layers of both sides (`full` is then the plugged
+/// model). Returns the trained emulator-layer weights by name and the run's summary.
 #[allow(clippy::too_many_arguments)]
 pub fn distill(
     full: &Model,
     package: &Package,
+    adapter: Option<&super::Adapter>,
     train_data: &[Sequence],
     val: Option<&[Sequence]>,
     options: &TrainOptions,
@@ -201,7 +208,7 @@ pub fn distill(
     output: &Path,
 ) -> Result<(BTreeMap<String, Tensor>, TrainSummary)> {
     distill_until(
-        full, package, train_data, val, options, weights, pad, output, None,
+        full, package, adapter, train_data, val, options, weights, pad, output, None,
     )
 }
 
@@ -210,6 +217,7 @@ pub fn distill(
 pub(crate) fn distill_until(
     full: &Model,
     package: &Package,
+    adapter: Option<&super::Adapter>,
     train_data: &[Sequence],
     val: Option<&[Sequence]>,
     options: &TrainOptions,
@@ -244,6 +252,10 @@ pub(crate) fn distill_until(
         ));
     }
     let mut student = package.model()?;
+    if let Some(a) = adapter {
+        a.check_package(package)?;
+        a.apply(&mut student)?;
+    }
     let emulator = split.emulator.clone();
     let params = trainable_params(&mut student, |name| {
         layer_index(name).is_some_and(|i| emulator.contains(&i))
@@ -339,7 +351,8 @@ mod tests {
             lr: 2e-3,
             ..opts()
         };
-        let (trained, _) = distill(&full, &pkg, &data, None, &options, &weights, 0, &out).unwrap();
+        let (trained, _) =
+            distill(&full, &pkg, None, &data, None, &options, &weights, 0, &out).unwrap();
         let mut student = pkg.model().unwrap();
         let before = kl_of(&full, &student, &data);
         for (name, w) in student.named_weights_mut() {
@@ -349,6 +362,99 @@ mod tests {
         }
         let after = kl_of(&full, &student, &data);
         assert!(after < 0.8 * before, "KL {before} -> {after}");
+    }
+
+    #[test]
+    fn distilling_under_a_returned_adapter_lowers_the_kd_under_it() {
+        let (full, pkg, data) = setup();
+        // A' changes the bottom adapter layer: the emulator must learn the middle's response
+        // to A'_bottom's outputs.
+        let mut changed = BTreeMap::new();
+        for (name, t) in pkg.tensors.iter() {
+            if layer_index(name) == Some(0) && t.rank() == 2 {
+                changed.insert(name.to_string(), (t * 1.4).unwrap());
+            }
+        }
+        let adapter = crate::emulator::Adapter::from_weights(&pkg, &changed, None, None).unwrap();
+        let mut plugged = Model::random(&full.config().clone(), 12, DType::F32).unwrap();
+        adapter.apply(&mut plugged).unwrap();
+        let weights = DistillWeights {
+            kd_weight: 1.0,
+            lm_weight: 0.0,
+            kd_norm: KdNorm::Token,
+            logit_weight: 0.0,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("d.offsite");
+        let options = TrainOptions {
+            max_steps: Some(12),
+            lr: 2e-3,
+            ..opts()
+        };
+        let (trained, _) = distill(
+            &plugged,
+            &pkg,
+            Some(&adapter),
+            &data,
+            None,
+            &options,
+            &weights,
+            0,
+            &out,
+        )
+        .unwrap();
+        assert!(trained.keys().all(|n| layer_index(n).is_some_and(|i| pkg
+            .meta
+            .split
+            .emulator
+            .contains(&i))));
+        // The KD loss under A' went down.
+        let rows: Vec<&Sequence> = data.iter().take(4).collect();
+        let batch = Batch::new(&rows, 0, &Device::Cpu).unwrap();
+        let kd = |student: &Model| {
+            let pair = Pair {
+                student,
+                teacher: &plugged,
+                bottom: 2,
+                emulator: 2,
+                middle: 2..7,
+                weights: &weights,
+            };
+            pair.loss(&batch, None).unwrap().to_scalar::<f32>().unwrap()
+        };
+        let mut before = pkg.model().unwrap();
+        adapter.apply(&mut before).unwrap();
+        let mut after = pkg.model().unwrap();
+        adapter.apply(&mut after).unwrap();
+        for (name, w) in after.named_weights_mut() {
+            if let Some(t) = trained.get(&name) {
+                *w = crate::model::Weight::Frozen(t.clone());
+            }
+        }
+        let (b, a) = (kd(&before), kd(&after));
+        assert!(a < 0.8 * b, "KD under A' {b} -> {a}");
+        // An adapter tuned through another package is refused.
+        let other = Package::build(
+            &full,
+            None,
+            EmulatorOptions::layer_drop(2, 2, 2),
+            Path::new("o.offsite"),
+        )
+        .unwrap();
+        let foreign =
+            crate::emulator::Adapter::from_weights(&other, &BTreeMap::new(), None, None).unwrap();
+        let err = distill(
+            &plugged,
+            &pkg,
+            Some(&foreign),
+            &data,
+            None,
+            &options,
+            &weights,
+            0,
+            &out,
+        );
+        assert!(err.is_err());
     }
 
     /// Mean KL(full ‖ student) of the next-token distributions over `data`.
@@ -407,7 +513,7 @@ mod tests {
         };
         let val = Some(&data[..3]);
         let (trained, summary) =
-            distill(&full, &pkg, &data, val, &options, &weights, 0, &out).unwrap();
+            distill(&full, &pkg, None, &data, val, &options, &weights, 0, &out).unwrap();
         assert_eq!(summary.steps, 12);
         let emulator = &pkg.meta.split.emulator;
         assert!(!trained.is_empty());
@@ -431,6 +537,7 @@ mod tests {
             training: options,
             metrics: summary,
             previous: None,
+            adapter: None,
         };
         let built = Package::build_with(
             &full,
@@ -475,6 +582,7 @@ mod tests {
         let (straight, _) = distill(
             &full,
             &pkg,
+            None,
             &data,
             Some(&data[..3]),
             &opts(),
@@ -489,6 +597,7 @@ mod tests {
         let err = distill_until(
             args.0,
             args.1,
+            None,
             args.2,
             args.3,
             &opts(),
@@ -503,8 +612,10 @@ mod tests {
             resume: true,
             ..opts()
         };
-        let (resumed, _) =
-            distill(args.0, args.1, args.2, args.3, &resume, &weights, 0, &out2).unwrap();
+        let (resumed, _) = distill(
+            args.0, args.1, None, args.2, args.3, &resume, &weights, 0, &out2,
+        )
+        .unwrap();
         for (name, t) in &straight {
             let d = crate::ops::testing::max_abs_diff(t, &resumed[name]).unwrap();
             assert!(d == 0.0, "{name} differs by {d:e}");

@@ -522,3 +522,95 @@ fn a_damaged_compressed_tensor_is_reported_by_name() {
     let err = Package::load(&path, &Device::Cpu).unwrap_err().to_string();
     assert!(err.contains(&name) && err.contains("bad.offsite"), "{err}");
 }
+
+#[test]
+fn a_later_round_starts_from_the_given_adapter_and_refuses_a_foreign_one() {
+    use crate::peft::Method;
+    let model = Model::random(&config(), 9, DType::F32).unwrap();
+    let pkg = package_of(&model);
+    let dir = tempfile::tempdir().unwrap();
+    let opts = TrainOptions {
+        max_steps: Some(3),
+        batch_size: 4,
+        lr: 1e-2,
+        ..TrainOptions::default()
+    };
+    let first = tune::tune(
+        &pkg,
+        &data(8, 1),
+        None,
+        &opts,
+        &Method::Full,
+        0,
+        &dir.path().join("a1"),
+    )
+    .unwrap();
+    // With a vanishing learning rate (steps below f32's resolution) the round ends where it
+    // started: at the given adapter, not at the package's.
+    let still = TrainOptions {
+        lr: 1e-30,
+        ..opts.clone()
+    };
+    let start = tune::TuneStart {
+        adapter: &first,
+        pull: 1.0,
+    };
+    let second = tune::tune_from(
+        &pkg,
+        Some(&start),
+        &data(8, 2),
+        None,
+        &still,
+        &Method::Full,
+        0,
+        &dir.path().join("a2"),
+    )
+    .unwrap();
+    let mut moved = false;
+    for (name, t) in first.tensors.iter() {
+        let got = second.tensors.get(name, t.dims()).unwrap();
+        assert_eq!(
+            crate::ops::testing::max_abs_diff(t, &got).unwrap(),
+            0.0,
+            "{name}"
+        );
+        let original = pkg.tensors.get(name, t.dims()).unwrap();
+        moved |= crate::ops::testing::max_abs_diff(t, &original).unwrap() > 0.0;
+    }
+    assert!(moved, "the first round changed the adapter");
+    // Another model's adapter, or a method that cannot continue it, is refused.
+    let other = package_of(&Model::random(&config(), 10, DType::F32).unwrap());
+    let foreign = Adapter::from_weights(&other, &Default::default(), None, None).unwrap();
+    let start = tune::TuneStart {
+        adapter: &foreign,
+        pull: 0.0,
+    };
+    let err = tune::tune_from(
+        &pkg,
+        Some(&start),
+        &data(8, 2),
+        None,
+        &opts,
+        &Method::Full,
+        0,
+        &dir.path().join("a3"),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("another model"), "{err}");
+    let start = tune::TuneStart {
+        adapter: &first,
+        pull: 0.0,
+    };
+    let err = tune::tune_from(
+        &pkg,
+        Some(&start),
+        &data(8, 2),
+        None,
+        &opts,
+        &Method::BitFit,
+        0,
+        &dir.path().join("a4"),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("cannot start"), "{err}");
+}

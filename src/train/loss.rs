@@ -1,9 +1,60 @@
 //! The language-modelling loss over a batch: cross-entropy of each counted target.
 
+use super::optimizer::Param;
 use crate::data::Batch;
 use crate::model::{log_softmax, Model};
 use crate::ops::lm_head_loss;
-use candle_core::{Result, Tensor, D};
+use candle_core::{Result, Tensor, Var, D};
+
+/// An L2 pull of trained weights towards where they started, relative to their size:
+/// `weight · Σ‖θ − θ₀‖² / Σ‖θ₀‖²`. Keeps a short run on other data (a model owner's alignment,
+/// a later tuning round) from forgetting what the starting weights learned.
+pub struct Pull {
+    start: Vec<(Var, Tensor)>,
+    scale: f64,
+}
+
+impl Pull {
+    /// The pull of `params` towards their current values, with `weight`.
+    pub fn new(params: &[Param], weight: f64) -> Result<Self> {
+        let mut start = Vec::with_capacity(params.len());
+        let mut energy = 0.0;
+        for p in params {
+            let t = p.var.as_tensor().copy()?.detach();
+            energy += t
+                .sqr()?
+                .sum_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
+            start.push((p.var.clone(), t));
+        }
+        Ok(Pull {
+            start,
+            scale: weight / energy.max(f64::MIN_POSITIVE),
+        })
+    }
+
+    /// Whether it adds anything (a zero weight adds nothing and costs nothing).
+    pub fn is_active(&self) -> bool {
+        self.scale != 0.0
+    }
+
+    /// The pull's loss term, `()`-shaped, in the weights' dtype.
+    pub fn loss(&self) -> Result<Tensor> {
+        let mut total: Option<Tensor> = None;
+        for (var, start) in &self.start {
+            let term = (var.as_tensor() - start)?.sqr()?.sum_all()?;
+            total = Some(match total {
+                Some(t) => (t + term)?,
+                None => term,
+            });
+        }
+        match total {
+            Some(t) => t * self.scale,
+            None => candle_core::bail!("a pull needs at least one parameter"),
+        }
+    }
+}
 
 /// Sum over counted positions of `-log p(target)`, from logits `[batch, len, vocab]`.
 pub fn masked_nll_sum(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> Result<Tensor> {

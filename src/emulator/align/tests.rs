@@ -119,16 +119,11 @@ fn with_an_unchanged_adapter_the_loss_and_gradient_are_zero_and_nothing_moves() 
         pull: 10.0,
         ..options(AlignParams::All)
     };
-    let start: Vec<(Var, Tensor)> = params
-        .iter()
-        .map(|p| (p.var.clone(), p.var.as_tensor().copy().unwrap()))
-        .collect();
     let alignment = Alignment {
         student: &student,
         proxy: &proxy,
         options: &opts,
-        start,
-        start_energy: 1.0,
+        pull: Pull::new(&params, opts.pull).unwrap(),
     };
     let d = data();
     let rows: Vec<&Sequence> = d.iter().take(4).collect();

@@ -132,6 +132,7 @@ fn a_shared_package_stores_each_representative_once_and_runs_it_at_every_depth()
     let err = crate::emulator::distill::distill(
         &full,
         &back,
+        None,
         &seqs(4),
         None,
         &TrainOptions::default(),
