@@ -14,6 +14,13 @@ OUT=${1:?output folder}
 SHARED=${SHARED:-../shared/data}
 B=${OFFSITE:-./target/release/offsite}
 HERE=$(dirname "$0")
+# `offsite eval ARGS --metric mc --json` into FILE, only when FILE is missing; written whole or not
+# at all, so that a killed run is redone.
+eval_to() {
+    local file=$1
+    shift
+    [ -f "$file" ] || { "$B" eval "$@" --metric mc --json > "$file.tmp" && mv "$file.tmp" "$file"; }
+}
 mkdir -p "$OUT/public"
 python3 "$HERE/alignment_corpora.py" "$SHARED/sotu/train.jsonl" "$OUT/public"
 head -n 1800 "$OUT/public/words.jsonl" > "$OUT/public/words-train.jsonl"
@@ -36,7 +43,7 @@ mkdir -p "$OUT/hyp-align"
 # name : target : positions : params : pull : corpus (words = templated words, paragraphs = plain text)
 for v in proxy-last-all:proxy:last:all:0:words proxy-last-top:proxy:last:top:0:words \
          proxy-last-norms:proxy:last:norms:0:words emulator-last-all:emulator:last:all:0:words \
-         proxy-all-all:proxy:all:all:0:words proxy-last-all-pull:proxy:last:all:100:words \
+         proxy-last-all-pull:proxy:last:all:100:words \
          proxy-text-all:proxy:all:all:0:paragraphs; do
     IFS=: read -r name target positions params pull corpus <<< "$v"
     a="$OUT/hyp-align/$name.safetensors"
@@ -49,7 +56,31 @@ for v in proxy-last-all:proxy:last:all:0:words proxy-last-top:proxy:last:top:0:w
         --align-target "$target" --align-positions "$positions" --align-params "$params" \
         --align-pull "$pull" "${template[@]}" --max-steps 200 --batch-size 4 --block-size "$block" \
         --lr 1e-4 --warmup-steps 10 --eval-every 50 --save-every 50 --resume -o "$a"
-    [ -f "$OUT/hyp-align/$name.json" ] || "$B" eval smollm2 --adapter "$a" --data "$H/test.jsonl" \
-        --metric mc --json > "$OUT/hyp-align/$name.json"
+    eval_to "$OUT/hyp-align/$name.json" smollm2 --adapter "$a" --data "$H/test.jsonl"
     "$B" inspect "$a" --json > "$OUT/hyp-align/$name.inspect.json"
 done
+
+# FedBiOT-style second round on hypernym: the model owner re-distils the emulator layers with the
+# returned adapter in place (both sides) on public words in the task's template (per-token KD
+# at the top adapter's input + KL of the next-token distributions), ships the new package, and
+# the data owner tunes 100 more steps from its round-1 adapter.
+R="$OUT/hyp-round2"
+mkdir -p "$R"
+python3 - "$OUT/public/words-train.jsonl" "$R/template-words.jsonl" <<'PY'
+import json, sys
+with open(sys.argv[2], "w", encoding="utf-8") as out:
+    for line in open(sys.argv[1], encoding="utf-8"):
+        w = json.loads(line)["text"]
+        out.write(json.dumps({"text": f"Question: A {w} is a kind of what?\nAnswer:"}) + "\n")
+PY
+[ -f "$R/emulator.offsite" ] || "$B" emulator smollm2 --keep 13 --strategy importance --calibration "$CAL" \
+    --distill "$R/template-words.jsonl" --distill-from "$OUT/k13-importance.offsite" \
+    --distill-adapter "$OUT/hyp-k13/adapter.safetensors" --distill-steps 100 --kd-weight 1 \
+    --lm-weight 0 --logit-weight 1 --kd-norm token --lr 2e-4 --schedule cosine --warmup-steps 5 \
+    --clip 1 --batch-size 4 --block-size 128 --eval-every 50 --save-every 25 --seed 42 --resume \
+    -o "$R/emulator.offsite"
+[ -f "$R/adapter.safetensors" ] || "$B" tune "$R/emulator.offsite" --data "$H/train.jsonl" \
+    --init-adapter "$OUT/hyp-k13/adapter.safetensors" --max-steps 100 --batch-size 4 --warmup-steps 5 \
+    --save-every 50 --lr 1e-4 --seed 43 --resume -o "$R/adapter.safetensors"
+eval_to "$R/plug_in.json" smollm2 --adapter "$R/adapter.safetensors" --data "$H/test.jsonl"
+eval_to "$R/emulator_ft.json" "$R/emulator.offsite" --adapter "$R/adapter.safetensors" --data "$H/test.jsonl"

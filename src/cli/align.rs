@@ -79,7 +79,7 @@ pub fn run(args: Args) -> Result<()> {
     let m = &record.metrics;
     println!(
         "wrote {} ({} weights aligned towards the {:?} target over {:?} positions); {} steps, \
-         {} tokens, {:.0} s, final KL {}, best held-out KL {}",
+         {} tokens, {:.0} s, final KL {}, held-out KL {} → {}",
         args.output.display(),
         record.trained.len(),
         record.options.target,
@@ -88,6 +88,9 @@ pub fn run(args: Args) -> Result<()> {
         m.tokens,
         m.seconds,
         m.final_train_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        record
+            .val_loss_before
+            .map_or("-".into(), |l| format!("{l:.4}")),
         m.best_val_loss.map_or("-".into(), |l| format!("{l:.4}")),
     );
     Ok(())

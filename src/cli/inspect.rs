@@ -178,7 +178,7 @@ fn inspect_adapter(path: &Path, as_json: bool) -> Result<()> {
         println!(
             "aligned       by the model owner on {} (sha256 {}…{}): target {:?} (α {}) at {:?} \
              positions, {} weights ({:?}), pull {}; {} steps, {} tokens, {:.0} s, final KL {}, \
-             best held-out KL {}",
+             held-out KL {} → {}",
             r.corpus,
             short(&r.corpus_sha256),
             o.template
@@ -196,6 +196,7 @@ fn inspect_adapter(path: &Path, as_json: bool) -> Result<()> {
             r.metrics
                 .final_train_loss
                 .map_or("-".into(), |l| format!("{l:.4}")),
+            r.val_loss_before.map_or("-".into(), |l| format!("{l:.4}")),
             r.metrics
                 .best_val_loss
                 .map_or("-".into(), |l| format!("{l:.4}"))

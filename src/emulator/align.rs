@@ -109,6 +109,9 @@ pub struct AlignRecord {
     pub training: TrainOptions,
     /// How training went (steps, tokens, seconds, losses: mean KL).
     pub metrics: TrainSummary,
+    /// The held-out KL before the alignment (the same measure as `metrics.best_val_loss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss_before: Option<f64>,
     /// The weights the alignment trained.
     pub trained: Vec<String>,
 }
@@ -307,13 +310,17 @@ pub(crate) fn align_until(run: &AlignRun, stop_at: Option<usize>) -> Result<Adap
         options,
         pull,
     };
+    let loss = |batch: &Batch, seed| alignment.loss(batch, seed);
+    let val_loss_before = val
+        .map(|v| train::evaluate(v, training.batch_size, pad, student.device(), &loss))
+        .transpose()?;
     let total = student.num_parameters();
     let mut job = TrainJob::beside(output, "align", params, data, val, pad, training, total);
     job.device = student.device().clone();
     job.stop_at = stop_at;
     job.loss_is_nll = false;
     let checkpoint_dir = job.checkpoint_dir.clone();
-    let outcome = train::train(job, &|batch, seed| alignment.loss(batch, seed))?;
+    let outcome = train::train(job, &loss)?;
     let _ = std::fs::remove_dir_all(&checkpoint_dir);
     let record = AlignRecord {
         corpus: corpus.0.into(),
@@ -321,6 +328,7 @@ pub(crate) fn align_until(run: &AlignRun, stop_at: Option<usize>) -> Result<Adap
         options: options.clone(),
         training: training.clone(),
         metrics: outcome.summary,
+        val_loss_before,
         trained: names,
     };
     aligned_adapter(adapter, &outcome.params, record)

@@ -11,4 +11,6 @@ pub mod trainer;
 
 pub use optimizer::{AdamW, Param};
 pub use options::{Schedule, TrainOptions};
-pub use trainer::{run_files, train, trainable_params, TrainJob, TrainOutcome, TrainSummary};
+pub use trainer::{
+    evaluate, run_files, train, trainable_params, TrainJob, TrainOutcome, TrainSummary,
+};

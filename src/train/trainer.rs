@@ -173,7 +173,9 @@ fn snapshot_params(params: &[Param]) -> Result<BTreeMap<String, Tensor>> {
 }
 
 /// Mean loss over `data` in batches, without updating anything.
-fn evaluate(
+/// The mean of `loss` over `data` in batches of `batch_size`, each batch weighted by its
+/// counted targets (how the loop reports validation loss).
+pub fn evaluate(
     data: &[Sequence],
     batch_size: usize,
     pad: u32,

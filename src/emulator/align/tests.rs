@@ -197,6 +197,12 @@ fn only_the_named_weights_change_and_the_kl_to_the_proxy_falls() {
         assert_eq!(max_diff(t, &got) > 0.0, in_top, "{name}");
     }
     assert_eq!(record.metrics.steps, 15);
+    // The held-out KL is measured before and falls.
+    let (before, best) = (
+        record.val_loss_before.unwrap(),
+        record.metrics.best_val_loss.unwrap(),
+    );
+    assert!(best < before, "held-out KL {before} -> {best}");
     assert_eq!(record.corpus_sha256, "00");
     // The fingerprint chain is kept: the aligned adapter plugs into the same model.
     assert_eq!(
