@@ -99,7 +99,14 @@ fn proxy_align_inspect_and_plug() {
         &adapter,
         &public,
         &aligned,
-        &["--align-params", "top", "--align-pull", "1"],
+        &[
+            "--align-params",
+            "top",
+            "--align-pull",
+            "1",
+            "--align-target",
+            "proxy",
+        ],
     ));
     assert!(out.contains("aligned towards the Proxy target"), "{out}");
     let shown = ok(offsite(&["inspect", s(&aligned)]));

@@ -40,12 +40,18 @@ H="$SHARED/hypernym"
     --warmup-steps 10 --eval-every 50 --save-every 50 --lr 1e-4 --resume -o "$OUT/hyp-k13"
 TEMPLATE=$'Question: A {text} is a kind of what?\nAnswer:'
 mkdir -p "$OUT/hyp-align"
-# name : target : positions : params : pull : corpus (words = templated words, paragraphs = plain text)
-for v in proxy-last-all:proxy:last:all:0:words proxy-last-top:proxy:last:top:0:words \
-         proxy-last-norms:proxy:last:norms:0:words emulator-last-all:emulator:last:all:0:words \
-         proxy-last-all-pull:proxy:last:all:100:words \
-         proxy-text-all:proxy:all:all:0:paragraphs; do
-    IFS=: read -r name target positions params pull corpus <<< "$v"
+# name : target : positions : params : pull : corpus (words = templated words, paragraphs = plain
+# text) : α : learning rate
+for v in proxy-last-all:proxy:last:all:0:words:1:1e-4 proxy-last-top:proxy:last:top:0:words:1:1e-4 \
+         proxy-last-norms:proxy:last:norms:0:words:1:1e-4 \
+         emulator-last-all:emulator:last:all:0:words:1:1e-4 \
+         proxy-last-all-pull:proxy:last:all:100:words:1:1e-4 \
+         emulator-last-norms:emulator:last:norms:0:words:1:1e-4 \
+         proxy-last-norms-lr1e-3:proxy:last:norms:0:words:1:1e-3 \
+         proxy-last-norms-a2:proxy:last:norms:0:words:2:1e-4 \
+         emulator-last-norms-lr1e-3:emulator:last:norms:0:words:1:1e-3 \
+         proxy-text-all:proxy:all:all:0:paragraphs:1:1e-4; do
+    IFS=: read -r name target positions params pull corpus alpha lr <<< "$v"
     a="$OUT/hyp-align/$name.safetensors"
     template=()
     [ "$corpus" = words ] && template=(--align-template "$TEMPLATE")
@@ -54,8 +60,8 @@ for v in proxy-last-all:proxy:last:all:0:words proxy-last-top:proxy:last:top:0:w
     [ -f "$a" ] || "$B" align smollm2 "$OUT/k13-importance.offsite" "$OUT/hyp-k13/adapter.safetensors" \
         --data "$OUT/public/$corpus-train.jsonl" --val "$OUT/public/$corpus-val.jsonl" \
         --align-target "$target" --align-positions "$positions" --align-params "$params" \
-        --align-pull "$pull" "${template[@]}" --max-steps 200 --batch-size 4 --block-size "$block" \
-        --lr 1e-4 --warmup-steps 10 --eval-every 50 --save-every 50 --resume -o "$a"
+        --align-pull "$pull" --align-alpha "$alpha" "${template[@]}" --max-steps 200 --batch-size 4 \
+        --block-size "$block" --lr "$lr" --warmup-steps 10 --eval-every 50 --save-every 50 --resume -o "$a"
     eval_to "$OUT/hyp-align/$name.json" smollm2 --adapter "$a" --data "$H/test.jsonl"
     "$B" inspect "$a" --json > "$OUT/hyp-align/$name.inspect.json"
 done

@@ -35,7 +35,7 @@ def main(out, prefixes):
             continue
         print(
             "\n| alignment (target, positions, trained part, pull, corpus) | acc ± stderr | margin "
-            "| share of full FT's gain | vs emulator fine-tuned | held-out KL | seconds | tokens |\n"
+            "| share of full FT's gain | vs emulator fine-tuned | held-out KL before → after | seconds | tokens |\n"
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         )
         for f in sorted(os.listdir(adir)):
@@ -48,12 +48,20 @@ def main(out, prefixes):
             o = a["options"] if a else {}
             m = a["metrics"] if a else {}
             corpus = "templated words" if o.get("template") else "plain text"
-            label = f"{o.get('target')}, {o.get('positions')}, {o.get('params')}, {o.get('pull')}, {corpus}"
+            t = a["training"] if a else {}
+            label = (
+                f"{o.get('target')} (α {o.get('alpha')}), {o.get('positions')}, {o.get('params')}, "
+                f"pull {o.get('pull')}, {corpus}, lr {t.get('lr')}"
+            )
             gap = f"{r['acc'] - emu['acc']:+.3f}" if emu else "-"
             kl = m.get("best_val_loss")
+            before = a.get("val_loss_before") if a else None
+            kl_text = "-" if kl is None else f"{kl:.3f}"
+            if before is not None:
+                kl_text = f"{before:.3f} → {kl_text}"
             print(
                 f"| `{name}`: {label} | {r['acc']:.3f} ± {r['acc_stderr']:.3f} | {r['margin']:.3f} "
-                f"| {share(r)} | {gap} | {kl if kl is None else f'{kl:.4f}'} "
+                f"| {share(r)} | {gap} | {kl_text} "
                 f"| {m.get('seconds', 0):.0f} | {m.get('tokens', 0)} |"
             )
 

@@ -46,8 +46,8 @@ pub struct Args {
     /// The model's own samples the model owner aligns on (public, data-free text).
     #[arg(long, default_value_t = 16)]
     align_samples: usize,
-    /// Optimizer steps of the alignment.
-    #[arg(long, default_value_t = 40)]
+    /// Optimizer steps of the alignment (batches of 4 blocks of 128 tokens).
+    #[arg(long, default_value_t = 16)]
     align_steps: usize,
     #[command(flatten)]
     align: AlignOptions,

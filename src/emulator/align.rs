@@ -73,13 +73,15 @@ impl AlignParams {
 /// How to align (the `--align-*` flags).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct AlignOptions {
-    /// The distribution to match.
-    #[arg(id = "align_target", long = "align-target", value_enum, default_value_t = AlignTarget::Proxy)]
+    /// The distribution to match (default `emulator`: on hypernym it transferred best, see
+    /// docs/results/alignment.md).
+    #[arg(id = "align_target", long = "align-target", value_enum, default_value_t = AlignTarget::Emulator)]
     pub target: AlignTarget,
     /// Where the loss is taken.
     #[arg(id = "align_positions", long = "align-positions", value_enum, default_value_t = AlignPositions::All)]
     pub positions: AlignPositions,
-    /// What of the plugged adapter trains.
+    /// What of the plugged adapter trains (default `norms`: the fewest weights transferred
+    /// best on hypernym).
     #[arg(id = "align_params", long = "align-params", value_enum, default_value_t = AlignParams::Norms)]
     pub params: AlignParams,
     /// The proxy target's α.
