@@ -581,36 +581,23 @@ fn a_later_round_starts_from_the_given_adapter_and_refuses_a_foreign_one() {
     // Another model's adapter, or a method that cannot continue it, is refused.
     let other = package_of(&Model::random(&config(), 10, DType::F32).unwrap());
     let foreign = Adapter::from_weights(&other, &Default::default(), None, None).unwrap();
-    let start = tune::TuneStart {
-        adapter: &foreign,
-        pull: 0.0,
-    };
-    let err = tune::tune_from(
-        &pkg,
-        Some(&start),
-        &data(8, 2),
-        None,
-        &opts,
-        &Method::Full,
-        0,
-        &dir.path().join("a3"),
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("another model"), "{err}");
-    let start = tune::TuneStart {
-        adapter: &first,
-        pull: 0.0,
-    };
-    let err = tune::tune_from(
-        &pkg,
-        Some(&start),
-        &data(8, 2),
-        None,
-        &opts,
-        &Method::BitFit,
-        0,
-        &dir.path().join("a4"),
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("cannot start"), "{err}");
+    for (adapter, method, needle) in [
+        (&foreign, Method::Full, "another model"),
+        (&first, Method::BitFit, "cannot start"),
+    ] {
+        let start = tune::TuneStart { adapter, pull: 0.0 };
+        let out = dir.path().join(needle.replace(' ', "-"));
+        let err = tune::tune_from(
+            &pkg,
+            Some(&start),
+            &data(8, 2),
+            None,
+            &opts,
+            &method,
+            0,
+            &out,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(needle), "{err}");
+    }
 }
