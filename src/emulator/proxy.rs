@@ -8,7 +8,7 @@
 //! model owner holds, and is both a baseline the plug-in must beat and the target the plug-in's
 //! alignment ([`super::align`]) trains towards.
 
-use super::{plug, Adapter, Package};
+use super::{model_fingerprint, Adapter, Package};
 use crate::io::checkpoint::Checkpoint;
 use crate::model::{log_softmax, Model};
 use crate::{Error, Result};
@@ -67,14 +67,14 @@ impl Proxy {
             )));
         }
         adapter.check_package(package)?;
-        // Plugging checks the adapter's source fingerprint against the model; the plugged model
-        // itself is not needed.
-        drop(plug(ckpt, adapter)?);
+        // The check plug-in makes, on the one full model the proxy keeps.
+        let full = ckpt.model()?;
+        adapter.check_source(&model_fingerprint(&full)?, &ckpt.path)?;
         let untuned = package.model()?;
         let mut tuned = package.model()?;
         adapter.apply(&mut tuned)?;
         Ok(Proxy {
-            full: ckpt.model()?,
+            full,
             tuned,
             untuned,
             alpha,
