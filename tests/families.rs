@@ -472,7 +472,7 @@ fn opt_350m_layout_runs_and_trains() {
         tensors.insert(name.into(), randn(&shape));
     }
     let file = tmp.path().join("model.safetensors");
-    let bytes = offsite::io::hf_dir::safetensors_bytes(&tensors, &[], &file).unwrap();
+    let bytes = offsite::io::tensor_file::safetensors_bytes(&tensors, &[], &file).unwrap();
     std::fs::write(&file, bytes).unwrap();
     let ckpt = checkpoint::load(tmp.path(), &Device::Cpu).unwrap();
     let model = ckpt.model().unwrap();
@@ -554,7 +554,7 @@ fn base_model_checkpoints_load_under_causal_lm_names() {
             Tensor::ones((1, 1, 4, 4), DType::F32, &Device::Cpu).unwrap(),
         );
         let file = tmp.path().join("model.safetensors");
-        let bytes = offsite::io::hf_dir::safetensors_bytes(&tensors, &[], &file).unwrap();
+        let bytes = offsite::io::tensor_file::safetensors_bytes(&tensors, &[], &file).unwrap();
         std::fs::write(&file, bytes).unwrap();
         let model = checkpoint::load(tmp.path(), &Device::Cpu)
             .unwrap()

@@ -8,7 +8,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{offsite, ok, s};
+use common::{offsite, ok, plug, s};
 
 fn reference(family: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -87,13 +87,7 @@ fn run_every_command(family: &str) {
     args.extend_from_slice(&train);
     ok(offsite(&args));
     let plugged = d.path().join("plugged");
-    ok(offsite(&[
-        "plug",
-        s(&model),
-        s(&adapter),
-        "-o",
-        s(&plugged),
-    ]));
+    plug(&model, &adapter, &plugged);
     let base = json(&[
         "eval",
         s(&model),

@@ -6,7 +6,7 @@ use std::path::Path;
 
 mod common;
 use common::{
-    emulator_args, eval_json, fails, make_emulator, model_data_emulator, offsite, ok, s,
+    emulator_args, eval_json, fails, make_emulator, model_data_emulator, offsite, ok, plug, s,
     tiny_model_dir, tune_briefly, write_texts,
 };
 
@@ -79,13 +79,7 @@ fn emulator_tune_plug_eval_round() {
     assert_eq!(v["metrics"]["steps"], 4);
 
     let plugged = d.path().join("plugged");
-    ok(offsite(&[
-        "plug",
-        s(&model),
-        s(&adapter),
-        "-o",
-        s(&plugged),
-    ]));
+    plug(&model, &adapter, &plugged);
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         assert!(plugged.join(f).is_file(), "{f}");
     }
@@ -350,13 +344,7 @@ fn lora_adapter_is_saved_in_peft_layout_and_plugs_in() {
     );
 
     let plugged = d.path().join("plugged");
-    ok(offsite(&[
-        "plug",
-        s(&model),
-        s(&adapter),
-        "-o",
-        s(&plugged),
-    ]));
+    plug(&model, &adapter, &plugged);
     let test = d.path().join("test.jsonl");
     write_texts(&test, 2);
     let eval = |args: &[&str]| eval_json(&test, args);
@@ -396,13 +384,7 @@ fn bitfit_adapter_holds_and_changes_only_1d_parameters() {
     );
     assert!(names.iter().all(|n| n.ends_with("layernorm.weight")));
     let plugged = d.path().join("plugged");
-    ok(offsite(&[
-        "plug",
-        s(&model),
-        s(&adapter),
-        "-o",
-        s(&plugged),
-    ]));
+    plug(&model, &adapter, &plugged);
     let (changed, _) = changed(&model, &plugged);
     assert_eq!(changed, names, "exactly the BitFit parameters change");
 }

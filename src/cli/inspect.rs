@@ -2,10 +2,9 @@
 
 use super::ModelSpec;
 use anyhow::Result;
-use offsite::emulator::adapter::ADAPTER_FORMAT;
 use offsite::emulator::fingerprint::short;
-use offsite::emulator::package::{offsite_format, PACKAGE_FORMAT};
 use offsite::emulator::{Adapter, Package};
+use offsite::io::offsite_file::{self, Seal, ADAPTER_FORMAT, PACKAGE_FORMAT};
 use serde_json::json;
 use std::path::Path;
 
@@ -15,7 +14,14 @@ fn file_size(path: &Path) -> u64 {
 
 /// Describes an emulator package.
 fn inspect_package(path: &Path, as_json: bool) -> Result<()> {
-    let pkg = Package::load(path, &candle_core::Device::Cpu)?;
+    let (pkg, seal) = Package::load_checked(path, &candle_core::Device::Cpu)?;
+    // An unsealed package was checked against its recorded fingerprint instead.
+    let integrity = match seal {
+        Seal::Absent => {
+            "no seal (written before seals); its weights match the package fingerprint".to_string()
+        }
+        s => s.to_string(),
+    };
     let m = &pkg.meta;
     let params = pkg.num_parameters();
     let share = 100.0 * params as f64 / m.source_parameters as f64;
@@ -52,6 +58,7 @@ fn inspect_package(path: &Path, as_json: bool) -> Result<()> {
         "percent_of_full": share,
         "fingerprint": m.source_fingerprint,
         "package_fingerprint": m.package_fingerprint,
+        "integrity": integrity,
         "has_tokenizer": m.tokenizer.is_some(),
         "created_by": m.created_by,
     });
@@ -113,6 +120,7 @@ fn inspect_package(path: &Path, as_json: bool) -> Result<()> {
     );
     println!("source model  {}", m.source_fingerprint);
     println!("package       {}", m.package_fingerprint);
+    println!("integrity     {integrity}");
     println!(
         "tokenizer     {}",
         if m.tokenizer.is_some() {
@@ -126,7 +134,7 @@ fn inspect_package(path: &Path, as_json: bool) -> Result<()> {
 
 /// Describes a tuned adapter.
 fn inspect_adapter(path: &Path, as_json: bool) -> Result<()> {
-    let a = Adapter::load(path, &candle_core::Device::Cpu)?;
+    let (a, seal) = Adapter::load_checked(path, &candle_core::Device::Cpu)?;
     let params: usize = a.tensors.iter().map(|(_, t)| t.elem_count()).sum();
     let report = json!({
         "path": path,
@@ -144,6 +152,7 @@ fn inspect_adapter(path: &Path, as_json: bool) -> Result<()> {
         "training": a.meta.training,
         "metrics": a.meta.metrics,
         "alignment": a.meta.alignment,
+        "integrity": seal.to_string(),
     });
     if as_json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -164,6 +173,7 @@ fn inspect_adapter(path: &Path, as_json: bool) -> Result<()> {
         short(&a.meta.package_fingerprint),
         short(&a.meta.source_fingerprint)
     );
+    println!("integrity     {seal}");
     if let Some(s) = &a.meta.metrics {
         println!(
             "training      {} steps, {} tokens, final loss {}, best validation loss {}",
@@ -218,7 +228,7 @@ pub struct Args {
 /// Describes the model, package or adapter.
 pub fn run(args: Args) -> Result<()> {
     let path = args.model.path()?;
-    match offsite_format(&path).as_deref() {
+    match offsite_file::format(&path).as_deref() {
         Some(PACKAGE_FORMAT) => return inspect_package(&path, args.json),
         Some(ADAPTER_FORMAT) => return inspect_adapter(&path, args.json),
         _ => {}

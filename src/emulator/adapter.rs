@@ -3,7 +3,8 @@
 //! training options and the final metrics.
 
 use super::fingerprint::short;
-use super::package::{layer_index, read_with_meta, write_with_meta, Package};
+use super::package::{layer_index, Package};
+use crate::io::offsite_file::{self, Seal, ADAPTER_FORMAT, PEFT_WEIGHTS};
 use crate::model::{Model, TensorMap};
 use crate::peft::{is_bottleneck_weight, is_lora_weight, BottleneckConfig, LoraConfig};
 use crate::train::{TrainOptions, TrainSummary};
@@ -13,8 +14,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Format name of adapter files.
-pub const ADAPTER_FORMAT: &str = "offsite-adapter";
 /// Current adapter format version.
 pub const ADAPTER_VERSION: u32 = 1;
 
@@ -50,8 +49,6 @@ pub struct AdapterMeta {
 
 /// PEFT's key prefix for a causal LM's weights.
 const PEFT_PREFIX: &str = "base_model.model.";
-/// PEFT's weights file inside an adapter directory.
-const PEFT_WEIGHTS: &str = "adapter_model.safetensors";
 
 /// A tuned adapter in memory.
 #[derive(Debug)]
@@ -197,14 +194,14 @@ impl Adapter {
     /// names; our metadata rides in the safetensors header).
     pub fn save(&self, path: &Path) -> Result<()> {
         let Some(lora) = &self.meta.lora else {
-            return write_with_meta(path, &self.tensors, &self.meta);
+            return offsite_file::write(path, &self.tensors, &self.meta);
         };
         std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
         let mut peft = TensorMap::new(path);
         for (name, t) in self.tensors.iter() {
             peft.insert(format!("{PEFT_PREFIX}{name}"), t.clone(), path);
         }
-        write_with_meta(&path.join(PEFT_WEIGHTS), &peft, &self.meta)?;
+        offsite_file::write(&path.join(PEFT_WEIGHTS), &peft, &self.meta)?;
         let config = serde_json::json!({
             "peft_type": "LORA",
             "task_type": "CAUSAL_LM",
@@ -227,10 +224,15 @@ impl Adapter {
 
     /// Reads an adapter file, or a LoRA adapter directory.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Ok(Self::load_checked(path, device)?.0)
+    }
+
+    /// [`Adapter::load`], also saying how the contents were checked for damage.
+    pub fn load_checked(path: &Path, device: &Device) -> Result<(Self, Seal)> {
         if path.is_dir() {
             let file = path.join(PEFT_WEIGHTS);
-            let (meta, peft): (AdapterMeta, TensorMap) =
-                read_with_meta(&file, ADAPTER_FORMAT, device)?;
+            let (meta, peft, seal): (AdapterMeta, TensorMap, _) =
+                offsite_file::read(&file, ADAPTER_FORMAT, device)?;
             if meta.lora.is_none() {
                 return Err(Error::format(
                     &file,
@@ -244,11 +246,11 @@ impl Adapter {
                 };
                 tensors.insert(ours, t.clone(), &file);
             }
-            return Self::checked(meta, tensors, &file);
+            return Ok((Self::checked(meta, tensors, &file)?, seal));
         }
-        let (meta, tensors): (AdapterMeta, TensorMap) =
-            read_with_meta(path, ADAPTER_FORMAT, device)?;
-        Self::checked(meta, tensors, path)
+        let (meta, tensors, seal): (AdapterMeta, TensorMap, _) =
+            offsite_file::read(path, ADAPTER_FORMAT, device)?;
+        Ok((Self::checked(meta, tensors, path)?, seal))
     }
 
     fn checked(meta: AdapterMeta, tensors: TensorMap, path: &Path) -> Result<Self> {

@@ -8,8 +8,7 @@ use super::fingerprint::fingerprint;
 pub use super::options::EmulatorOptions;
 use super::plan::Split;
 use super::strategy::{self, Calibration, ChoiceRecord};
-use crate::io::atomic;
-use crate::io::hf_dir::safetensors_bytes;
+use crate::io::offsite_file::{self, Seal, PACKAGE_FORMAT};
 use crate::io::tokenizer::Tokenizer;
 use crate::model::{Model, ModelConfig, TensorMap};
 use crate::{Error, Result};
@@ -18,10 +17,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Key of our JSON in the safetensors header's `__metadata__`.
-pub const METADATA_KEY: &str = "offsite";
-/// Format name of emulator packages.
-pub const PACKAGE_FORMAT: &str = "offsite-emulator";
 /// Current package format version.
 pub const PACKAGE_VERSION: u32 = 1;
 
@@ -275,7 +270,7 @@ impl Package {
                 stored.insert(format!("{name}{MASK_SUFFIX}"), mask, path);
             }
         }
-        write_with_meta(path, &stored, &self.meta)
+        offsite_file::write(path, &stored, &self.meta)
     }
 
     /// Decodes the compressed tensors of a package read from `path` in place.
@@ -328,7 +323,15 @@ impl Package {
     /// Reads a package, checking its format, version and that it holds exactly the tensors its
     /// layer map promises.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let (meta, tensors): (PackageMeta, _) = read_with_meta(path, PACKAGE_FORMAT, device)?;
+        Ok(Self::load_checked(path, device)?.0)
+    }
+
+    /// [`Package::load`], also saying how the contents were checked for damage. A package
+    /// without a seal (written before seals) is checked against its recorded package
+    /// fingerprint instead, so a damaged older package is refused too.
+    pub fn load_checked(path: &Path, device: &Device) -> Result<(Self, Seal)> {
+        let (meta, tensors, seal): (PackageMeta, _, _) =
+            offsite_file::read(path, PACKAGE_FORMAT, device)?;
         if meta.format_version > PACKAGE_VERSION {
             return Err(Error::format(
                 path,
@@ -356,9 +359,16 @@ impl Package {
                 format!("tensor `{extra}` belongs to a layer the package does not run"),
             ));
         }
+        if seal == Seal::Absent && fingerprint(pkg.tensors.iter())? != pkg.meta.package_fingerprint
+        {
+            return Err(Error::format(
+                path,
+                "damaged: its weights do not match the package fingerprint recorded in it",
+            ));
+        }
         // Building the model checks every expected tensor and shape.
         pkg.model()?;
-        Ok(pkg)
+        Ok((pkg, seal))
     }
 
     /// The emulator model: adapter and emulator layers in order, all frozen.
@@ -393,96 +403,4 @@ impl Package {
             })
             .sum()
     }
-}
-
-/// Writes `tensors` as a safetensors file with `meta` as our JSON metadata, atomically.
-pub fn write_with_meta(path: &Path, tensors: &TensorMap, meta: &impl Serialize) -> Result<()> {
-    let tensors: BTreeMap<String, Tensor> = tensors
-        .iter()
-        .map(|(n, t)| (n.to_string(), t.clone()))
-        .collect();
-    let meta = serde_json::to_string(meta).map_err(|e| Error::format(path, e))?;
-    atomic::write_bytes(
-        path,
-        &safetensors_bytes(&tensors, &[(METADATA_KEY, &meta)], path)?,
-    )
-}
-
-/// The `format` recorded in an offsite file's metadata (`offsite-emulator`, `offsite-adapter`),
-/// or `None` for any other file (a model checkpoint, a plain safetensors file). Reads the header
-/// only.
-pub fn offsite_format(path: &Path) -> Option<String> {
-    if path.is_dir() {
-        // A LoRA adapter in PEFT's layout carries our metadata in its weights file.
-        let weights = path.join("adapter_model.safetensors");
-        return weights
-            .is_file()
-            .then(|| offsite_format(&weights))
-            .flatten();
-    }
-    Some(offsite_meta(path)?.get("format")?.as_str()?.to_string())
-}
-
-/// The offsite metadata of a safetensors file as JSON, reading the header only (`None` when the
-/// file is unreadable or not one of ours).
-pub fn offsite_meta(path: &Path) -> Option<serde_json::Value> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).ok()?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).ok()?;
-    let len = u64::from_le_bytes(len);
-    if len > 100_000_000 {
-        return None;
-    }
-    let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header).ok()?;
-    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
-    let meta = header.get("__metadata__")?.get(METADATA_KEY)?.as_str()?;
-    serde_json::from_str(meta).ok()
-}
-
-/// Reads a safetensors file with our metadata: the parsed metadata and the tensors (as f32).
-pub fn read_with_meta<M: serde::de::DeserializeOwned>(
-    path: &Path,
-    format: &str,
-    device: &Device,
-) -> Result<(M, TensorMap)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::format(path, format!("not a readable safetensors file ({e})")))?;
-    let meta_json = header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(METADATA_KEY))
-        .ok_or_else(|| Error::format(path, "no offsite metadata: not an offsite file"))?;
-    let value: serde_json::Value = serde_json::from_str(meta_json)
-        .map_err(|e| Error::format(path, format!("corrupt offsite metadata ({e})")))?;
-    let found = value
-        .get("format")
-        .and_then(|f| f.as_str())
-        .unwrap_or("unknown");
-    if found != format {
-        let what = match format {
-            PACKAGE_FORMAT => "an emulator package",
-            _ => "an adapter",
-        };
-        return Err(Error::format(
-            path,
-            format!("not {what} (this is an `{found}` file)"),
-        ));
-    }
-    let meta: M = serde_json::from_value(value)
-        .map_err(|e| Error::format(path, format!("corrupt offsite metadata ({e})")))?;
-    let loaded = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| {
-        Error::format(
-            path,
-            format!("unreadable tensors ({})", crate::error::candle_message(&e)),
-        )
-    })?;
-    let mut tensors = TensorMap::new(path);
-    for (name, t) in loaded {
-        let t = t.to_dtype(candle_core::DType::F32)?;
-        tensors.insert(name, t, path);
-    }
-    Ok((meta, tensors))
 }

@@ -4,10 +4,10 @@
 //! (model + package + adapter, logit arithmetic).
 
 use super::Scorer;
-use crate::emulator::package::{offsite_format, PACKAGE_FORMAT};
 use crate::emulator::proxy::Proxy;
 use crate::emulator::{plug, Adapter, Package};
 use crate::io::checkpoint;
+use crate::io::offsite_file::{format as offsite_format, PACKAGE_FORMAT};
 use crate::io::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use candle_core::Device;

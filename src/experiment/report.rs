@@ -156,7 +156,7 @@ fn emulator_text(cfg: &ExperimentConfig) -> String {
     let Some(path) = &cfg.emulator_package else {
         return text;
     };
-    let distillation = crate::emulator::package::offsite_meta(path)
+    let distillation = crate::io::offsite_file::meta(path)
         .and_then(|m| m.get("distillation").cloned())
         .and_then(|d| serde_json::from_value::<DistillRecord>(d).ok());
     if let Some(d) = distillation {

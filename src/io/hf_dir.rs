@@ -3,6 +3,7 @@
 
 use super::atomic;
 use super::checkpoint::{Checkpoint, CheckpointFormat};
+use super::tensor_file::{self, safetensors_bytes};
 use super::tokenizer::Tokenizer;
 use crate::model::{Model, ModelConfig, TensorMap};
 use crate::{Error, Result};
@@ -61,11 +62,7 @@ fn read_safetensors(
     into: &mut TensorMap,
     stored_dtypes: &mut BTreeMap<String, usize>,
 ) -> Result<()> {
-    let tensors = candle_core::safetensors::load(file, device).map_err(|e| {
-        let msg = crate::error::candle_message(&e);
-        Error::format(file, format!("not a readable safetensors file ({msg})"))
-    })?;
-    for (name, t) in tensors {
+    for (name, t) in tensor_file::read(file, device)?.tensors {
         *stored_dtypes.entry(format!("{:?}", t.dtype())).or_insert(0) += 1;
         let t = t.to_dtype(DType::F32).map_err(|e| {
             Error::format(
@@ -101,43 +98,6 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
         tokenizer,
         stored_dtypes,
     })
-}
-
-/// Serializes named tensors as safetensors bytes, with HF's `format: pt` and `extra` entries in
-/// the header's metadata.
-pub fn safetensors_bytes(
-    tensors: &BTreeMap<String, Tensor>,
-    extra: &[(&str, &str)],
-    path: &Path,
-) -> Result<Vec<u8>> {
-    let mut metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    metadata.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let metadata = Some(metadata);
-    let contiguous = tensors
-        .iter()
-        .map(|(k, t)| Ok((k.clone(), t.contiguous()?)))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let mut bytes =
-        safetensors::serialize(contiguous, metadata).map_err(|e| Error::format(path, e))?;
-    canonicalize_header(&mut bytes).map_err(|e| Error::format(path, e))?;
-    Ok(bytes)
-}
-
-/// Rewrites the JSON header of safetensors `bytes` with sorted keys. The library writes the
-/// metadata map in hash order, so the same tensors and metadata could give different files;
-/// sorted, equal content gives byte-identical files (reproducible runs, comparable hashes).
-fn canonicalize_header(bytes: &mut [u8]) -> std::result::Result<(), String> {
-    let len = u64::from_le_bytes(bytes[..8].try_into().map_err(|_| "short file")?) as usize;
-    let header = &bytes[8..8 + len];
-    // serde_json's map is a BTreeMap: parsing and printing sorts every object's keys.
-    let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| e.to_string())?;
-    let mut sorted = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
-    if sorted.len() > len {
-        return Err("canonical header is longer than the original".into());
-    }
-    sorted.resize(len, b' ');
-    bytes[8..8 + len].copy_from_slice(&sorted);
-    Ok(())
 }
 
 /// Writes `model` (which must hold every layer) and `tokenizer` as a Hugging Face directory:

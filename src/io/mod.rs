@@ -6,4 +6,6 @@ pub mod checkpoint;
 pub mod fetch;
 pub mod gguf;
 pub mod hf_dir;
+pub mod offsite_file;
+pub mod tensor_file;
 pub mod tokenizer;

@@ -5,7 +5,10 @@
 //! best.safetensors}` and `DIR/latest` naming the newest complete step folder. A step folder is
 //! written under a temporary name and renamed; `latest` is replaced atomically afterwards.
 
-use crate::io::{atomic, hf_dir::safetensors_bytes};
+use crate::io::{
+    atomic,
+    tensor_file::{self, safetensors_bytes},
+};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -51,16 +54,10 @@ fn write_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> 
 }
 
 fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
-    let map = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-        Error::format(
-            path,
-            format!(
-                "unreadable checkpoint file ({})",
-                crate::error::candle_message(&e)
-            ),
-        )
-    })?;
-    Ok(map.into_iter().collect())
+    Ok(tensor_file::read(path, &Device::Cpu)?
+        .tensors
+        .into_iter()
+        .collect())
 }
 
 /// Writes `snap` as the newest checkpoint in `dir` and removes older ones.
@@ -106,7 +103,20 @@ pub fn load_latest(dir: &Path) -> Result<Option<Snapshot>> {
         return Ok(None);
     }
     let name = std::fs::read_to_string(&latest).map_err(|e| Error::io(&latest, e))?;
-    let step_dir: PathBuf = dir.join(name.trim());
+    let name = name.trim();
+    // Only a step folder of this directory: a damaged or hostile `latest` must not send the
+    // resume elsewhere on the disk.
+    let digits = name.strip_prefix("step-").unwrap_or("");
+    if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(Error::format(
+            &latest,
+            format!(
+                "names `{}`, not a step folder (`step-NNNNNNNN`)",
+                name.escape_debug()
+            ),
+        ));
+    }
+    let step_dir: PathBuf = dir.join(name);
     let state_path = step_dir.join("state.json");
     let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
     let state: LoopState =
@@ -134,4 +144,56 @@ pub fn load_latest(dir: &Path) -> Result<Option<Snapshot>> {
         v,
         best,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        let t = |v: f32| Tensor::new(&[v, v + 1.0], &Device::Cpu).unwrap();
+        Snapshot {
+            state: LoopState {
+                step: 7,
+                epoch: 0,
+                micro: 3,
+                tokens: 100,
+                best: None,
+                seed: 1,
+                options_digest: "d".into(),
+            },
+            params: BTreeMap::from([("w".to_string(), t(1.0))]),
+            m: BTreeMap::from([("w".to_string(), t(0.1))]),
+            v: BTreeMap::from([("w".to_string(), t(0.01))]),
+            best: None,
+        }
+    }
+
+    #[test]
+    fn round_trip_then_damage_and_a_foreign_latest_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &snapshot()).unwrap();
+        let back = load_latest(dir.path()).unwrap().unwrap();
+        assert_eq!(back.state, snapshot().state);
+        assert_eq!(back.params["w"].to_vec1::<f32>().unwrap(), [1.0, 2.0]);
+
+        // One flipped bit in the parameters: refused by name, never trained on.
+        let params = dir.path().join("step-00000007/params.safetensors");
+        let mut bytes = std::fs::read(&params).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x10;
+        std::fs::write(&params, bytes).unwrap();
+        let err = load_latest(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("params.safetensors") && err.contains("damaged"),
+            "{err}"
+        );
+
+        std::fs::write(dir.path().join("latest"), "../../etc").unwrap();
+        let err = load_latest(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("latest") && err.contains("not a step folder"),
+            "{err}"
+        );
+    }
 }

@@ -127,6 +127,11 @@ pub fn tune_briefly(emu: &Path, train: &Path, out: &Path, extra: &[&str]) -> Str
     ok(offsite(&args))
 }
 
+/// `offsite plug MODEL ADAPTER -o OUT`, which must succeed.
+pub fn plug(model: &Path, adapter: &Path, out: &Path) -> String {
+    ok(offsite(&["plug", s(model), s(adapter), "-o", s(out)]))
+}
+
 /// `offsite eval ARGS --data TEST --json` on 16-token blocks.
 pub fn eval_json(test: &Path, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["eval"];
