@@ -90,3 +90,8 @@ PY
     --save-every 50 --lr 1e-4 --seed 43 --resume -o "$R/adapter.safetensors"
 eval_to "$R/plug_in.json" smollm2 --adapter "$R/adapter.safetensors" --data "$H/test.jsonl"
 eval_to "$R/emulator_ft.json" "$R/emulator.offsite" --adapter "$R/adapter.safetensors" --data "$H/test.jsonl"
+
+# Spam and State of the Union: every row of the experiment, with the proxy and one alignment
+# setup each (see those scripts).
+bash "$HERE/alignment_spam.sh" "$OUT"
+bash "$HERE/alignment_sotu.sh" "$OUT"

@@ -63,6 +63,12 @@ impl Checkpoint {
 
 /// Loads a `.gguf` file or a Hugging Face model directory.
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
+    let ckpt = load_unchecked(path, device)?;
+    ckpt.tensors.check_finite()?;
+    Ok(ckpt)
+}
+
+fn load_unchecked(path: &Path, device: &Device) -> Result<Checkpoint> {
     if path.is_dir() {
         hf_dir::load(path, device)
     } else if !path.exists() {

@@ -133,6 +133,10 @@ fn hf_name(gguf: &str) -> Option<String> {
 /// rotate-half RoPE applies: rows `[head, half, pair]` become `[head, pair, half]`.
 pub fn unpermute_qk(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
     let (rows, cols) = w.dims2()?;
+    // A damaged head count must be an error, not a reshape that candle's copy trips over.
+    if n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) {
+        candle_core::bail!("{rows} rows cannot be split into {n_head} heads of pairs");
+    }
     let head_dim = rows / n_head;
     w.reshape((n_head, head_dim / 2, 2, cols))?
         .transpose(1, 2)?
@@ -143,6 +147,7 @@ pub fn unpermute_qk(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
 /// Loads a GGUF file onto `device`.
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let content = Content::read(&mut file).map_err(|e| {
         let msg = crate::error::candle_message(&e);
         Error::format(path, format!("not a readable GGUF file ({msg})"))
@@ -159,6 +164,20 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     names.sort();
     for name in names {
         let Some(hf) = hf_name(name) else { continue };
+        // The reader multiplies the dimensions and the byte size unchecked: a damaged dimension
+        // can wrap either around to a small number that passes its size check, then allocate
+        // the unwrapped count. No GGML type stores an element in less than 2 bits.
+        let dims = content.tensor_infos[name].shape.dims();
+        if dims
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .is_none_or(|n| n as u64 / 4 > file_len)
+        {
+            return Err(Error::format(
+                path,
+                format!("tensor `{name}` has an impossible shape {dims:?}"),
+            ));
+        }
         let read = |file: &mut std::fs::File| -> candle_core::Result<Tensor> {
             let t = content.tensor(file, name, device)?.dequantize(device)?;
             let t = t.to_dtype(DType::F32)?;

@@ -115,5 +115,6 @@ pub fn read<M: serde::de::DeserializeOwned>(
         let t = t.to_dtype(candle_core::DType::F32)?;
         tensors.insert(name, t, path);
     }
+    tensors.check_finite()?;
     Ok((meta, tensors, file.seal))
 }

@@ -112,6 +112,29 @@ impl PreTokenizerKind {
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Runs the `tokenizers` crate on data read from `path`, turning a panic inside it into an error
+/// naming the file. Its deserializers index unchecked in places (a BPE whose
+/// `continuing_subword_prefix` is longer than a merged token panics, found by tests/fuzz.rs):
+/// a damaged tokenizer.json must be refused, not crash the program.
+fn guard<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T> {
+    // Quiet while the library runs: the panic becomes our error message, not a second one.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    result.map_err(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        Error::format(
+            path,
+            format!("the tokenizer library failed on this file ({msg})"),
+        )
+    })
+}
+
 impl Tokenizer {
     /// From a Hugging Face `tokenizer.json`; reads `tokenizer_config.json` beside it when present
     /// (chat template, BOS/EOS/PAD/UNK token strings, `add_bos_token`), and `chat_template.jinja`
@@ -148,7 +171,7 @@ impl Tokenizer {
         path: &Path,
         config_path: &Path,
     ) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_bytes(tokenizer_json)
+        let inner = guard(path, || tokenizers::Tokenizer::from_bytes(tokenizer_json))?
             .map_err(|e| Error::format(path, format!("not a valid tokenizer.json: {e}")))?;
         if config.as_ref().is_some_and(|c| !c.is_object()) {
             return Err(Error::format(config_path, "is not a JSON object"));
@@ -318,13 +341,15 @@ impl Tokenizer {
             .enumerate()
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            // llama.cpp looks a whole pre-token up before merging for Llama 3 (as its
-            // tokenizer.json's `ignore_merges` does); GPT-2 and Qwen2 always merge.
-            .ignore_merges(pre == PreTokenizerKind::Llama3)
-            .build()
-            .map_err(|e| Error::format(path, format!("invalid BPE vocabulary or merges: {e}")))?;
+        let bpe = guard(path, || {
+            BPE::builder()
+                .vocab_and_merges(vocab, merges)
+                // llama.cpp looks a whole pre-token up before merging for Llama 3 (as its
+                // tokenizer.json's `ignore_merges` does); GPT-2 and Qwen2 always merge.
+                .ignore_merges(pre == PreTokenizerKind::Llama3)
+                .build()
+        })?
+        .map_err(|e| Error::format(path, format!("invalid BPE vocabulary or merges: {e}")))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
         let byte_level =
             |prefix: bool, trim: bool, regex: bool| ByteLevel::new(prefix, trim, regex);

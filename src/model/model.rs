@@ -106,8 +106,22 @@ impl Model {
         config
             .validate()
             .map_err(|msg| crate::Error::format(tensors.origin(), msg))?;
-        let all: Vec<usize> = (0..config.num_layers).collect();
-        let layer_ids = layer_ids.unwrap_or(&all).to_vec();
+        let layer_ids: Vec<usize> = match layer_ids {
+            Some(ids) => ids.to_vec(),
+            // Each layer has at least one weight: a damaged layer count is refused here, before
+            // anything is sized by it.
+            None if config.num_layers > tensors.len() => {
+                return Err(crate::Error::format(
+                    tensors.origin(),
+                    format!(
+                        "the configuration says {} layers but the checkpoint holds only {} tensors",
+                        config.num_layers,
+                        tensors.len()
+                    ),
+                ))
+            }
+            None => (0..config.num_layers).collect(),
+        };
         if let Some(bad) = layer_ids.iter().find(|&&i| i >= config.num_layers) {
             return Err(crate::Error::Invalid(format!(
                 "layer {bad} does not exist (the model has {})",

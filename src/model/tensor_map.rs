@@ -71,6 +71,32 @@ impl TensorMap {
         self.tensors.iter().map(|(k, (t, _))| (k.as_str(), t))
     }
 
+    /// Refuses a map holding a NaN or infinite value, naming the tensor and its file: weights
+    /// like that are damage, and would only surface later as a NaN loss or a silent wrong score.
+    pub fn check_finite(&self) -> Result<()> {
+        for (name, (t, file)) in &self.tensors {
+            if !t.dtype().is_float() {
+                continue;
+            }
+            // x · 0 is 0 for every finite x and NaN otherwise; the sum cannot overflow.
+            let bad = t
+                .affine(0.0, 0.0)
+                .and_then(|z| {
+                    z.to_dtype(candle_core::DType::F32)?
+                        .sum_all()?
+                        .to_scalar::<f32>()
+                })
+                .map_err(|e| Error::format(file, format!("tensor `{name}`: {e}")))?;
+            if !bad.is_finite() {
+                return Err(Error::format(
+                    file,
+                    format!("tensor `{name}` holds NaN or infinite values"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The checkpoint these tensors came from.
     pub fn origin(&self) -> &Path {
         &self.origin
@@ -89,5 +115,35 @@ impl TensorMap {
     /// Whether the map is empty.
     pub fn is_empty(&self) -> bool {
         self.tensors.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn non_finite_weights_are_named() {
+        let file = Path::new("w.safetensors");
+        let mut map = TensorMap::new(file);
+        map.insert(
+            "ok",
+            Tensor::new(&[1e30f32, -2.0], &Device::Cpu).unwrap(),
+            file,
+        );
+        map.check_finite().unwrap();
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            map.insert(
+                "bad",
+                Tensor::new(&[0f32, bad], &Device::Cpu).unwrap(),
+                file,
+            );
+            let err = map.check_finite().unwrap_err().to_string();
+            assert!(
+                err.contains("w.safetensors") && err.contains("`bad`"),
+                "{err}"
+            );
+        }
     }
 }

@@ -54,10 +54,13 @@ fn write_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> 
 }
 
 fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
-    Ok(tensor_file::read(path, &Device::Cpu)?
-        .tensors
-        .into_iter()
-        .collect())
+    let mut map = crate::model::TensorMap::new(path);
+    for (name, t) in tensor_file::read(path, &Device::Cpu)?.tensors {
+        map.insert(name, t, path);
+    }
+    // A NaN moment or parameter would only resurface as a NaN loss steps later.
+    map.check_finite()?;
+    Ok(map.into_entries().map(|(n, t, _)| (n, t)).collect())
 }
 
 /// Writes `snap` as the newest checkpoint in `dir` and removes older ones.
