@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// The temporary sibling a write to `path` goes through (same folder, so `rename` is atomic).
 /// Unique per process and call, so concurrent writers of the same path never share one.
-fn temp_path(path: &Path) -> PathBuf {
+pub(crate) fn temp_path(path: &Path) -> PathBuf {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = path
@@ -17,12 +17,50 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp{}-{n}", std::process::id()))
 }
 
+/// Removes the temporary siblings (files or directories) of `path` left by writers that were
+/// killed (`kill -9`, a machine going down): their process is gone, so nobody will rename them. A live writer's
+/// temporary is left alone. Linux only (it asks /proc); elsewhere they stay.
+pub(crate) fn remove_stale_temporaries(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefix = format!(".{}.tmp", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let p = entry.path();
+            let _ = match p.is_dir() {
+                true => std::fs::remove_dir_all(&p),
+                false => std::fs::remove_file(&p),
+            };
+        }
+    }
+}
+
 /// Writes `path` by letting `fill` write into a temporary file, syncing it, then renaming it
 /// over `path`. On error the temporary file is removed and `path` is untouched.
 pub fn write_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
+    remove_stale_temporaries(path);
     let tmp = temp_path(path);
     let result = (|| {
         let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;

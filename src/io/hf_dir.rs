@@ -112,6 +112,33 @@ pub fn save(dir: &Path, model: &Model, tokenizer: Option<&Tokenizer>) -> Result<
                 .into(),
         ));
     }
+    // A new directory is written under a temporary name and renamed into place, so a killed
+    // run leaves no half of one. An existing one (it may hold the user's own files) is written
+    // in place with its config.json removed first and written last: killed in between, it
+    // reads as incomplete ("no config.json") rather than as new weights under an old config.
+    if !dir.exists() {
+        atomic::remove_stale_temporaries(dir);
+        let tmp = atomic::temp_path(dir);
+        let written = save_into(&tmp, model, tokenizer).and_then(|b| {
+            std::fs::rename(&tmp, dir)
+                .map_err(|e| Error::io(dir, e))
+                .map(|_| b)
+        });
+        if written.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        return written;
+    }
+    let config = dir.join("config.json");
+    if config.exists() {
+        std::fs::remove_file(&config).map_err(|e| Error::io(&config, e))?;
+    }
+    save_into(dir, model, tokenizer)
+}
+
+/// [`save`]'s files, config.json last.
+fn save_into(dir: &Path, model: &Model, tokenizer: Option<&Tokenizer>) -> Result<bool> {
+    let config = model.config();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let tensors: BTreeMap<String, Tensor> = model
         .named_weights()

@@ -70,6 +70,7 @@ pub struct TrainSummary {
 }
 
 /// The trained parameters (best on validation when there is validation data, else final).
+#[derive(Debug)]
 pub struct TrainOutcome {
     /// Parameter values by name.
     pub params: BTreeMap<String, Tensor>,
@@ -228,6 +229,39 @@ impl MetricsLog {
     fn write(&mut self, value: serde_json::Value) -> Result<()> {
         writeln!(self.file, "{value}").map_err(|e| Error::io(&self.path, e))
     }
+}
+
+/// The error for a step whose loss or gradient is not finite, naming the step and the first
+/// parameter whose gradient is not (the update is never applied, so the parameters, the last
+/// checkpoint and any earlier output stay as they were).
+fn non_finite(job: &TrainJob<'_>, step: usize, loss: f64, grads: &[Tensor]) -> Error {
+    let culprit = job.params.iter().zip(grads).find_map(|(p, g)| {
+        let sq = g
+            .sqr()
+            .and_then(|s| {
+                s.sum_all()?
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_scalar::<f64>()
+            })
+            .unwrap_or(f64::NAN);
+        (!sq.is_finite()).then(|| p.name.clone())
+    });
+    let what = match (loss.is_finite(), culprit) {
+        (false, Some(name)) => {
+            format!("the loss is {loss} and the gradient of `{name}` is not finite")
+        }
+        (false, None) => format!("the loss is {loss}"),
+        (true, Some(name)) => format!("the gradient of `{name}` is not finite"),
+        (true, None) => "the gradient norm is not finite".into(),
+    };
+    Error::Invalid(format!(
+        "{}: step {step}: {what}; stopped before applying it, nothing written. The last \
+         checkpoint in {} is intact (step {} was the last good one), but a resume repeats the \
+         same step: run again with a lower --lr or a --clip",
+        job.label,
+        job.checkpoint_dir.display(),
+        step - 1
+    ))
 }
 
 /// Trains `job.params` to lower `loss` over `job.train`. `loss` gets a dropout seed during
@@ -389,6 +423,10 @@ pub fn train(
                 .to_scalar::<f64>()?;
         }
         let norm = sq.sqrt();
+        if !step_loss.is_finite() || !norm.is_finite() {
+            pb.abandon();
+            return Err(non_finite(&job, state.step + 1, step_loss, &grads));
+        }
         let grads = if o.clip > 0.0 && norm > o.clip {
             let scale = o.clip / (norm + 1e-6);
             grads
@@ -480,4 +518,64 @@ pub fn train(
             tokens_per_s: tokens as f64 / seconds.max(1e-9),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+    use std::cell::Cell;
+
+    #[test]
+    fn a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Var::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+        let data: Vec<Sequence> = (0..4)
+            .map(|i| Sequence {
+                ids: vec![1, 2, 3 + i],
+                loss_from: 1,
+            })
+            .collect();
+        let options = TrainOptions {
+            max_steps: Some(6),
+            batch_size: 1,
+            save_every: 2,
+            lr: 1e-2,
+            ..TrainOptions::default()
+        };
+        for poison in [f32::NAN, f32::INFINITY] {
+            let job = TrainJob::beside(
+                &dir.path().join("out.safetensors"),
+                "test",
+                vec![Param::new("w", w.clone())],
+                &data,
+                None,
+                0,
+                &options,
+                2,
+            );
+            let calls = Cell::new(0);
+            // Steps 1-2 are fine; step 3's loss (poison · w²) is non-finite in value or gradient.
+            let loss = |_: &Batch, _: Option<u64>| {
+                calls.set(calls.get() + 1);
+                let scale = if calls.get() >= 3 { poison } else { 1.0 };
+                w.as_tensor().sqr()?.sum_all()? * scale as f64
+            };
+            let before = w.as_tensor().to_vec1::<f32>().unwrap();
+            let err = train(job, &loss).unwrap_err().to_string();
+            assert!(err.contains("step 3:") && err.contains("`w`"), "{err}");
+            assert!(err.contains("out.safetensors.ckpt"), "{err}");
+            // The parameters are those of step 2, finite; the checkpoint of step 2 is there.
+            let after = w.as_tensor().to_vec1::<f32>().unwrap();
+            assert!(after.iter().all(|v| v.is_finite()) && after != before);
+            let snap = checkpoint::load_latest(&dir.path().join("out.safetensors.ckpt"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(snap.state.step, 2);
+            assert_eq!(snap.params["w"].to_vec1::<f32>().unwrap(), after);
+            std::fs::remove_dir_all(dir.path().join("out.safetensors.ckpt")).unwrap();
+            w.set(&Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap())
+                .unwrap();
+        }
+    }
 }
