@@ -318,13 +318,9 @@ fn two_processes_writing_one_output_leave_one_complete_file() {
     let dir = tempfile::tempdir().unwrap();
     let (_, train, emu) = model_data_emulator(dir.path(), 23);
     let out = dir.path().join("shared.safetensors");
-    let solo = |seed: &str, o: &Path| {
-        ok(offsite(&[
-            "tune",
-            s(&emu),
-            "--data",
-            s(&train),
-            "-o",
+    let args = |seed: &str, o: &Path| {
+        let mut a = vec!["tune", s(&emu), "--data", s(&train), "-o"];
+        a.extend([
             s(o),
             "--max-steps",
             "6",
@@ -332,9 +328,14 @@ fn two_processes_writing_one_output_leave_one_complete_file() {
             "16",
             "--lr",
             "1e-2",
-            "--seed",
-            seed,
-        ]));
+        ]);
+        a.extend(["--seed", seed]);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let solo = |seed: &str, o: &Path| {
+        ok(offsite(
+            &args(seed, o).iter().map(String::as_str).collect::<Vec<_>>(),
+        ));
         weights(o).unwrap()
     };
     let a = solo("1", &dir.path().join("a.safetensors"));
@@ -342,22 +343,7 @@ fn two_processes_writing_one_output_leave_one_complete_file() {
     for _ in 0..3 {
         let spawn = |seed: &str| {
             Command::new(env!("CARGO_BIN_EXE_offsite"))
-                .args([
-                    "tune",
-                    s(&emu),
-                    "--data",
-                    s(&train),
-                    "-o",
-                    s(&out),
-                    "--max-steps",
-                    "6",
-                    "--block-size",
-                    "16",
-                    "--lr",
-                    "1e-2",
-                    "--seed",
-                    seed,
-                ])
+                .args(args(seed, &out))
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
