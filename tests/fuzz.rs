@@ -542,11 +542,12 @@ fn formats(dir: &Path) -> Vec<Format> {
         u64::from_le_bytes(b[..8].try_into().unwrap()) as usize + 8
     };
     let f = |name: &'static str, file: PathBuf, load_at: PathBuf, load: Loader, kind| Format {
-        // The package, the adapter, offsite's model and checkpoint files carry a seal.
+        // The package, the adapter, offsite's model and checkpoint files carry a seal (a
+        // checkpoint's state.json through its parameters file).
         sealed: name.contains("sealed")
             || name.contains("emulator")
             || name.contains("adapter")
-            || name == "checkpoint tensors",
+            || name.starts_with("checkpoint"),
         name,
         file,
         load_at,

@@ -158,3 +158,46 @@ fn seeded_random_bit_flips_of_a_package_never_pass_unnoticed() {
     }
     assert!(refused >= 55, "{refused} of 60 refused");
 }
+
+#[test]
+fn no_strategy_ships_a_dropped_layers_weights_under_any_name() {
+    use candle_core::Device;
+    use offsite::emulator::Package;
+    let d = tempfile::tempdir().unwrap();
+    let (model, train, _) = model_data_emulator(d.path(), 7);
+    let full = offsite::io::checkpoint::load(&model, &Device::Cpu).unwrap();
+    let values = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for strategy in ["uniform", "importance", "importance-share", "share"] {
+        for compression in [&[][..], &["--quant-bits", "4"][..]] {
+            let emu = d
+                .path()
+                .join(format!("{strategy}{}.offsite", compression.len()));
+            let mut args = vec!["--strategy", strategy, "--calibration", s(&train)];
+            args.extend_from_slice(compression);
+            common::make_emulator(&model, &emu, &args);
+            let pkg = Package::load(&emu, &Device::Cpu).unwrap();
+            let stored = pkg.meta.split.stored();
+            let adapter = pkg.meta.split.adapter();
+            let dropped: Vec<usize> = (0..full.config.num_layers)
+                .filter(|i| !stored.contains(i) && !adapter.contains(i))
+                .collect();
+            assert!(!dropped.is_empty(), "{strategy}: nothing dropped");
+            let shipped: Vec<Vec<f32>> = pkg.tensors.iter().map(|(_, t)| values(t)).collect();
+            for (name, t) in full.tensors.iter() {
+                let Some(i) = offsite::emulator::package::layer_index(name) else {
+                    continue;
+                };
+                if !dropped.contains(&i) {
+                    continue;
+                }
+                assert!(!pkg.tensors.contains(name), "{strategy}: `{name}` shipped");
+                // Not under another name either: no shipped tensor equals it.
+                let v = values(t);
+                assert!(
+                    !shipped.contains(&v),
+                    "{strategy} {compression:?}: layer {i}'s `{name}` is in the package under another name"
+                );
+            }
+        }
+    }
+}

@@ -49,18 +49,36 @@ pub struct Snapshot {
     pub best: Option<BTreeMap<String, Tensor>>,
 }
 
-fn write_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
-    atomic::write_bytes(path, &safetensors_bytes(tensors, &[], path)?)
+/// Key, in the sealed params file's metadata, of the SHA-256 of the loop state: state.json is
+/// plain JSON, so its seal rides with the parameters it belongs to.
+const STATE_SHA256: &str = "offsite.state_sha256";
+
+/// SHA-256 of a loop state's compact JSON (what is compared, so formatting does not matter).
+fn state_digest(state: &LoopState) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(state).map_err(|e| Error::Invalid(e.to_string()))?;
+    Ok(hex::encode(Sha256::digest(json)))
 }
 
-fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+fn write_tensors(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    extra: &[(&str, &str)],
+) -> Result<()> {
+    atomic::write_bytes(path, &safetensors_bytes(tensors, extra, path)?)
+}
+
+/// The tensors of a checkpoint file (checked against its seal, finite) and its metadata.
+fn read_tensors(path: &Path) -> Result<(BTreeMap<String, Tensor>, BTreeMap<String, String>)> {
+    let file = tensor_file::read(path, &Device::Cpu)?;
     let mut map = crate::model::TensorMap::new(path);
-    for (name, t) in tensor_file::read(path, &Device::Cpu)?.tensors {
+    for (name, t) in file.tensors {
         map.insert(name, t, path);
     }
     // A NaN moment or parameter would only resurface as a NaN loss steps later.
     map.check_finite()?;
-    Ok(map.into_entries().map(|(n, t, _)| (n, t)).collect())
+    let tensors = map.into_entries().map(|(n, t, _)| (n, t)).collect();
+    Ok((tensors, file.metadata))
 }
 
 /// Writes `snap` as the newest checkpoint in `dir` and removes older ones.
@@ -70,16 +88,21 @@ pub fn save(dir: &Path, snap: &Snapshot) -> Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    write_tensors(&tmp.join("params.safetensors"), &snap.params)?;
+    let digest = state_digest(&snap.state)?;
+    write_tensors(
+        &tmp.join("params.safetensors"),
+        &snap.params,
+        &[(STATE_SHA256, &digest)],
+    )?;
     let moments: BTreeMap<String, Tensor> = snap
         .m
         .iter()
         .map(|(k, t)| (format!("m.{k}"), t.clone()))
         .chain(snap.v.iter().map(|(k, t)| (format!("v.{k}"), t.clone())))
         .collect();
-    write_tensors(&tmp.join("optimizer.safetensors"), &moments)?;
+    write_tensors(&tmp.join("optimizer.safetensors"), &moments, &[])?;
     if let Some(best) = &snap.best {
-        write_tensors(&tmp.join("best.safetensors"), best)?;
+        write_tensors(&tmp.join("best.safetensors"), best, &[])?;
     }
     atomic::write_json(&tmp.join("state.json"), &snap.state)?;
     let final_dir = dir.join(&name);
@@ -124,10 +147,20 @@ pub fn load_latest(dir: &Path) -> Result<Option<Snapshot>> {
     let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
     let state: LoopState =
         serde_json::from_str(&text).map_err(|e| Error::format(&state_path, e))?;
-    let params = read_tensors(&step_dir.join("params.safetensors"))?;
+    let (params, meta) = read_tensors(&step_dir.join("params.safetensors"))?;
+    // Checkpoints from before this seal have no digest: taken as they are.
+    if meta
+        .get(STATE_SHA256)
+        .is_some_and(|d| *d != state_digest(&state).unwrap_or_default())
+    {
+        return Err(Error::format(
+            &state_path,
+            "damaged: the loop state does not match the SHA-256 recorded with the parameters",
+        ));
+    }
     let mut m = BTreeMap::new();
     let mut v = BTreeMap::new();
-    for (k, t) in read_tensors(&step_dir.join("optimizer.safetensors"))? {
+    for (k, t) in read_tensors(&step_dir.join("optimizer.safetensors"))?.0 {
         if let Some(name) = k.strip_prefix("m.") {
             m.insert(name.to_string(), t);
         } else if let Some(name) = k.strip_prefix("v.") {
@@ -136,7 +169,7 @@ pub fn load_latest(dir: &Path) -> Result<Option<Snapshot>> {
     }
     let best_path = step_dir.join("best.safetensors");
     let best = if best_path.is_file() {
-        Some(read_tensors(&best_path)?)
+        Some(read_tensors(&best_path)?.0)
     } else {
         None
     };
@@ -191,6 +224,21 @@ mod tests {
             err.contains("params.safetensors") && err.contains("damaged"),
             "{err}"
         );
+
+        // A changed value in state.json (plain JSON, sealed through the parameters file).
+        save(dir.path(), &snapshot()).unwrap();
+        let state = dir.path().join("step-00000007/state.json");
+        let text = std::fs::read_to_string(&state).unwrap();
+        std::fs::write(&state, text.replace("\"micro\": 3", "\"micro\": 2")).unwrap();
+        let err = load_latest(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("state.json") && err.contains("damaged"),
+            "{err}"
+        );
+        // Reformatted but equal: still fine.
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        std::fs::write(&state, value.to_string()).unwrap();
+        load_latest(dir.path()).unwrap().unwrap();
 
         std::fs::write(dir.path().join("latest"), "../../etc").unwrap();
         let err = load_latest(dir.path()).unwrap_err().to_string();
