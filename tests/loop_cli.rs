@@ -165,6 +165,8 @@ fn emulator_tune_plug_eval_round() {
         s(&plugged),
         "--data",
         s(&mc),
+        "--metric",
+        "ppl",
         "--scores",
         s(&scores),
     ]);

@@ -1,8 +1,9 @@
-//! `offsite eval MODEL|EMU.offsite [--adapter ADAPTER] --data TEST --metric ppl [--limit N] [--json]`.
+//! `offsite eval MODEL|EMU.offsite [--adapter ADAPTER] --data TEST [--metric ppl|mc|answer]
+//! [--limit N] [--json]`; without `--metric`, the measure follows the records' kind.
 
 use anyhow::{bail, Result};
-use offsite::data::read_texts;
 use offsite::data::tasks::{load_mc, load_task, Task};
+use offsite::data::{read_records, read_texts, record_kind, RecordKind};
 use offsite::eval::multiple_choice::{mc_metrics, score_mc};
 use offsite::eval::perplexity;
 use offsite::eval::target::{load_evaluable, load_proxy};
@@ -16,6 +17,27 @@ pub enum Metric {
     Ppl,
     /// Multiple-choice accuracy (acc, acc_norm) with lm-eval's semantics.
     Mc,
+    /// The loss of each completion given its prompt (prompt/completion records).
+    Answer,
+}
+
+impl Metric {
+    /// The measure for a kind of record.
+    fn of(kind: RecordKind) -> Self {
+        match kind {
+            RecordKind::Text => Metric::Ppl,
+            RecordKind::MultipleChoice => Metric::Mc,
+            RecordKind::Completion => Metric::Answer,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Metric::Ppl => "ppl",
+            Metric::Mc => "mc",
+            Metric::Answer => "answer",
+        }
+    }
 }
 
 /// Arguments of `offsite eval`.
@@ -35,16 +57,18 @@ pub struct Args {
     /// The proxy's α (how much of the emulator's change is added).
     #[arg(long, default_value_t = offsite::emulator::proxy::DEFAULT_ALPHA, requires = "proxy")]
     alpha: f64,
-    /// Evaluation data: for ppl, JSONL {"text"} or a .txt file; for mc, JSONL
-    /// {"context", "choices", "label"}, or a task's Hugging Face export with --task.
+    /// Evaluation data: JSONL {"text"} or a .txt file (perplexity), JSONL {"context", "choices",
+    /// "label"} (multiple choice), JSONL {"prompt", "completion"} (answer loss), or a task's
+    /// Hugging Face export with --task.
     #[arg(long)]
     data: PathBuf,
     /// Read --data as this task's Hugging Face records, with lm-eval's prompts (mc only).
     #[arg(long, value_enum)]
     task: Option<Task>,
-    /// What to measure.
-    #[arg(long, value_enum, default_value_t = Metric::Ppl)]
-    metric: Metric,
+    /// What to measure (default: what the records are: text → ppl, context/choices/label → mc,
+    /// prompt/completion → answer; --task → mc).
+    #[arg(long, value_enum)]
+    metric: Option<Metric>,
     /// Evaluate only the first N records.
     #[arg(long)]
     limit: Option<usize>,
@@ -71,10 +95,25 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--block-size must be at least 2");
     }
     let path = args.model.path()?;
-    if args.task.is_some() && args.metric != Metric::Mc {
+    let metric = match (args.metric, args.task) {
+        (Some(m), _) => m,
+        (None, Some(_)) => Metric::Mc,
+        (None, None) => {
+            let kind = record_kind(&args.data)?;
+            let m = Metric::of(kind);
+            eprintln!(
+                "eval: {} holds {} records: measuring {} (--metric overrides)",
+                args.data.display(),
+                kind.describe(),
+                m.name()
+            );
+            m
+        }
+    };
+    if args.task.is_some() && metric != Metric::Mc {
         bail!("--task applies to --metric mc");
     }
-    if args.scores.is_some() && args.metric != Metric::Mc {
+    if args.scores.is_some() && metric != Metric::Mc {
         bail!("--scores applies to --metric mc");
     }
     let device = candle_core::Device::Cpu;
@@ -82,7 +121,7 @@ pub fn run(args: Args) -> Result<()> {
         (Some(package), Some(adapter)) => load_proxy(&path, package, adapter, args.alpha, &device)?,
         _ => load_evaluable(&path, args.adapter.as_deref(), &device)?,
     };
-    let (report, lines) = match args.metric {
+    let (report, lines) = match metric {
         Metric::Mc => {
             let mut records = match args.task {
                 Some(task) => load_task(task, &args.data)?,
@@ -118,6 +157,20 @@ pub fn run(args: Args) -> Result<()> {
             ];
             (serde_json::to_value(&r)?, lines)
         }
+        Metric::Answer => {
+            let mut records = read_records(&args.data)?;
+            records.truncate(args.limit.unwrap_or(usize::MAX));
+            let (model, tok) = (&*target.scorer, &target.tokenizer);
+            let r = offsite::eval::answer::answer_loss(model, tok, &records, args.block_size)?;
+            let lines = vec![
+                format!("{} records", r.n),
+                format!(
+                    "answer loss {:.4} nats per completion token over {} tokens (perplexity {:.3}); {} prompts cut to fit {} tokens",
+                    r.answer_loss, r.tokens, r.answer_perplexity, r.truncated, args.block_size
+                ),
+            ];
+            (serde_json::to_value(&r)?, lines)
+        }
         Metric::Ppl => {
             let mut docs = read_texts(&args.data)?;
             docs.truncate(args.limit.unwrap_or(usize::MAX));
@@ -140,6 +193,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.json {
         let mut v = report;
         v["model"] = target.kind.into();
+        v["metric"] = metric.name().into();
         if args.proxy.is_some() {
             v["alpha"] = args.alpha.into();
         }

@@ -7,5 +7,5 @@ pub mod sequences;
 pub mod tasks;
 
 pub use batch::Batch;
-pub use records::{read_records, read_texts, Record};
+pub use records::{read_records, read_texts, record_kind, Record, RecordKind};
 pub use sequences::{load_training_data, pack_blocks, record_sequence, Dataset, Sequence};

@@ -188,6 +188,73 @@ pub fn data_kind(path: &Path) -> Result<DataKind> {
     })
 }
 
+/// What one file's records are, for evaluation: each kind has its own measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// `{"text"}` lines or a plain-text file: perplexity.
+    Text,
+    /// `{"context", "choices", "label"}`: multiple-choice accuracy.
+    MultipleChoice,
+    /// `{"prompt", "completion"}`: the loss of the completion given the prompt.
+    Completion,
+}
+
+impl RecordKind {
+    /// The fields that make the kind, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            RecordKind::Text => "text ({\"text\"})",
+            RecordKind::MultipleChoice => "multiple-choice ({\"context\", \"choices\", \"label\"})",
+            RecordKind::Completion => "prompt/completion ({\"prompt\", \"completion\"})",
+        }
+    }
+}
+
+/// The kind of every record of `path` (a `.txt` file is text). A file that mixes kinds, or a
+/// line of none, is an error naming the line, so the measure chosen from it fits every record.
+pub fn record_kind(path: &Path) -> Result<RecordKind> {
+    if !is_jsonl(path) {
+        return Ok(RecordKind::Text);
+    }
+    let mut first: Option<RecordKind> = None;
+    for (lineno, map) in jsonl_objects(path)? {
+        let has = |k: &str| map.contains_key(k);
+        let kind = if has("text") {
+            RecordKind::Text
+        } else if has("context") && has("choices") && has("label") {
+            RecordKind::MultipleChoice
+        } else if has("prompt") && has("completion") {
+            RecordKind::Completion
+        } else {
+            return Err(Error::format(
+                path,
+                format!(
+                    "line {lineno}: not a record offsite knows: expected {}, {} or {}",
+                    RecordKind::Text.describe(),
+                    RecordKind::MultipleChoice.describe(),
+                    RecordKind::Completion.describe()
+                ),
+            ));
+        };
+        match first {
+            None => first = Some(kind),
+            Some(k) if k != kind => {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "line {lineno} is a {} record but line 1 is {}: one kind per file",
+                        kind.describe(),
+                        k.describe()
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    first.ok_or_else(|| Error::format(path, "no records"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +286,36 @@ mod tests {
         assert_eq!(data_kind(&t).unwrap(), DataKind::Text);
         let txt = file(&d, "c.txt", "one document\n\nstill one");
         assert_eq!(read_texts(&txt).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn record_kinds_are_detected_and_mixing_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let mc = "{\"context\": \"Q\", \"choices\": [\" a\"], \"label\": 0}\n";
+        let pc = "{\"prompt\": \"P\", \"completion\": \" C\"}\n";
+        let tx = "{\"text\": \"t\"}\n";
+        for (body, kind) in [
+            (mc.repeat(2), RecordKind::MultipleChoice),
+            (pc.to_string(), RecordKind::Completion),
+            (tx.repeat(3), RecordKind::Text),
+        ] {
+            assert_eq!(record_kind(&file(&d, "k.jsonl", &body)).unwrap(), kind);
+        }
+        assert_eq!(
+            record_kind(&file(&d, "k.txt", "words")).unwrap(),
+            RecordKind::Text
+        );
+        let err = record_kind(&file(&d, "m.jsonl", &format!("{mc}{mc}{tx}")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("m.jsonl") && err.contains("line 3 is a text"),
+            "{err}"
+        );
+        let err = record_kind(&file(&d, "n.jsonl", "{\"question\": \"Q\"}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 1: not a record"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod report;
 
 pub use report::write_report;
 
-use crate::data::records::{data_kind, DataKind};
+use crate::data::records::{record_kind, DataKind, RecordKind};
 use crate::data::sequences::record_sequence;
 use crate::data::tasks::{load_mc, load_task, McRecord, Task};
 use crate::data::{load_training_data, read_texts, Dataset, Sequence};
@@ -445,11 +445,19 @@ pub fn run(cfg: &ExperimentConfig, out: &Path) -> Result<Vec<RowResult>> {
     atomic::write_json(&out.join("config.json"), cfg)?;
     let ckpt = checkpoint::load(&cfg.model, &device)?;
     let tok = ckpt.tokenizer()?.clone();
-    let metric = if cfg.task.is_some() || data_kind(&cfg.test)? == DataKind::Records {
-        Metric::Mc
-    } else {
-        Metric::Ppl
-    };
+    let metric =
+        match cfg.task {
+            Some(_) => Metric::Mc,
+            None => match record_kind(&cfg.test)? {
+                RecordKind::Text => Metric::Ppl,
+                RecordKind::MultipleChoice => Metric::Mc,
+                RecordKind::Completion => return Err(Error::format(
+                    &cfg.test,
+                    "prompt/completion records: the experiment's test set is text (perplexity) \
+                     or multiple-choice records (`offsite eval --metric answer` scores these)",
+                )),
+            },
+        };
     let test = match (metric, cfg.task) {
         (Metric::Mc, Some(task)) => TestSet::Mc(limit(load_task(task, &cfg.test)?, cfg.limit_test)),
         (Metric::Mc, None) => TestSet::Mc(limit(load_mc(&cfg.test)?, cfg.limit_test)),
