@@ -1,5 +1,5 @@
-//! Faults (issue 19): `kill -9` at seeded random moments of `tune`, `emulator --distill` and
-//! `plug`; a full disk; an output that cannot be written; two processes writing one output.
+//! Faults (issue 19): `kill -9` at seeded random moments of `tune`, `emulator --distill`,
+//! `experiment` and `plug`; a full disk; an output that cannot be written; two processes writing one output.
 //! Afterwards every output either does not exist or is complete and valid, `--resume` finishes
 //! with exactly the weights of an uninterrupted run, and earlier outputs are intact.
 //!
@@ -71,7 +71,9 @@ fn kill_campaign(dir: &Path, subject: &Subject, kills: usize, seed: u64) -> (usi
             .collect::<Vec<_>>(),
     ));
     let duration = started.elapsed();
-    let expected = check_output(&reference).expect("the reference run's output is valid");
+    let expected = check_output(&reference)
+        .expect("the reference run's output is valid")
+        .expect("the reference run is complete");
     let mut state = seed;
     let (mut killed_mid, mut lost) = (0, 0);
     for k in 0..kills {
@@ -109,7 +111,9 @@ fn kill_campaign(dir: &Path, subject: &Subject, kills: usize, seed: u64) -> (usi
         ok(offsite(
             &args.iter().map(String::as_str).collect::<Vec<_>>(),
         ));
-        let got = check_output(&out).expect("the finished run's output is valid");
+        let got = check_output(&out)
+            .expect("the finished run's output is valid")
+            .expect("the finished run is complete");
         assert!(
             got == expected,
             "{} killed at {at:?} then finished: other weights than the uninterrupted run",
@@ -120,27 +124,88 @@ fn kill_campaign(dir: &Path, subject: &Subject, kills: usize, seed: u64) -> (usi
     (killed_mid, lost)
 }
 
-/// The weights of a finished output (an adapter, a package or a plugged HF directory), or why
-/// it is not a complete, valid one.
-fn check_output(out: &Path) -> Result<Vec<(String, Vec<f32>)>, String> {
+/// What a finished output holds, comparable between runs: the weights of an adapter, a package
+/// or a plugged HF directory, or an experiment's rows (timings left out). `Ok(None)`: an
+/// experiment folder whose every file is valid but whose report is not written yet.
+type Contents = Option<Vec<(String, Vec<f32>)>>;
+
+/// Checks the output at `out`: absent parts aside, every file in it must be complete and valid.
+fn check_output(out: &Path) -> Result<Contents, String> {
+    if out.join("rows").is_dir() {
+        return check_experiment(out);
+    }
     if out.is_dir() {
         // A plugged model: complete once config.json is there (written last).
         if !out.join("config.json").exists() {
             return Err("a directory without config.json".into());
         }
         let c = offsite::io::checkpoint::load(out, &Device::Cpu).map_err(|e| e.to_string())?;
-        return Ok(c
-            .tensors
-            .iter()
-            .map(|(n, t)| {
-                (
-                    n.to_string(),
-                    t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                )
-            })
-            .collect());
+        return Ok(Some(
+            c.tensors
+                .iter()
+                .map(|(n, t)| {
+                    (
+                        n.to_string(),
+                        t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    )
+                })
+                .collect(),
+        ));
     }
-    weights(out)
+    weights(out).map(Some)
+}
+
+/// An experiment folder: every JSON file parses, every safetensors file passes its seal (the
+/// append-only metrics logs are repaired by the resume and not checked); once the report is
+/// there, the rows' figures.
+fn check_experiment(out: &Path) -> Result<Contents, String> {
+    fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, files);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(out, &mut files);
+    for f in &files {
+        let name = f.file_name().unwrap().to_string_lossy();
+        if name.starts_with('.') {
+            continue; // a temporary of a killed writer: never read, removed by the next write
+        }
+        let broken = |e: String| Err(format!("{}: {e}", f.display()));
+        if name.ends_with(".json") {
+            let text = std::fs::read_to_string(f).unwrap();
+            if let Err(e) = serde_json::from_str::<serde_json::Value>(&text) {
+                return broken(e.to_string());
+            }
+        } else if name.ends_with(".safetensors") || name.ends_with(".offsite") {
+            if let Err(e) = offsite::io::tensor_file::check(f) {
+                return broken(e.to_string());
+            }
+        }
+    }
+    if !out.join("report.json").exists() {
+        return Ok(None);
+    }
+    let mut rows = Vec::new();
+    for e in std::fs::read_dir(out.join("rows")).unwrap().flatten() {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(e.path()).unwrap()).unwrap();
+        let figures: Vec<f32> = v
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| *k != "seconds")
+            .filter_map(|(_, x)| x.as_f64().map(|f| f as f32))
+            .collect();
+        rows.push((e.file_name().to_string_lossy().into_owned(), figures));
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(Some(rows))
 }
 
 fn subjects(dir: &Path) -> Vec<Subject> {
@@ -160,6 +225,7 @@ fn subjects(dir: &Path) -> Vec<Subject> {
     ]));
     let (m1, t1, e1) = (model.clone(), train.clone(), emu.clone());
     let (m2, t2) = (model.clone(), train.clone());
+    let (m3, t3) = (model.clone(), train.clone());
     let strings = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     vec![
         Subject {
@@ -200,6 +266,36 @@ fn subjects(dir: &Path) -> Vec<Subject> {
                     s(&t2),
                     "--distill-steps",
                     "16",
+                    "--block-size",
+                    "16",
+                    "--save-every",
+                    "2",
+                    "-o",
+                    s(out),
+                ])
+            }),
+            resumes: true,
+        },
+        Subject {
+            name: "experiment",
+            args: Box::new(move |out| {
+                strings(&[
+                    "experiment",
+                    s(&m3),
+                    "--train",
+                    s(&t3),
+                    "--val",
+                    s(&t3),
+                    "--test",
+                    s(&t3),
+                    "--bottom",
+                    "1",
+                    "--top",
+                    "1",
+                    "--keep",
+                    "2",
+                    "--max-steps",
+                    "6",
                     "--block-size",
                     "16",
                     "--save-every",
