@@ -208,6 +208,10 @@ fn check_experiment(out: &Path) -> Result<Contents, String> {
     Ok(Some(rows))
 }
 
+/// The tiny model's split (1 + 2 + 1 layers) and the runs' shared training flags.
+const SPLIT: [&str; 6] = ["--bottom", "1", "--top", "1", "--keep", "2"];
+const RUN: [&str; 4] = ["--block-size", "16", "--save-every", "2"];
+
 fn subjects(dir: &Path) -> Vec<Subject> {
     let (model, train, emu) = model_data_emulator(dir, 21);
     let adapter = dir.join("tuned.safetensors");
@@ -253,56 +257,24 @@ fn subjects(dir: &Path) -> Vec<Subject> {
         Subject {
             name: "distill",
             args: Box::new(move |out| {
-                strings(&[
-                    "emulator",
-                    s(&m2),
-                    "--bottom",
-                    "1",
-                    "--top",
-                    "1",
-                    "--keep",
-                    "2",
-                    "--distill",
-                    s(&t2),
-                    "--distill-steps",
-                    "16",
-                    "--block-size",
-                    "16",
-                    "--save-every",
-                    "2",
-                    "-o",
-                    s(out),
-                ])
+                let mut a = vec!["emulator", s(&m2)];
+                a.extend(SPLIT);
+                a.extend(["--distill", s(&t2), "--distill-steps", "16"]);
+                a.extend(RUN);
+                a.extend(["-o", s(out)]);
+                strings(&a)
             }),
             resumes: true,
         },
         Subject {
             name: "experiment",
             args: Box::new(move |out| {
-                strings(&[
-                    "experiment",
-                    s(&m3),
-                    "--train",
-                    s(&t3),
-                    "--val",
-                    s(&t3),
-                    "--test",
-                    s(&t3),
-                    "--bottom",
-                    "1",
-                    "--top",
-                    "1",
-                    "--keep",
-                    "2",
-                    "--max-steps",
-                    "6",
-                    "--block-size",
-                    "16",
-                    "--save-every",
-                    "2",
-                    "-o",
-                    s(out),
-                ])
+                let mut a = vec!["experiment", s(&m3), "--train", s(&t3), "--val", s(&t3)];
+                a.extend(["--test", s(&t3), "--max-steps", "6"]);
+                a.extend(SPLIT);
+                a.extend(RUN);
+                a.extend(["-o", s(out)]);
+                strings(&a)
             }),
             resumes: true,
         },
