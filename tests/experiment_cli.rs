@@ -156,9 +156,12 @@ fn eight_rows_report_and_resume() {
     assert!(std::fs::read_to_string(out.join("chart.svg"))
         .unwrap()
         .contains("<svg"));
-    assert!(std::fs::read_to_string(out.join("report.md"))
-        .unwrap()
-        .contains("full fine-tuning"));
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("full fine-tuning"));
+    // Shared with the other party: files by name and sha256, never this machine's paths.
+    let tmp = d.path().to_string_lossy();
+    assert!(!md.contains(&*tmp), "{md}");
+    assert!(md.contains("(sha256 "), "{md}");
 
     // A rerun recomputes nothing and reports the same numbers.
     let (ok, _, err) = run(&[]);

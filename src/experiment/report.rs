@@ -8,6 +8,28 @@ use crate::Result;
 use std::path::Path;
 
 /// The metric shown in the chart and first in the table.
+/// How a report names a file or folder: its name and the first 12 hex digits of its SHA-256
+/// (of the weights file for a model directory) — never the machine's path, since reports are
+/// shared with the other party and pasted into papers.
+fn named(path: &Path) -> String {
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let file = if path.is_dir() {
+        ["model.safetensors", crate::io::hf_dir::OFFSITE_WEIGHTS]
+            .iter()
+            .map(|w| path.join(w))
+            .find(|w| w.is_file())
+    } else {
+        Some(path.to_path_buf())
+    };
+    match file.map(|f| crate::io::fetch::file_sha256(&f)) {
+        Some(Ok(h)) => format!("`{name}` (sha256 {}…)", &h[..12]),
+        _ => format!("`{name}`"),
+    }
+}
+
 fn primary(metric: Metric) -> (&'static str, &'static str) {
     match metric {
         Metric::Mc => ("acc", "accuracy"),
@@ -68,12 +90,12 @@ pub fn write_report(
     };
     let limit = |n: Option<usize>| n.map_or("all".to_string(), |n| format!("first {n}"));
     let mut md = format!(
-        "# Offsite-tuning experiment\n\nmodel `{}`, test `{}`{}; emulator {} + {} + {} layers ({}).\n\n\
+        "# Offsite-tuning experiment\n\nmodel {}, test {}{}; emulator {} + {} + {} layers ({}).\n\n\
          Adapter tuning ({}): {}; full fine-tuning trains every weight. Both: {} × batch {} × {} \
          tokens, lr {} ({:?}, {} warm-up steps). Records used: train {}, validation {}, test {}.\n\n\
          {}| row | {} | seconds |\n| --- |{} ---: |\n",
-        cfg.model.display(),
-        cfg.test.display(),
+        named(&cfg.model),
+        named(&cfg.test),
         cfg.task.map_or(String::new(), |t| format!(" (task {})", t.name())),
         cfg.emulator.bottom,
         cfg.emulator.keep,
@@ -147,9 +169,9 @@ fn emulator_text(cfg: &ExperimentConfig) -> String {
         &cfg.emulator.calibration,
     ) {
         text += &format!(
-            ", strategy `{}` measured on `{}` ({} tokens)",
+            ", strategy `{}` measured on {} ({} tokens)",
             cfg.emulator.strategy,
-            cal.display(),
+            named(cal),
             cfg.emulator.calibration_tokens
         );
     }
@@ -165,7 +187,7 @@ fn emulator_text(cfg: &ExperimentConfig) -> String {
             d.corpus, d.metrics.steps, d.weights.kd_weight, d.weights.lm_weight
         );
     }
-    text + &format!("; package `{}`", path.display())
+    text + &format!("; package {}", named(path))
 }
 
 /// The proxy's α and, with an alignment setup, how the plug-in was aligned (a paragraph).
@@ -179,14 +201,14 @@ fn alignment_text(cfg: &ExperimentConfig) -> String {
         let o = &a.options;
         text += &format!(
             " Aligned plug-in: the model owner trains the plugged adapter's {:?} weights (pull {}) \
-             towards the {:?} target (α {}) at {:?} positions of public text `{}`{}, {} steps × \
+             towards the {:?} target (α {}) at {:?} positions of public text {}{}, {} steps × \
              batch {} × {} tokens, lr {}.",
             o.params,
             o.pull,
             o.target,
             o.alpha,
             o.positions,
-            a.data.display(),
+            named(&a.data),
             o.template
                 .as_ref()
                 .map_or(String::new(), |t| format!(" in the template {t:?}")),
