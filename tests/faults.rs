@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{model_data_emulator, offsite, ok, s};
+use common::{model_data_emulator, offsite, ok, s, tune_briefly};
 
 /// The tensors of an adapter or package at `path`, by name, as f32 values.
 fn weights(path: &Path) -> Result<Vec<(String, Vec<f32>)>, String> {
@@ -215,18 +215,7 @@ const RUN: [&str; 4] = ["--block-size", "16", "--save-every", "2"];
 fn subjects(dir: &Path) -> Vec<Subject> {
     let (model, train, emu) = model_data_emulator(dir, 21);
     let adapter = dir.join("tuned.safetensors");
-    ok(offsite(&[
-        "tune",
-        s(&emu),
-        "--data",
-        s(&train),
-        "-o",
-        s(&adapter),
-        "--max-steps",
-        "2",
-        "--block-size",
-        "16",
-    ]));
+    tune_briefly(&emu, &train, &adapter, &[]);
     let (m1, t1, e1) = (model.clone(), train.clone(), emu.clone());
     let (m2, t2) = (model.clone(), train.clone());
     let (m3, t3) = (model.clone(), train.clone());
