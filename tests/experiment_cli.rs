@@ -384,7 +384,50 @@ fn a_given_distilled_package_is_used_and_checked() {
     );
     assert!(!ok);
     assert!(
-        err.contains("distilled.offsite") && err.contains("other emulator options"),
+        err.contains("distilled.offsite") && err.contains("--prune none, not 0.5"),
+        "{err}"
+    );
+    // The failed start left no settings behind: the corrected rerun in the same folder runs.
+    assert!(!dir.path().join("exp-k3/config.json").exists());
+
+    // No emulator flags at all: the package's own options are used.
+    let (train, test) = (
+        dir.path().join("train.jsonl"),
+        dir.path().join("test.jsonl"),
+    );
+    let plain = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "experiment",
+            s(&model),
+            "--train",
+            s(&train),
+            "--test",
+            s(&test),
+            "--max-steps",
+            "2",
+            "--block-size",
+            "32",
+            "--skip",
+            "zero-shot,full-ft,oracle,proxy",
+            "-o",
+            s(out),
+        ];
+        args.extend_from_slice(extra);
+        offsite(&args)
+    };
+    let (ok, report, err) = plain(&dir.path().join("exp-k3"), &["--emulator-package", s(&pkg)]);
+    assert!(ok, "{err}");
+    assert!(report.contains("| plug-in |"), "{report}");
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("exp-k3/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["emulator"]["keep"], 2);
+    // Neither a package nor --keep: the error says what to pass.
+    let (ok, _, err) = plain(&dir.path().join("exp-none"), &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("--keep") && err.contains("--emulator-package"),
         "{err}"
     );
 

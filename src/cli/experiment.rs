@@ -4,6 +4,8 @@
 use super::ModelSpec;
 use anyhow::Result;
 use offsite::data::tasks::Task;
+use offsite::emulator::options::EmulatorFlags;
+use offsite::emulator::package::PackageMeta;
 use offsite::emulator::EmulatorOptions;
 use offsite::experiment::{run, AlignSetup, ExperimentConfig, Row};
 use offsite::train::TrainOptions;
@@ -119,9 +121,10 @@ pub struct Args {
     #[command(flatten)]
     study: StudyArgs,
     #[command(flatten)]
-    emulator: EmulatorOptions,
+    emulator: EmulatorFlags,
     /// Use this emulator package of MODEL (e.g. one made with `offsite emulator --distill`)
-    /// instead of building one; the emulator flags must match how it was made.
+    /// instead of building one: its own options are used, and an emulator flag given must
+    /// agree with them.
     #[arg(long)]
     emulator_package: Option<PathBuf>,
 }
@@ -129,10 +132,13 @@ pub struct Args {
 /// Runs or resumes the experiment and prints the report.
 pub fn run_cmd(args: Args) -> Result<()> {
     let out = args.study.output.clone();
-    run(
-        &args.study.config(args.emulator, args.emulator_package)?,
-        &out,
-    )?;
+    let emulator = match &args.emulator_package {
+        Some(package) => args
+            .emulator
+            .agree_with(package, &PackageMeta::peek(package)?.options)?,
+        None => args.emulator.options()?,
+    };
+    run(&args.study.config(emulator, args.emulator_package)?, &out)?;
     print!("{}", std::fs::read_to_string(out.join("report.md"))?);
     Ok(())
 }

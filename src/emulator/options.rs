@@ -4,7 +4,7 @@
 use super::strategy::Strategy;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// How the emulator was made (also the flags of `offsite emulator` and `offsite experiment`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -160,5 +160,200 @@ impl EmulatorOptions {
     /// Whether emulator weights are pruned, factored or quantized.
     pub fn compresses(&self) -> bool {
         self.prune.is_some() || self.quant_bits.is_some() || self.low_rank.is_some()
+    }
+}
+
+/// The emulator flags of a command that can also take a ready package (`experiment
+/// --emulator-package`): all optional, so that a user need not repeat how the package was made.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct EmulatorFlags {
+    /// Adapter layers at the bottom (layers 0..bottom; default 2).
+    #[arg(long)]
+    pub bottom: Option<usize>,
+    /// Adapter layers at the top (the last `top` layers; default 2).
+    #[arg(long)]
+    pub top: Option<usize>,
+    /// Middle layers the emulator keeps (required unless a package is given).
+    #[arg(long)]
+    pub keep: Option<usize>,
+    /// Which middle layers and in what order (`uniform` unless told otherwise; see `offsite
+    /// emulator --help`).
+    #[arg(long, value_enum)]
+    pub strategy: Option<Strategy>,
+    /// Calibration text for `importance` and `share`.
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+    /// Tokens of calibration text (default 1024).
+    #[arg(long)]
+    pub calibration_tokens: Option<usize>,
+    /// Zero this fraction of the smallest-magnitude entries of each 2-D emulator weight.
+    #[arg(long)]
+    pub prune: Option<f64>,
+    /// Quantize each 2-D emulator weight uniformly to this many bits (1–8).
+    #[arg(long)]
+    pub quant_bits: Option<u8>,
+    /// Replace each 2-D emulator weight by its truncated SVD with this fraction of parameters.
+    #[arg(long)]
+    pub low_rank: Option<f64>,
+}
+
+impl EmulatorFlags {
+    /// The options the flags describe on their own, with the defaults of `offsite emulator`.
+    pub fn options(&self) -> Result<EmulatorOptions> {
+        let keep = self.keep.ok_or_else(|| {
+            Error::Invalid(
+                "say how the emulator is made (--keep N, and --strategy …) or pass a ready \
+                 --emulator-package"
+                    .into(),
+            )
+        })?;
+        Ok(EmulatorOptions {
+            bottom: self.bottom.unwrap_or(2),
+            top: self.top.unwrap_or(2),
+            keep,
+            strategy: self.strategy.unwrap_or_default(),
+            calibration: self.calibration.clone(),
+            calibration_tokens: self
+                .calibration_tokens
+                .unwrap_or(DEFAULT_CALIBRATION_TOKENS),
+            prune: self.prune,
+            quant_bits: self.quant_bits,
+            low_rank: self.low_rank,
+        })
+    }
+
+    /// The options `package` was made with (`recorded`), after checking every flag given
+    /// against them: the first flag that disagrees is named with the package's value.
+    pub fn agree_with(
+        &self,
+        package: &Path,
+        recorded: &EmulatorOptions,
+    ) -> Result<EmulatorOptions> {
+        fn show<T: std::fmt::Debug>(v: &Option<T>) -> String {
+            v.as_ref().map_or("none".into(), |v| format!("{v:?}"))
+        }
+        let r = recorded;
+        let same_file = |given: &Path, made: &Option<PathBuf>| {
+            made.as_ref().is_some_and(|m| {
+                m == given
+                    || matches!((given.canonicalize(), m.canonicalize()), (Ok(a), Ok(b)) if a == b)
+            })
+        };
+        let mut disagreements: Vec<(&str, String, String)> = Vec::new();
+        let mut check = |flag: &'static str, given: Option<String>, made: String| {
+            if let Some(g) = given {
+                if g != made {
+                    disagreements.push((flag, g, made));
+                }
+            }
+        };
+        check(
+            "--bottom",
+            self.bottom.map(|v| v.to_string()),
+            r.bottom.to_string(),
+        );
+        check("--top", self.top.map(|v| v.to_string()), r.top.to_string());
+        check(
+            "--keep",
+            self.keep.map(|v| v.to_string()),
+            r.keep.to_string(),
+        );
+        check(
+            "--strategy",
+            self.strategy.map(|v| v.name().to_string()),
+            r.strategy.name().to_string(),
+        );
+        check(
+            "--calibration-tokens",
+            self.calibration_tokens.map(|v| v.to_string()),
+            r.calibration_tokens.to_string(),
+        );
+        check(
+            "--prune",
+            self.prune.map(|v| format!("{v:?}")),
+            show(&r.prune),
+        );
+        check(
+            "--quant-bits",
+            self.quant_bits.map(|v| format!("{v:?}")),
+            show(&r.quant_bits),
+        );
+        check(
+            "--low-rank",
+            self.low_rank.map(|v| format!("{v:?}")),
+            show(&r.low_rank),
+        );
+        if let Some(c) = &self.calibration {
+            if !same_file(c, &r.calibration) {
+                let made = r
+                    .calibration
+                    .as_ref()
+                    .map_or("none".into(), |m| m.display().to_string());
+                disagreements.push(("--calibration", c.display().to_string(), made));
+            }
+        }
+        match disagreements.first() {
+            None => Ok(recorded.clone()),
+            Some((flag, given, made)) => Err(Error::format(
+                package,
+                format!(
+                    "was made with {flag} {made}, not {given}: leave {flag} out to use the \
+                     package's own options{}",
+                    if disagreements.len() > 1 {
+                        format!(" ({} more flags disagree)", disagreements.len() - 1)
+                    } else {
+                        String::new()
+                    }
+                ),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_agree_with_a_package_or_name_the_one_that_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let cal = dir.path().join("cal.jsonl");
+        std::fs::write(&cal, "{\"text\": \"x\"}\n").unwrap();
+        let made = EmulatorOptions::layer_drop(2, 13, 2)
+            .with_strategy(Strategy::Importance, Some(cal.clone()));
+        let pkg = Path::new("emu.offsite");
+        // No flags: the package's options.
+        assert_eq!(
+            EmulatorFlags::default().agree_with(pkg, &made).unwrap(),
+            made
+        );
+        // The same calibration file spelled another way agrees.
+        let flags = EmulatorFlags {
+            keep: Some(13),
+            strategy: Some(Strategy::Importance),
+            calibration: Some(dir.path().join(".").join("cal.jsonl")),
+            ..Default::default()
+        };
+        assert_eq!(flags.agree_with(pkg, &made).unwrap(), made);
+        let flags = EmulatorFlags {
+            keep: Some(12),
+            strategy: Some(Strategy::Uniform),
+            ..Default::default()
+        };
+        let err = flags.agree_with(pkg, &made).unwrap_err().to_string();
+        assert!(
+            err.contains("emu.offsite") && err.contains("--keep 13, not 12"),
+            "{err}"
+        );
+        assert!(err.contains("1 more flags disagree"), "{err}");
+        // On their own the flags need --keep.
+        assert!(EmulatorFlags::default().options().is_err());
+        let own = EmulatorFlags {
+            keep: Some(4),
+            ..Default::default()
+        }
+        .options()
+        .unwrap();
+        assert_eq!(own, EmulatorOptions::layer_drop(2, 4, 2));
     }
 }

@@ -85,6 +85,14 @@ pub struct PackageMeta {
     pub encodings: BTreeMap<String, Encoding>,
 }
 
+impl PackageMeta {
+    /// The metadata of the package at `path`, from its header alone (not checked against the
+    /// seal: for reading how a package was made before loading it; [`Package::load`] checks).
+    pub fn peek(path: &Path) -> Result<Self> {
+        offsite_file::peek(path, PACKAGE_FORMAT)
+    }
+}
+
 /// An emulator package in memory.
 #[derive(Debug)]
 pub struct Package {

@@ -14,6 +14,7 @@ use crate::data::sequences::record_sequence;
 use crate::data::tasks::{load_mc, load_task, McRecord, Task};
 use crate::data::{load_training_data, read_texts, Dataset, Sequence};
 use crate::emulator::align::{align, align_sequences, AlignOptions, AlignRun};
+use crate::emulator::package::PackageMeta;
 use crate::emulator::proxy::Proxy;
 use crate::emulator::tune::tune;
 use crate::emulator::{model_fingerprint, plug, Adapter, EmulatorOptions, Package};
@@ -271,33 +272,44 @@ fn emulator_package(
         Package::build(&ckpt.model()?, Some(tok), cfg.emulator.clone(), &path)?.save(&path)?;
     }
     let package = Package::load(&path, &Device::Cpu)?;
-    if package.meta.options != cfg.emulator {
+    check_package_meta(cfg, &package.meta, &path, ckpt)?;
+    Ok(package)
+}
+
+/// Refuses a package that was not made from `ckpt`'s model with the experiment's options.
+fn check_package_meta(
+    cfg: &ExperimentConfig,
+    meta: &PackageMeta,
+    path: &Path,
+    ckpt: &checkpoint::Checkpoint,
+) -> Result<()> {
+    if meta.options != cfg.emulator {
         let hint = if cfg.emulator_package.is_some() {
             format!(
                 "was built with other emulator options ({} + {} + {} layers, {}) than this \
-                 experiment's flags; pass the package's --bottom/--keep/--top/--prune/--quant-bits",
-                package.meta.options.bottom,
-                package.meta.options.keep,
-                package.meta.options.top,
-                package.meta.options.compression()
+                 experiment's; leave the emulator flags out to use the package's own",
+                meta.options.bottom,
+                meta.options.keep,
+                meta.options.top,
+                meta.options.compression()
             )
         } else {
             "was built with other emulator options; use another output folder".into()
         };
-        return Err(Error::format(&path, hint));
+        return Err(Error::format(path, hint));
     }
     if cfg.emulator_package.is_some()
-        && package.meta.source_fingerprint != model_fingerprint(&ckpt.model()?)?
+        && meta.source_fingerprint != model_fingerprint(&ckpt.model()?)?
     {
         return Err(Error::format(
-            &path,
+            path,
             format!(
                 "was built from another model than {} (its source fingerprint differs)",
                 cfg.model.display()
             ),
         ));
     }
-    Ok(package)
+    Ok(())
 }
 
 /// The adapter tuned through `package` (by the same code as `offsite tune`), resumed or made.
@@ -440,9 +452,7 @@ fn check_same_experiment(cfg: &ExperimentConfig, out: &Path) -> Result<()> {
 /// Runs (or resumes) the experiment into `out`; returns the rows in order.
 pub fn run(cfg: &ExperimentConfig, out: &Path) -> Result<Vec<RowResult>> {
     let device = Device::Cpu;
-    std::fs::create_dir_all(out.join("rows")).map_err(|e| Error::io(out, e))?;
     check_same_experiment(cfg, out)?;
-    atomic::write_json(&out.join("config.json"), cfg)?;
     let ckpt = checkpoint::load(&cfg.model, &device)?;
     let tok = ckpt.tokenizer()?.clone();
     let metric =
@@ -463,6 +473,13 @@ pub fn run(cfg: &ExperimentConfig, out: &Path) -> Result<Vec<RowResult>> {
         (Metric::Mc, None) => TestSet::Mc(limit(load_mc(&cfg.test)?, cfg.limit_test)),
         (Metric::Ppl, _) => TestSet::Text(limit(read_texts(&cfg.test)?, cfg.limit_test)),
     };
+    // Checked before the folder records the settings, so that a start that fails on a given
+    // package leaves nothing behind that a corrected rerun would be refused by.
+    if let Some(path) = &cfg.emulator_package {
+        check_package_meta(cfg, &PackageMeta::peek(path)?, path, &ckpt)?;
+    }
+    std::fs::create_dir_all(out.join("rows")).map_err(|e| Error::io(out, e))?;
+    atomic::write_json(&out.join("config.json"), cfg)?;
     let digest = cfg.alignment.as_ref().map(AlignSetup::digest);
     let row_path = |row: Row| match (row, &digest) {
         (Row::PlugInAligned, Some(d)) => out.join("rows").join(format!("{}-{d}.json", row.name())),

@@ -84,6 +84,44 @@ pub fn meta(path: &Path) -> Option<serde_json::Value> {
     serde_json::from_str(meta).ok()
 }
 
+/// The metadata of `path` as `M`, once it says it is of `format`.
+fn parse_meta<M: serde::de::DeserializeOwned>(
+    path: &Path,
+    value: serde_json::Value,
+    format: &str,
+) -> Result<M> {
+    let found = value
+        .get("format")
+        .and_then(|f| f.as_str())
+        .unwrap_or("unknown");
+    if found != format {
+        return Err(Error::format(
+            path,
+            format!("not {} (this is an `{found}` file)", describe(format)),
+        ));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| Error::format(path, format!("corrupt offsite metadata ({e})")))
+}
+
+/// The metadata of an offsite file of `format` from its header alone, not checked against the
+/// seal: for learning how a file was made before loading it ([`read`] checks).
+pub fn peek<M: serde::de::DeserializeOwned>(path: &Path, format: &str) -> Result<M> {
+    if !path.is_file() {
+        return Err(Error::format(
+            path,
+            format!("no such file (expected {})", describe(format)),
+        ));
+    }
+    let value = meta(path).ok_or_else(|| {
+        Error::format(
+            path,
+            format!("not {} (no offsite metadata)", describe(format)),
+        )
+    })?;
+    parse_meta(path, value, format)
+}
+
 /// Reads an offsite file of `format`: checked against its seal, then its parsed metadata, the
 /// tensors (as f32) and how it was checked.
 pub fn read<M: serde::de::DeserializeOwned>(
@@ -98,18 +136,7 @@ pub fn read<M: serde::de::DeserializeOwned>(
         .ok_or_else(|| Error::format(path, "no offsite metadata: not an offsite file"))?;
     let value: serde_json::Value = serde_json::from_str(meta_json)
         .map_err(|e| Error::format(path, format!("corrupt offsite metadata ({e})")))?;
-    let found = value
-        .get("format")
-        .and_then(|f| f.as_str())
-        .unwrap_or("unknown");
-    if found != format {
-        return Err(Error::format(
-            path,
-            format!("not {} (this is an `{found}` file)", describe(format)),
-        ));
-    }
-    let meta: M = serde_json::from_value(value)
-        .map_err(|e| Error::format(path, format!("corrupt offsite metadata ({e})")))?;
+    let meta = parse_meta(path, value, format)?;
     let mut tensors = TensorMap::new(path);
     for (name, t) in file.tensors {
         let t = t.to_dtype(candle_core::DType::F32)?;
