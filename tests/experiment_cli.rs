@@ -158,10 +158,21 @@ fn eight_rows_report_and_resume() {
         .contains("<svg"));
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("full fine-tuning"));
-    // Shared with the other party: files by name and sha256, never this machine's paths.
+    // Shared with the other party: files by name and sha256, never this machine's paths but
+    // where the user typed them (the command line).
     let tmp = d.path().to_string_lossy();
-    assert!(!md.contains(&*tmp), "{md}");
+    let (made_by, rest): (Vec<&str>, Vec<&str>) = md
+        .lines()
+        .partition(|l| l.starts_with("Made by `offsite experiment "));
+    assert_eq!(made_by.len(), 1, "{md}");
+    assert!(made_by[0].contains(" commit ") && made_by[0].contains("products in f32"));
+    assert!(!rest.join("\n").contains(&*tmp), "{md}");
     assert!(md.contains("(sha256 "), "{md}");
+    assert_eq!(report["run"]["command"][1], "experiment");
+    assert_eq!(report["files"]["test"]["name"], "test.jsonl");
+    let settings = serde_json::to_string(&report).unwrap();
+    let outside_command = settings.replace(&report["run"].to_string(), "");
+    assert!(!outside_command.contains(&*tmp), "{settings}");
 
     // A rerun recomputes nothing and reports the same numbers.
     let (ok, _, err) = run(&[]);

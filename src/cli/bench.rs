@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use offsite::data::{Batch, Sequence};
 use offsite::emulator::{package::layer_index, plan};
+use offsite::io::provenance::{FileRef, RunInfo};
 use offsite::model::{Model, Precision};
 use offsite::peft::Method;
 use offsite::train::{loss::lm_loss, trainable_params, AdamW};
@@ -286,9 +287,10 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
             "trainable_params": trainable,
             "batch": s.batch, "seq": s.seq, "steps": s.steps,
             "threads": candle_core::utils::get_num_threads(),
-            // Without AMX every product stays f32, whatever was asked.
-            "precision": if offsite::ops::amx::available() { s.precision } else { Precision::F32 }.to_string(),
+            "precision": s.precision.effective().to_string(),
             "packed_bf16_mb": bf16_bytes as f64 / 1e6,
+            "model": FileRef::of(&args.model.path()?)?,
+            "run": RunInfo::current(s.precision),
         })
     );
     Ok(())

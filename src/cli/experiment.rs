@@ -95,7 +95,7 @@ impl StudyArgs {
             },
         });
         Ok(ExperimentConfig {
-            model: self.model.path()?,
+            model: PathBuf::from(&self.model.0),
             train: self.train,
             val: self.val,
             test: self.test,

@@ -5,6 +5,8 @@ use anyhow::Result;
 use offsite::data::load_training_data;
 use offsite::emulator::Package;
 use offsite::eval::fidelity::probe;
+use offsite::io::provenance::{FileRef, RunInfo};
+use offsite::model::Precision;
 use std::path::PathBuf;
 
 /// Arguments of `offsite probe`.
@@ -45,7 +47,14 @@ pub fn run(args: Args) -> Result<()> {
     let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
     let r = probe(&full, &package, &seqs, pad, args.batch_size)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        let mut json = serde_json::to_value(&r)?;
+        json["files"] = serde_json::json!({
+            "model": FileRef::of(&args.model.path()?)?,
+            "package": FileRef::of(&args.package)?,
+            "data": FileRef::of(&args.data)?,
+        });
+        json["run"] = serde_json::to_value(RunInfo::current(Precision::F32))?;
+        println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
     }
     let h = &r.hidden;

@@ -6,6 +6,7 @@
 use super::{chart, run, ExperimentConfig, Row, RowResult};
 use crate::emulator::{EmulatorOptions, Package};
 use crate::io::atomic;
+use crate::io::provenance::{FileRef, RunInfo};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -84,7 +85,7 @@ pub fn ablate(
     if grid.is_empty() {
         return Err(Error::Invalid("the ablation grid is empty".into()));
     }
-    let ckpt = crate::io::checkpoint::load(&base.model, &candle_core::Device::Cpu)?;
+    let ckpt = crate::io::checkpoint::load(&base.model_path()?, &candle_core::Device::Cpu)?;
     let n = ckpt.config.num_layers;
     let (bottom, top) = (base.emulator.bottom, base.emulator.top);
     let middle = n
@@ -169,20 +170,24 @@ const ROWS: [(&str, &str); 3] = [
 
 fn write_report(base: &ExperimentConfig, points: &[AblationPoint], out: &Path) -> Result<()> {
     let key = primary(points);
+    let run = RunInfo::current(base.training.precision);
+    let model = base.model_path().ok().and_then(|p| FileRef::of(&p).ok());
+    let test = FileRef::of(&base.test).ok();
     atomic::write_json(
         &out.join("ablation.json"),
-        &serde_json::json!({"model": base.model, "test": base.test, "metric": key,
+        &serde_json::json!({"files": {"model": model, "test": test}, "run": run, "metric": key,
                             "training": base.training, "method": base.method, "points": points}),
     )?;
     let mut md = format!(
-        "# Emulator compression ablation\n\nmodel `{}`, test `{}`; adapter {} + {} layers; metric \
+        "# Emulator compression ablation\n\n{}model {}, test {}; adapter {} + {} layers; metric \
          `{key}`. Layer-drop points keep K middle layers; pruning and quantization keep every \
          middle layer and compress its weight matrices.\n\n\
          | point | compression | package MB | % of full bytes | % of full params | emulator \
          zero-shot | emulator fine-tuned | plug-in |\n| --- | --- | ---: | ---: | ---: | ---: | \
          ---: | ---: |\n",
-        base.model.display(),
-        base.test.display(),
+        run.markdown(),
+        model.as_ref().map_or("?".into(), FileRef::markdown),
+        test.as_ref().map_or("?".into(), FileRef::markdown),
         base.emulator.bottom,
         base.emulator.top,
     );

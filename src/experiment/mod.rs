@@ -109,7 +109,7 @@ impl Row {
 /// What to run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ExperimentConfig {
-    /// The full model.
+    /// The full model as the user named it: a path, or a known model's name (`smollm2`).
     pub model: PathBuf,
     /// Training data.
     pub train: PathBuf,
@@ -165,11 +165,42 @@ pub struct AlignSetup {
     pub training: TrainOptions,
 }
 
+impl ExperimentConfig {
+    /// The full model's file or folder (a known model's name fetched or found in the cache).
+    pub fn model_path(&self) -> Result<PathBuf> {
+        crate::io::fetch::resolve_model(&self.model.to_string_lossy())
+    }
+
+    /// The settings with every file path made canonical (a known model's name resolved), so
+    /// that a folder started with `data/x.jsonl` resumes under `./data/x.jsonl` or its absolute
+    /// path, and with `smollm2` under the cached file's path.
+    fn canonical(&self) -> Self {
+        let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        let mut c = self.clone();
+        c.model = self
+            .model_path()
+            .map_or_else(|_| self.model.clone(), |p| canon(&p));
+        c.train = canon(&c.train);
+        c.test = canon(&c.test);
+        c.val = c.val.as_deref().map(canon);
+        c.emulator_package = c.emulator_package.as_deref().map(canon);
+        c.emulator.calibration = c.emulator.calibration.as_deref().map(canon);
+        c
+    }
+}
+
 impl AlignSetup {
     /// A short digest of the setup: the name under which its adapter and row are kept.
     pub fn digest(&self) -> String {
         use sha2::Digest;
-        let mut v = serde_json::to_value(self).unwrap_or_default();
+        // Paths made canonical: the same files typed another way are the same setup.
+        let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        let setup = AlignSetup {
+            data: canon(&self.data),
+            val: self.val.as_deref().map(canon),
+            ..self.clone()
+        };
+        let mut v = serde_json::to_value(setup).unwrap_or_default();
         if let Some(t) = v.get_mut("training").and_then(|t| t.as_object_mut()) {
             t.remove("resume");
         }
@@ -429,7 +460,7 @@ fn check_same_experiment(cfg: &ExperimentConfig, out: &Path) -> Result<()> {
     };
     let old: ExperimentConfig = serde_json::from_str(&text).map_err(|e| Error::format(&path, e))?;
     let comparable = |c: &ExperimentConfig| {
-        let mut v = serde_json::to_value(c).unwrap_or_default();
+        let mut v = serde_json::to_value(c.canonical()).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             o.remove("skip");
             o.remove("alignment");
@@ -453,7 +484,7 @@ fn check_same_experiment(cfg: &ExperimentConfig, out: &Path) -> Result<()> {
 pub fn run(cfg: &ExperimentConfig, out: &Path) -> Result<Vec<RowResult>> {
     let device = Device::Cpu;
     check_same_experiment(cfg, out)?;
-    let ckpt = checkpoint::load(&cfg.model, &device)?;
+    let ckpt = checkpoint::load(&cfg.model_path()?, &device)?;
     let tok = ckpt.tokenizer()?.clone();
     let metric =
         match cfg.task {

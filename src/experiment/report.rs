@@ -3,31 +3,54 @@
 use super::{chart, ExperimentConfig, Metric, Row, RowResult};
 use crate::emulator::distill::DistillRecord;
 use crate::io::atomic;
+use crate::io::provenance::{self, without_paths, FileRef, RunInfo};
 use crate::peft::Method;
 use crate::Result;
 use std::path::Path;
 
 /// The metric shown in the chart and first in the table.
-/// How a report names a file or folder: its name and the first 12 hex digits of its SHA-256
-/// (of the weights file for a model directory) — never the machine's path, since reports are
-/// shared with the other party and pasted into papers.
-fn named(path: &Path) -> String {
-    let name = path.file_name().map_or_else(
-        || path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    );
-    let file = if path.is_dir() {
-        ["model.safetensors", crate::io::hf_dir::OFFSITE_WEIGHTS]
-            .iter()
-            .map(|w| path.join(w))
-            .find(|w| w.is_file())
-    } else {
-        Some(path.to_path_buf())
-    };
-    match file.map(|f| crate::io::fetch::file_sha256(&f)) {
-        Some(Ok(h)) => format!("`{name}` (sha256 {}…)", &h[..12]),
-        _ => format!("`{name}`"),
+/// The experiment's input files as the report names them (`None` where a file is not given or
+/// cannot be read).
+#[derive(serde::Serialize)]
+struct InputFiles {
+    model: Option<FileRef>,
+    train: Option<FileRef>,
+    val: Option<FileRef>,
+    test: Option<FileRef>,
+    emulator_package: Option<FileRef>,
+    calibration: Option<FileRef>,
+    align_data: Option<FileRef>,
+    align_val: Option<FileRef>,
+}
+
+impl InputFiles {
+    fn of(cfg: &ExperimentConfig) -> Self {
+        let file = |p: Option<&Path>| p.and_then(|p| FileRef::of(p).ok());
+        let align = cfg.alignment.as_ref();
+        InputFiles {
+            model: file(cfg.model_path().ok().as_deref()),
+            train: file(Some(&cfg.train)),
+            val: file(cfg.val.as_deref()),
+            test: file(Some(&cfg.test)),
+            emulator_package: file(cfg.emulator_package.as_deref()),
+            calibration: file(cfg.emulator.calibration.as_deref()),
+            align_data: file(align.map(|a| a.data.as_path())),
+            align_val: file(align.and_then(|a| a.val.as_deref())),
+        }
     }
+}
+
+/// A file as the Markdown report shows it: name, sha256 and size, or the name alone.
+fn shown(file: &Option<FileRef>, path: &Path) -> String {
+    file.as_ref().map_or_else(
+        || {
+            format!(
+                "`{}`",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            )
+        },
+        FileRef::markdown,
+    )
 }
 
 fn primary(metric: Metric) -> (&'static str, &'static str) {
@@ -44,13 +67,18 @@ pub fn write_report(
     rows: &[RowResult],
     out: &Path,
 ) -> Result<()> {
+    let files = InputFiles::of(cfg);
+    let run = RunInfo::current(cfg.training.precision);
     atomic::write_json(
         &out.join("report.json"),
         &serde_json::json!({
-            "model": cfg.model, "task": cfg.task.map(|t| t.name()), "train": cfg.train,
-            "val": cfg.val, "test": cfg.test, "metric": metric, "emulator": cfg.emulator, "strategy": cfg.emulator.strategy, "emulator_package": cfg.emulator_package,
+            "files": files, "run": run,
+            "task": cfg.task.map(|t| t.name()), "metric": metric,
+            "emulator": without_paths(serde_json::to_value(&cfg.emulator).unwrap_or_default()),
+            "strategy": cfg.emulator.strategy,
             "training": cfg.training, "method": cfg.method, "limits": {"train": cfg.limit_train, "val": cfg.limit_val, "test": cfg.limit_test},
-            "proxy_alpha": cfg.proxy_alpha, "alignment": cfg.alignment,
+            "proxy_alpha": cfg.proxy_alpha,
+            "alignment": without_paths(serde_json::to_value(&cfg.alignment).unwrap_or_default()),
             "rows": rows,
         }),
     )?;
@@ -90,12 +118,13 @@ pub fn write_report(
     };
     let limit = |n: Option<usize>| n.map_or("all".to_string(), |n| format!("first {n}"));
     let mut md = format!(
-        "# Offsite-tuning experiment\n\nmodel {}, test {}{}; emulator {} + {} + {} layers ({}).\n\n\
+        "# Offsite-tuning experiment\n\n{}model {}, test {}{}; emulator {} + {} + {} layers ({}).\n\n\
          Adapter tuning ({}): {}; full fine-tuning trains every weight. Both: {} × batch {} × {} \
          tokens, lr {} ({:?}, {} warm-up steps). Records used: train {}, validation {}, test {}.\n\n\
          {}| row | {} | seconds |\n| --- |{} ---: |\n",
-        named(&cfg.model),
-        named(&cfg.test),
+        run.markdown(),
+        shown(&files.model, &cfg.model),
+        shown(&files.test, &cfg.test),
         cfg.task.map_or(String::new(), |t| format!(" (task {})", t.name())),
         cfg.emulator.bottom,
         cfg.emulator.keep,
@@ -169,10 +198,10 @@ fn emulator_text(cfg: &ExperimentConfig) -> String {
         &cfg.emulator.calibration,
     ) {
         text += &format!(
-            ", strategy `{}` measured on {} ({} tokens)",
+            ", strategy `{}` measured on {} tokens of {}",
             cfg.emulator.strategy,
-            named(cal),
-            cfg.emulator.calibration_tokens
+            cfg.emulator.calibration_tokens,
+            provenance::markdown(cal)
         );
     }
     let Some(path) = &cfg.emulator_package else {
@@ -187,7 +216,7 @@ fn emulator_text(cfg: &ExperimentConfig) -> String {
             d.corpus, d.metrics.steps, d.weights.kd_weight, d.weights.lm_weight
         );
     }
-    text + &format!("; package {}", named(path))
+    text + &format!("; package {}", provenance::markdown(path))
 }
 
 /// The proxy's α and, with an alignment setup, how the plug-in was aligned (a paragraph).
@@ -200,15 +229,15 @@ fn alignment_text(cfg: &ExperimentConfig) -> String {
     if let Some(a) = &cfg.alignment {
         let o = &a.options;
         text += &format!(
-            " Aligned plug-in: the model owner trains the plugged adapter's {:?} weights (pull {}) \
-             towards the {:?} target (α {}) at {:?} positions of public text {}{}, {} steps × \
+            " Aligned plug-in: the model owner trains the plugged adapter's `{}` weights (pull {}) \
+             towards the `{}` target (α {}) at `{}` positions of public text {}{}, {} steps × \
              batch {} × {} tokens, lr {}.",
-            o.params,
+            flag(&o.params),
             o.pull,
-            o.target,
+            flag(&o.target),
             o.alpha,
-            o.positions,
-            named(&a.data),
+            flag(&o.positions),
+            provenance::markdown(&a.data),
             o.template
                 .as_ref()
                 .map_or(String::new(), |t| format!(" in the template {t:?}")),
@@ -228,4 +257,10 @@ fn targets_text(targets: &[String]) -> String {
     } else {
         targets.join(",")
     }
+}
+
+/// The command-line value of `v` (`norms`, `emulator`, `last`).
+fn flag<T: clap::ValueEnum>(v: &T) -> String {
+    v.to_possible_value()
+        .map_or_else(String::new, |p| p.get_name().to_string())
 }

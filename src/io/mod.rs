@@ -7,5 +7,6 @@ pub mod fetch;
 pub mod gguf;
 pub mod hf_dir;
 pub mod offsite_file;
+pub mod provenance;
 pub mod tensor_file;
 pub mod tokenizer;

@@ -27,6 +27,15 @@ impl Precision {
     pub fn is_f32(&self) -> bool {
         *self == Precision::F32
     }
+
+    /// What runs on this CPU when `self` is asked: every product stays f32 without AMX.
+    pub fn effective(self) -> Self {
+        if crate::ops::amx::available() {
+            self
+        } else {
+            Precision::F32
+        }
+    }
 }
 
 impl std::str::FromStr for Precision {
