@@ -174,6 +174,52 @@ fn eight_rows_report_and_resume() {
     let outside_command = settings.replace(&report["run"].to_string(), "");
     assert!(!outside_command.contains(&*tmp), "{settings}");
 
+    // Every row also in lm-eval-harness's results layout: the keys of a results file written
+    // from lm-eval's documented format (v0.4), with the task named after the test folder.
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lm_eval_results.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let task = d.path().file_name().unwrap().to_str().unwrap();
+    for row in names {
+        let path = out.join("lm_eval").join(row).join("results.json");
+        let ours: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for key in fixture.as_object().unwrap().keys() {
+            assert!(ours.get(key).is_some(), "{key} missing in {ours}");
+        }
+        for key in fixture["results"]["arc_easy"].as_object().unwrap().keys() {
+            assert!(
+                ours["results"][task].get(key).is_some(),
+                "{key} missing in {ours}"
+            );
+        }
+        for key in fixture["config"].as_object().unwrap().keys() {
+            assert!(
+                ours["config"].get(key).is_some(),
+                "config.{key} missing in {ours}"
+            );
+        }
+        for key in ["original", "effective"] {
+            assert!(ours["n-samples"][task][key].is_u64(), "{ours}");
+        }
+        let row_result = report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == row)
+            .unwrap();
+        assert_eq!(ours["results"][task]["acc,none"], row_result["acc"]);
+        assert_eq!(
+            ours["results"][task]["acc_stderr,none"],
+            row_result["acc_stderr"]
+        );
+        assert_eq!(ours["higher_is_better"][task]["acc"], true);
+    }
+
     // A rerun recomputes nothing and reports the same numbers.
     let (ok, _, err) = run(&[]);
     assert!(ok, "{err}");

@@ -5,6 +5,7 @@
 
 pub mod ablation;
 pub mod chart;
+pub mod lm_eval;
 mod report;
 
 pub use report::write_report;
@@ -499,10 +500,20 @@ pub fn run(cfg: &ExperimentConfig, out: &Path) -> Result<Vec<RowResult>> {
                 )),
             },
         };
-    let test = match (metric, cfg.task) {
-        (Metric::Mc, Some(task)) => TestSet::Mc(limit(load_task(task, &cfg.test)?, cfg.limit_test)),
-        (Metric::Mc, None) => TestSet::Mc(limit(load_mc(&cfg.test)?, cfg.limit_test)),
-        (Metric::Ppl, _) => TestSet::Text(limit(read_texts(&cfg.test)?, cfg.limit_test)),
+    let (test, test_records) = match (metric, cfg.task) {
+        (Metric::Mc, task) => {
+            let all = match task {
+                Some(task) => load_task(task, &cfg.test)?,
+                None => load_mc(&cfg.test)?,
+            };
+            let n = all.len();
+            (TestSet::Mc(limit(all, cfg.limit_test)), n)
+        }
+        (Metric::Ppl, _) => {
+            let all = read_texts(&cfg.test)?;
+            let n = all.len();
+            (TestSet::Text(limit(all, cfg.limit_test)), n)
+        }
     };
     // Checked before the folder records the settings, so that a start that fails on a given
     // package leaves nothing behind that a corrected rerun would be refused by.
@@ -619,6 +630,6 @@ pub fn run(cfg: &ExperimentConfig, out: &Path) -> Result<Vec<RowResult>> {
         };
         rows.push(result);
     }
-    write_report(cfg, metric, &rows, out)?;
+    write_report(cfg, metric, &rows, test_records, out)?;
     Ok(rows)
 }

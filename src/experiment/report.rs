@@ -60,15 +60,25 @@ fn primary(metric: Metric) -> (&'static str, &'static str) {
     }
 }
 
-/// Writes `report.json`, `report.md` and `chart.svg`.
+/// Writes `report.json`, `report.md`, `chart.svg` and `lm_eval/{row}/results.json`.
 pub fn write_report(
     cfg: &ExperimentConfig,
     metric: Metric,
     rows: &[RowResult],
+    test_records: usize,
     out: &Path,
 ) -> Result<()> {
     let files = InputFiles::of(cfg);
     let run = RunInfo::current(cfg.training.precision);
+    super::lm_eval::write(
+        cfg,
+        metric,
+        rows,
+        files.model.as_ref(),
+        &run,
+        test_records,
+        out,
+    )?;
     atomic::write_json(
         &out.join("report.json"),
         &serde_json::json!({
