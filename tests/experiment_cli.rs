@@ -156,6 +156,7 @@ fn eight_rows_report_and_resume() {
     assert!(std::fs::read_to_string(out.join("chart.svg"))
         .unwrap()
         .contains("<svg"));
+    assert!(std::fs::read(out.join("chart.png")).unwrap().starts_with(b"\x89PNG"));
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("full fine-tuning"));
     // Shared with the other party: files by name and sha256, never this machine's paths but
@@ -393,6 +394,7 @@ fn ablation_grid_reports_size_and_quality_per_point() {
     for kind in ["keep", "prune", "bits"] {
         let svg = std::fs::read_to_string(out.join(format!("ablation-{kind}.svg"))).unwrap();
         assert!(svg.contains("<polyline"), "{kind}");
+        assert!(out.join(format!("ablation-{kind}.png")).is_file(), "{kind}");
     }
 }
 

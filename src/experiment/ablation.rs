@@ -215,23 +215,30 @@ fn write_report(base: &ExperimentConfig, points: &[AblationPoint], out: &Path) -
         let Some(first) = of_kind.first() else {
             continue;
         };
-        let series: Vec<(String, Vec<(f64, f64)>)> = ROWS
+        let series: Vec<chart::Series> = ROWS
             .iter()
-            .map(|(row, label)| {
-                let pts = of_kind
+            .map(|(row, label)| chart::Series {
+                name: label.to_string(),
+                points: of_kind
                     .iter()
-                    .map(|p| (p.percent_of_full_bytes, metric(p, row, key)))
-                    .collect();
-                (label.to_string(), pts)
+                    .map(|p| {
+                        let stderr = &format!("{key}_stderr");
+                        (
+                            p.percent_of_full_bytes,
+                            metric(p, row, key),
+                            Some(metric(p, row, stderr)),
+                        )
+                    })
+                    .collect(),
             })
             .collect();
-        let svg = chart::line_chart(
+        chart::line_chart(
+            &out.join(format!("ablation-{kind}")),
             &format!("{key} vs emulator size ({})", first.compression.kind()),
             "package size, % of the full model's f32 bytes",
             key,
             &series,
-        );
-        atomic::write_bytes(&out.join(format!("ablation-{kind}.svg")), svg.as_bytes())?;
+        )?;
     }
     Ok(())
 }

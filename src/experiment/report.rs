@@ -60,7 +60,8 @@ fn primary(metric: Metric) -> (&'static str, &'static str) {
     }
 }
 
-/// Writes `report.json`, `report.md`, `chart.svg` and `lm_eval/{row}/results.json`.
+/// Writes `report.json`, `report.md`, `chart.svg` and `chart.png` (±1 stderr whiskers) and
+/// `lm_eval/{row}/results.json`.
 pub fn write_report(
     cfg: &ExperimentConfig,
     metric: Metric,
@@ -174,16 +175,15 @@ pub fn write_report(
     }
     atomic::write_bytes(&out.join("report.md"), md.as_bytes())?;
     let (key, axis) = primary(metric);
-    let bars: Vec<(String, f64)> = rows
+    let bars: Vec<chart::Bar> = rows
         .iter()
         .map(|r| {
-            (
-                r.name.clone(),
-                r.metrics
-                    .get(key)
-                    .and_then(|v| v.as_f64())
-                    .unwrap_or(f64::NAN),
-            )
+            let get = |k: &str| r.metrics.get(k).and_then(|v| v.as_f64());
+            chart::Bar {
+                label: r.name.clone(),
+                value: get(key).unwrap_or(f64::NAN),
+                stderr: get(&format!("{key}_stderr")),
+            }
         })
         .collect();
     let title = format!(
@@ -193,10 +193,7 @@ pub fn write_report(
             .file_name()
             .map_or("test".into(), |f| f.to_string_lossy().into_owned())
     );
-    atomic::write_bytes(
-        &out.join("chart.svg"),
-        chart::bar_chart(&title, axis, &bars).as_bytes(),
-    )
+    chart::bar_chart(&out.join("chart"), &title, axis, &bars)
 }
 
 /// How the report describes the emulator: its compression, and for a given package its path
