@@ -156,7 +156,9 @@ fn eight_rows_report_and_resume() {
     assert!(std::fs::read_to_string(out.join("chart.svg"))
         .unwrap()
         .contains("<svg"));
-    assert!(std::fs::read(out.join("chart.png")).unwrap().starts_with(b"\x89PNG"));
+    assert!(std::fs::read(out.join("chart.png"))
+        .unwrap()
+        .starts_with(b"\x89PNG"));
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("full fine-tuning"));
     // Shared with the other party: files by name and sha256, never this machine's paths but
@@ -515,4 +517,61 @@ fn a_given_distilled_package_is_used_and_checked() {
     ]);
     assert!(!ok);
     assert!(err.contains("another model"), "{err}");
+}
+
+#[test]
+fn a_run_repeats_from_its_run_file() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path());
+    let first = d.path().join("first");
+    let skip = ["--skip", "full-ft,oracle,proxy"];
+    let (ok, _, err) = experiment(d.path(), &first, &skip);
+    assert!(ok, "{err}");
+    let run_file = first.join("run.toml");
+    let text = std::fs::read_to_string(&run_file).unwrap();
+    assert!(text.contains("max_steps = 2"), "{text}");
+    let rows = |dir: &Path| -> serde_json::Value {
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap())
+                .unwrap();
+        report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.as_object_mut().unwrap().remove("seconds");
+                r
+            })
+            .collect()
+    };
+
+    // The run file alone (the folder's run.toml) repeats the run: the same rows.
+    let again = d.path().join("again");
+    let (ok, _, err) = offsite(&["experiment", "--config", s(&run_file), "-o", s(&again)]);
+    assert!(ok, "{err}");
+    assert_eq!(rows(&again), rows(&first));
+    assert_eq!(
+        std::fs::read_to_string(again.join("run.toml")).unwrap(),
+        text
+    );
+
+    // Settings typed beside the run file are refused, naming the flag.
+    let (ok, _, err) = offsite(&[
+        "experiment",
+        "--config",
+        s(&run_file),
+        "--max-steps",
+        "3",
+        "-o",
+        s(&d.path().join("mixed")),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("--max-steps given with --config"), "{err}");
+    // A damaged run file: the error names it and the problem.
+    let bad = d.path().join("bad.toml");
+    std::fs::write(&bad, "model = 3\n").unwrap();
+    let (ok, _, err) = offsite(&["experiment", "--config", s(&bad), "-o", s(&again)]);
+    assert!(!ok);
+    assert!(err.contains("bad.toml"), "{err}");
 }

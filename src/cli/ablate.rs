@@ -31,7 +31,27 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let out = args.study.output.clone();
     let emulator = offsite::emulator::EmulatorOptions::layer_drop(args.bottom, 0, args.top);
-    let cfg = args.study.config(emulator, None)?;
+    let grid_flags = [
+        "--keep-grid",
+        "--prune-grid",
+        "--bits-grid",
+        "--bottom",
+        "--top",
+    ];
+    let cfg = match args.study.config_file(&grid_flags)? {
+        // The grid's points differ from the run file's emulator only in what the grid varies.
+        Some(base) => offsite::experiment::ExperimentConfig {
+            emulator: offsite::emulator::EmulatorOptions {
+                strategy: base.emulator.strategy,
+                calibration: base.emulator.calibration.clone(),
+                calibration_tokens: base.emulator.calibration_tokens,
+                ..emulator
+            },
+            emulator_package: None,
+            ..base
+        },
+        None => args.study.config(emulator, None)?,
+    };
     ablate(
         &cfg,
         &grid(&args.keep_grid, &args.prune_grid, &args.bits_grid),

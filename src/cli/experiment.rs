@@ -15,17 +15,23 @@ use std::path::PathBuf;
 /// the emulator options.
 #[derive(clap::Args)]
 pub struct StudyArgs {
+    /// Every setting of the run from a TOML file, as written beside each report (`run.toml`);
+    /// then give only `-o` (and `ablate`'s grid). Paths in it are relative to the working
+    /// folder, as they were typed.
+    #[arg(long, conflicts_with_all = ["model", "train", "test"])]
+    config: Option<PathBuf>,
     /// The full model.
-    model: ModelSpec,
+    #[arg(required_unless_present = "config")]
+    model: Option<ModelSpec>,
     /// Training data (tune and full fine-tuning).
-    #[arg(long)]
-    train: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    train: Option<PathBuf>,
     /// Validation data (the best adapter / model is kept).
     #[arg(long)]
     val: Option<PathBuf>,
     /// Test data: multiple-choice records (acc, acc_norm) or a text corpus (perplexity).
-    #[arg(long)]
-    test: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    test: Option<PathBuf>,
     /// Read train/val/test as this task's Hugging Face records, with lm-eval's prompts.
     #[arg(long, value_enum)]
     task: Option<Task>,
@@ -77,12 +83,39 @@ pub struct StudyArgs {
 }
 
 impl StudyArgs {
+    /// The run file given with `--config`, once no other setting was typed beside it (`allowed`:
+    /// the flags that may be, besides `--config` and `-o`).
+    pub fn config_file(&self, allowed: &[&str]) -> Result<Option<ExperimentConfig>> {
+        let Some(path) = &self.config else {
+            return Ok(None);
+        };
+        let typed: Vec<String> = std::env::args().skip(2).collect();
+        let stray = typed.iter().find(|a| {
+            let flag = a.split('=').next().unwrap_or(a);
+            a.starts_with('-')
+                && !["--config", "-o", "--output"].contains(&flag)
+                && !allowed.contains(&flag)
+        });
+        if let Some(flag) = stray {
+            anyhow::bail!(
+                "{flag} given with --config {}: the file holds every setting of the run (edit it, \
+                 or leave --config out and give the flags)",
+                path.display()
+            );
+        }
+        Ok(Some(ExperimentConfig::read_toml(path)?))
+    }
+
     /// The experiment these flags describe, with `emulator`'s options.
     pub fn config(
         self,
         emulator: EmulatorOptions,
         emulator_package: Option<PathBuf>,
     ) -> Result<ExperimentConfig> {
+        let missing = |what: &str| anyhow::anyhow!("{what} is required (or give --config)");
+        let model = self.model.ok_or_else(|| missing("MODEL"))?;
+        let train = self.train.ok_or_else(|| missing("--train"))?;
+        let test = self.test.ok_or_else(|| missing("--test"))?;
         let alignment = self.align_data.map(|data| AlignSetup {
             data,
             val: self.align_val,
@@ -95,10 +128,10 @@ impl StudyArgs {
             },
         });
         Ok(ExperimentConfig {
-            model: PathBuf::from(&self.model.0),
-            train: self.train,
+            model: PathBuf::from(&model.0),
+            train,
             val: self.val,
-            test: self.test,
+            test,
             task: self.task,
             emulator,
             emulator_package,
@@ -132,6 +165,11 @@ pub struct Args {
 /// Runs or resumes the experiment and prints the report.
 pub fn run_cmd(args: Args) -> Result<()> {
     let out = args.study.output.clone();
+    if let Some(cfg) = args.study.config_file(&[])? {
+        run(&cfg, &out)?;
+        print!("{}", std::fs::read_to_string(out.join("report.md"))?);
+        return Ok(());
+    }
     let emulator = match &args.emulator_package {
         Some(package) => args
             .emulator

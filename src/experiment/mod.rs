@@ -167,6 +167,22 @@ pub struct AlignSetup {
 }
 
 impl ExperimentConfig {
+    /// Reads a run file (`--config run.toml`): every setting of an experiment in TOML, as
+    /// [`ExperimentConfig::to_toml`] writes it.
+    pub fn read_toml(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text).map_err(|e| Error::format(path, e.message().to_string()))
+    }
+
+    /// The settings as a TOML run file: `offsite experiment --config` repeats the run from it.
+    pub fn to_toml(&self) -> Result<String> {
+        let body = toml::to_string(self).map_err(|e| Error::Invalid(e.to_string()))?;
+        Ok(format!(
+            "# offsite experiment run file: `offsite experiment --config run.toml -o OUT` repeats \
+             this run\n# (paths are relative to the folder it was started from).\n{body}"
+        ))
+    }
+
     /// The full model's file or folder (a known model's name fetched or found in the cache).
     pub fn model_path(&self) -> Result<PathBuf> {
         crate::io::fetch::resolve_model(&self.model.to_string_lossy())
@@ -522,6 +538,7 @@ pub fn run(cfg: &ExperimentConfig, out: &Path) -> Result<Vec<RowResult>> {
     }
     std::fs::create_dir_all(out.join("rows")).map_err(|e| Error::io(out, e))?;
     atomic::write_json(&out.join("config.json"), cfg)?;
+    atomic::write_bytes(&out.join("run.toml"), cfg.to_toml()?.as_bytes())?;
     let digest = cfg.alignment.as_ref().map(AlignSetup::digest);
     let row_path = |row: Row| match (row, &digest) {
         (Row::PlugInAligned, Some(d)) => out.join("rows").join(format!("{}-{d}.json", row.name())),
