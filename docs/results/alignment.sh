@@ -95,3 +95,8 @@ eval_to "$R/emulator_ft.json" "$R/emulator.offsite" --adapter "$R/adapter.safete
 # setup each (see those scripts).
 bash "$HERE/alignment_spam.sh" "$OUT"
 bash "$HERE/alignment_sotu.sh" "$OUT"
+# Session 4: State of the Union through an emulator distilled on public e-mail text, one
+# FedBiOT round there, and spam aligned towards the proxy at α = 2.
+bash "$HERE/alignment_sotu_distilled.sh" "$OUT"
+bash "$HERE/alignment_sotu_round.sh" "$OUT"
+bash "$HERE/alignment_spam_proxy.sh" "$OUT"

@@ -157,10 +157,32 @@ impl EmulatorOptions {
         out
     }
 
+    /// Whether `other` describes the same emulator: equal options, the calibration file
+    /// possibly spelled another way (relative or absolute).
+    pub fn same_as(&self, other: &EmulatorOptions) -> bool {
+        let calibration = match (&self.calibration, &other.calibration) {
+            (Some(a), Some(b)) => same_file(a, b),
+            (a, b) => a == b,
+        };
+        calibration
+            && EmulatorOptions {
+                calibration: None,
+                ..self.clone()
+            } == EmulatorOptions {
+                calibration: None,
+                ..other.clone()
+            }
+    }
+
     /// Whether emulator weights are pruned, factored or quantized.
     pub fn compresses(&self) -> bool {
         self.prune.is_some() || self.quant_bits.is_some() || self.low_rank.is_some()
     }
+}
+
+/// Whether two paths name the same file (as spelled, or once made canonical).
+fn same_file(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
 }
 
 /// The emulator flags of a command that can also take a ready package (`experiment
@@ -234,10 +256,7 @@ impl EmulatorFlags {
         }
         let r = recorded;
         let same_file = |given: &Path, made: &Option<PathBuf>| {
-            made.as_ref().is_some_and(|m| {
-                m == given
-                    || matches!((given.canonicalize(), m.canonicalize()), (Ok(a), Ok(b)) if a == b)
-            })
+            made.as_ref().is_some_and(|m| same_file(given, m))
         };
         let mut disagreements: Vec<(&str, String, String)> = Vec::new();
         let mut check = |flag: &'static str, given: Option<String>, made: String| {
@@ -293,7 +312,11 @@ impl EmulatorFlags {
             }
         }
         match disagreements.first() {
-            None => Ok(recorded.clone()),
+            // The calibration file as the user spelled it, where they did.
+            None => Ok(EmulatorOptions {
+                calibration: self.calibration.clone().or_else(|| r.calibration.clone()),
+                ..recorded.clone()
+            }),
             Some((flag, given, made)) => Err(Error::format(
                 package,
                 format!(
@@ -334,7 +357,8 @@ mod tests {
             calibration: Some(dir.path().join(".").join("cal.jsonl")),
             ..Default::default()
         };
-        assert_eq!(flags.agree_with(pkg, &made).unwrap(), made);
+        let agreed = flags.agree_with(pkg, &made).unwrap();
+        assert!(agreed.same_as(&made) && agreed.calibration == flags.calibration);
         let flags = EmulatorFlags {
             keep: Some(12),
             strategy: Some(Strategy::Uniform),

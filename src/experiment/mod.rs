@@ -331,7 +331,7 @@ fn check_package_meta(
     path: &Path,
     ckpt: &checkpoint::Checkpoint,
 ) -> Result<()> {
-    if meta.options != cfg.emulator {
+    if !meta.options.same_as(&cfg.emulator) {
         let hint = if cfg.emulator_package.is_some() {
             format!(
                 "was built with other emulator options ({} + {} + {} layers, {}) than this \

@@ -220,7 +220,13 @@ fn emulator_text(cfg: &ExperimentConfig) -> String {
     if let Some(d) = distillation {
         text += &format!(
             ", distilled on `{}` for {} steps (kd weight {}, lm weight {})",
-            d.corpus, d.metrics.steps, d.weights.kd_weight, d.weights.lm_weight
+            // The package records the corpus as its maker typed it: its name is what we share.
+            Path::new(&d.corpus)
+                .file_name()
+                .map_or(d.corpus.clone(), |n| n.to_string_lossy().into_owned()),
+            d.metrics.steps,
+            d.weights.kd_weight,
+            d.weights.lm_weight
         );
     }
     text + &format!("; package {}", provenance::markdown(path))
