@@ -575,3 +575,31 @@ fn a_run_repeats_from_its_run_file() {
     assert!(!ok);
     assert!(err.contains("bad.toml"), "{err}");
 }
+
+#[test]
+fn charts_redraw_from_a_report_alone() {
+    let d = tempfile::tempdir().unwrap();
+    // A report as an earlier version wrote it: the test file by its path, no provenance.
+    let report = serde_json::json!({
+        "metric": "mc", "test": "/somewhere/spam/test.jsonl",
+        "rows": [
+            {"name": "zero_shot", "acc": 0.73, "acc_stderr": 0.031, "n": 200, "seconds": 61.0},
+            {"name": "plug_in", "acc": 0.775, "acc_stderr": 0.030, "n": 200, "seconds": 62.0}
+        ]
+    });
+    std::fs::write(d.path().join("report.json"), report.to_string()).unwrap();
+    let (ok, out, err) = offsite(&["chart", s(d.path())]);
+    assert!(ok, "{err}");
+    assert!(out.contains("chart.svg, chart.png"), "{out}");
+    let svg = std::fs::read_to_string(d.path().join("chart.svg")).unwrap();
+    assert!(
+        svg.contains("plug_in") && svg.contains("test.jsonl"),
+        "{svg}"
+    );
+    assert!(!svg.contains("/somewhere"), "{svg}");
+    assert!(d.path().join("chart.png").is_file());
+    // A folder without a report: the error names the file.
+    let empty = tempfile::tempdir().unwrap();
+    let (ok, _, err) = offsite(&["chart", s(empty.path())]);
+    assert!(!ok && err.contains("report.json"), "{err}");
+}

@@ -3,6 +3,7 @@
 mod ablate;
 mod align;
 mod bench;
+mod chart;
 mod demo;
 mod emulator;
 mod eval;
@@ -62,6 +63,9 @@ enum Command {
     /// The paper's five-row table (zero-shot, emulator zero-shot, emulator fine-tuned, plug-in,
     /// full fine-tuning) for one model and task: report.md, report.json and chart.svg.
     Experiment(experiment::Args),
+    /// Redraw experiment reports' charts (SVG and PNG, ±1 stderr whiskers) from their
+    /// report.json.
+    Chart(chart::Args),
     /// Emulator compression ablation (layer drop, pruning, quantization) against emulator and
     /// plug-in quality: ablation.md, ablation.json and line charts (the paper's Figure 4).
     Ablate(ablate::Args),
@@ -92,6 +96,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Finetune(a) => finetune::run(a),
         Command::Experiment(a) => experiment::run_cmd(a),
         Command::Ablate(a) => ablate::run(a),
+        Command::Chart(a) => chart::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
         Command::BenchWorker(a) => bench::worker(a),

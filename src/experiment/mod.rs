@@ -8,7 +8,7 @@ pub mod chart;
 pub mod lm_eval;
 mod report;
 
-pub use report::write_report;
+pub use report::{redraw_chart, write_report};
 
 use crate::data::records::{record_kind, DataKind, RecordKind};
 use crate::data::sequences::record_sequence;

@@ -174,6 +174,15 @@ pub fn write_report(
         md += &format!("| {label} | {} | {:.0} |\n", cells.join(" | "), r.seconds);
     }
     atomic::write_bytes(&out.join("report.md"), md.as_bytes())?;
+    let test = cfg
+        .test
+        .file_name()
+        .map_or("test".into(), |f| f.to_string_lossy().into_owned());
+    draw_chart(metric, rows, &test, out)
+}
+
+/// `chart.svg` and `chart.png` in `out`: the primary metric of each row with ±1 stderr.
+fn draw_chart(metric: Metric, rows: &[RowResult], test: &str, out: &Path) -> Result<()> {
     let (key, axis) = primary(metric);
     let bars: Vec<chart::Bar> = rows
         .iter()
@@ -186,14 +195,40 @@ pub fn write_report(
             }
         })
         .collect();
-    let title = format!(
-        "{} on {}",
+    chart::bar_chart(
+        &out.join("chart"),
+        &format!("{axis} on {test}"),
         axis,
-        cfg.test
-            .file_name()
-            .map_or("test".into(), |f| f.to_string_lossy().into_owned())
-    );
-    chart::bar_chart(&out.join("chart"), &title, axis, &bars)
+        &bars,
+    )
+}
+
+/// Redraws the chart of the experiment report in `dir` from its `report.json` alone (also
+/// reports written by earlier versions, which named the test file by its path).
+pub fn redraw_chart(dir: &Path) -> Result<()> {
+    let path = dir.join("report.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| crate::Error::io(&path, e))?;
+    #[derive(serde::Deserialize)]
+    struct Saved {
+        metric: Metric,
+        rows: Vec<RowResult>,
+        #[serde(default)]
+        files: Option<serde_json::Value>,
+        #[serde(default)]
+        test: Option<std::path::PathBuf>,
+    }
+    let saved: Saved =
+        serde_json::from_str(&text).map_err(|e| crate::Error::format(&path, e.to_string()))?;
+    let test = saved
+        .files
+        .as_ref()
+        .and_then(|f| f["test"]["name"].as_str().map(String::from))
+        .or_else(|| {
+            let name = saved.test.as_ref()?.file_name()?;
+            Some(name.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "test".into());
+    draw_chart(saved.metric, &saved.rows, &test, dir)
 }
 
 /// How the report describes the emulator: its compression, and for a given package its path
