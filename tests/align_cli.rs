@@ -108,7 +108,7 @@ fn proxy_align_inspect_and_plug() {
             "proxy",
         ],
     ));
-    assert!(out.contains("aligned towards the Proxy target"), "{out}");
+    assert!(out.contains("aligned towards the `proxy` target"), "{out}");
     let shown = ok(offsite(&["inspect", s(&aligned)]));
     assert!(
         shown.contains("aligned       by the model owner on"),

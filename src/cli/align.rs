@@ -4,7 +4,7 @@
 use super::ModelSpec;
 use anyhow::Result;
 use offsite::data::read_texts;
-use offsite::emulator::align::{align, align_sequences, AlignOptions, AlignRun};
+use offsite::emulator::align::{align, align_sequences, flag_value, AlignOptions, AlignRun};
 use offsite::emulator::{Adapter, Package};
 use offsite::train::TrainOptions;
 use std::path::PathBuf;
@@ -78,12 +78,12 @@ pub fn run(args: Args) -> Result<()> {
     let record = aligned.meta.alignment.as_ref().expect("an aligned adapter");
     let m = &record.metrics;
     println!(
-        "wrote {} ({} weights aligned towards the {:?} target over {:?} positions); {} steps, \
+        "wrote {} ({} weights aligned towards the `{}` target over `{}` positions); {} steps, \
          {} tokens, {:.0} s, final KL {}, held-out KL {} → {}",
         args.output.display(),
         record.trained.len(),
-        record.options.target,
-        record.options.positions,
+        flag_value(&record.options.target),
+        flag_value(&record.options.positions),
         m.steps,
         m.tokens,
         m.seconds,

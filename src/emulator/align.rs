@@ -70,6 +70,13 @@ impl AlignParams {
     }
 }
 
+/// The command-line value of `v` (`norms`, `emulator`, `last`): how reports and messages name
+/// an option.
+pub fn flag_value<T: clap::ValueEnum>(v: &T) -> String {
+    v.to_possible_value()
+        .map_or_else(String::new, |p| p.get_name().to_string())
+}
+
 /// How to align (the `--align-*` flags).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct AlignOptions {

@@ -1,6 +1,7 @@
 //! The experiment's report: `report.json`, `report.md` and `chart.svg`.
 
 use super::{chart, ExperimentConfig, Metric, Row, RowResult};
+use crate::emulator::align::flag_value;
 use crate::emulator::distill::DistillRecord;
 use crate::io::atomic;
 use crate::io::provenance::{self, without_paths, FileRef, RunInfo};
@@ -280,11 +281,11 @@ fn alignment_text(cfg: &ExperimentConfig) -> String {
             " Aligned plug-in: the model owner trains the plugged adapter's `{}` weights (pull {}) \
              towards the `{}` target (α {}) at `{}` positions of public text {}{}, {} steps × \
              batch {} × {} tokens, lr {}.",
-            flag(&o.params),
+            flag_value(&o.params),
             o.pull,
-            flag(&o.target),
+            flag_value(&o.target),
             o.alpha,
-            flag(&o.positions),
+            flag_value(&o.positions),
             provenance::markdown(&a.data),
             o.template
                 .as_ref()
@@ -305,10 +306,4 @@ fn targets_text(targets: &[String]) -> String {
     } else {
         targets.join(",")
     }
-}
-
-/// The command-line value of `v` (`norms`, `emulator`, `last`).
-fn flag<T: clap::ValueEnum>(v: &T) -> String {
-    v.to_possible_value()
-        .map_or_else(String::new, |p| p.get_name().to_string())
 }
