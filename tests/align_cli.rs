@@ -111,6 +111,10 @@ fn proxy_align_inspect_and_plug() {
     assert!(out.contains("aligned towards the `proxy` target"), "{out}");
     let shown = ok(offsite(&["inspect", s(&aligned)]));
     assert!(
+        shown.contains("aligned by    `offsite align ") && shown.contains(" commit "),
+        "{shown}"
+    );
+    assert!(
         shown.contains("aligned       by the model owner on"),
         "{shown}"
     );

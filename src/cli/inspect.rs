@@ -211,6 +211,16 @@ fn inspect_adapter(path: &Path, as_json: bool) -> Result<()> {
                 .best_val_loss
                 .map_or("-".into(), |l| format!("{l:.4}"))
         );
+        if let Some(run) = &r.run {
+            println!(
+                "aligned by    `{}` (offsite {}, commit {}; {}; {})",
+                run.command_line(),
+                run.version,
+                run.commit,
+                run.cpu,
+                run.precision
+            );
+        }
     }
     Ok(())
 }

@@ -123,6 +123,10 @@ pub struct AlignRecord {
     pub val_loss_before: Option<f64>,
     /// The weights the alignment trained.
     pub trained: Vec<String>,
+    /// The run that aligned it: command line, version, commit, CPU, precision (absent in
+    /// adapters aligned before runs were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<crate::io::provenance::RunInfo>,
 }
 
 /// The alignment's sequences from public documents: packed into blocks, or each wrapped in the
@@ -339,6 +343,7 @@ pub(crate) fn align_until(run: &AlignRun, stop_at: Option<usize>) -> Result<Adap
         metrics: outcome.summary,
         val_loss_before,
         trained: names,
+        run: Some(crate::io::provenance::RunInfo::current(training.precision)),
     };
     aligned_adapter(adapter, &outcome.params, record)
 }
