@@ -49,6 +49,33 @@ fn sampled_calibration_importance_emulator_inspect_and_probe() {
     assert_eq!(three[2]["seed"], 9);
     assert!(!d.path().join("self.jsonl.partial").exists());
 
+    // Prompted samples (e-mail-like text for a template `Subject: {text}`): the corpus holds
+    // the continuations, which differ from the unprompted ones of the same seeds.
+    let prompted = d.path().join("mail.jsonl");
+    let out = ok(offsite(&[
+        "sample",
+        "smollm2",
+        "-n",
+        "2",
+        "--max-tokens",
+        "40",
+        "--seed",
+        "7",
+        "--prompt",
+        "Subject:",
+        "-o",
+        s(&prompted),
+    ]));
+    assert!(out.contains("2 samples"), "{out}");
+    let mail: Vec<serde_json::Value> = std::fs::read_to_string(&prompted)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(mail.len(), 2);
+    assert_ne!(mail[1], second);
+    assert!(!mail[0]["text"].as_str().unwrap().starts_with("Subject:"));
+
     let emu = d.path().join("imp.offsite");
     let out = ok(offsite(&[
         "emulator",

@@ -1,5 +1,5 @@
-//! `offsite sample MODEL -n N --max-tokens T [--temperature 1 --top-p 0.95 --seed S] -o
-//! CORPUS.jsonl`: a corpus of the model's own samples, for data-free calibration and
+//! `offsite sample MODEL -n N --max-tokens T [--temperature 1 --top-p 0.95 --seed S] [--prompt
+//! P] -o CORPUS.jsonl`: a corpus of the model's own samples, for data-free calibration and
 //! distillation (the model owner then needs no text of anyone's). Resumable: finished samples
 //! are kept in `CORPUS.jsonl.partial` until the corpus is complete.
 
@@ -30,6 +30,11 @@ pub struct Args {
     /// Seed of the first sample; sample i uses seed + i.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Continue this text instead of starting from nothing (e.g. `Subject:` for e-mail-like
+    /// samples); the corpus holds the continuations, which a template such as `Subject:
+    /// {text}` puts back behind it.
+    #[arg(long)]
+    prompt: Option<String>,
     /// The corpus to write (JSONL {"text", "seed"}).
     #[arg(short, long)]
     output: PathBuf,
@@ -53,9 +58,15 @@ pub fn run(args: Args) -> Result<()> {
         .context("the tokenizer has neither a start nor an end-of-sequence token")?;
     let stop: Vec<u32> = tok.eos_id().into_iter().collect();
     let partial = PathBuf::from(format!("{}.partial", args.output.display()));
-    let settings = serde_json::json!({
+    let mut settings = serde_json::json!({
         "max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
     });
+    let mut context = vec![start];
+    if let Some(p) = &args.prompt {
+        // Recorded with the settings, so a resumed run keeps only samples of this prompt.
+        settings["prompt"] = serde_json::json!(p);
+        context.extend(tok.encode(p)?);
+    }
     // An interrupted run's samples are kept while they are the ones this run would draw: the
     // same settings and seeds seed, seed + 1, … in order.
     let mut done: Vec<serde_json::Value> = std::fs::read_to_string(&partial)
@@ -91,7 +102,7 @@ pub fn run(args: Args) -> Result<()> {
             top_p: args.top_p,
             seed,
         };
-        let ids = generate(&model, &[start], args.max_tokens, &stop, &sampling)?;
+        let ids = generate(&model, &context, args.max_tokens, &stop, &sampling)?;
         let v = serde_json::json!({"text": tok.decode(&ids)?, "seed": seed, "settings": settings});
         writeln!(file, "{v}").with_context(|| format!("{}: cannot write", partial.display()))?;
         done.push(v);
