@@ -141,18 +141,48 @@ fn proxy_align_inspect_and_plug() {
     let plugged = eval_json(&test, &[s(&model), "--adapter", s(&aligned)]);
     assert!(ce(&plugged).is_finite());
 
-    // Refusals: a template without its slot, aligning twice, another model's adapter.
-    fails(
-        align(
-            &model,
-            &emu,
-            &adapter,
-            &public,
-            &d.path().join("x"),
-            &["--align-template", "no slot"],
-        ),
-        &["{text}"],
-    );
+    // A rank-4 LoRA on the top layer, merged: a full adapter whose top-layer matrices moved.
+    let lora = d.path().join("lora.safetensors");
+    ok(align(
+        &model,
+        &emu,
+        &adapter,
+        &public,
+        &lora,
+        &["--align-params", "lora-top", "--align-lora-r", "4"],
+    ));
+    let shown = ok(offsite(&["inspect", s(&lora)]));
+    assert!(shown.contains("a rank-4 LoRA on the top layers"), "{shown}");
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(offsite(&["inspect", s(&lora), "--json"]))).unwrap();
+    let record = &info["alignment"];
+    assert_eq!(record["options"]["lora_r"], 4);
+    let trained = record["trained"].as_array().unwrap();
+    assert!(!trained.is_empty());
+    assert!(trained.iter().all(|t| {
+        let t = t.as_str().unwrap();
+        t.starts_with("model.layers.4.") && t.ends_with("_proj.weight")
+    }));
+    ok(offsite(&[
+        "plug",
+        s(&model),
+        s(&lora),
+        "-o",
+        s(&d.path().join("p2")),
+    ]));
+
+    // Refusals: a template without its slot, aligning twice, another model's adapter, a LoRA
+    // rank without a LoRA.
+    for (name, flags, says) in [
+        ("w", ["--align-lora-r", "4"], "lora-top"),
+        ("x", ["--align-template", "no slot"], "{text}"),
+    ] {
+        let out = d.path().join(name);
+        fails(
+            align(&model, &emu, &adapter, &public, &out, &flags),
+            &[says],
+        );
+    }
     fails(
         align(&model, &emu, &aligned, &public, &d.path().join("y"), &[]),
         &["already aligned"],

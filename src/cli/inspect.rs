@@ -187,7 +187,7 @@ fn inspect_adapter(path: &Path, as_json: bool) -> Result<()> {
         let o = &r.options;
         println!(
             "aligned       by the model owner on {} (sha256 {}…{}): target {:?} (α {}) at {:?} \
-             positions, {} weights ({:?}), pull {}; {} steps, {} tokens, {:.0} s, final KL {}, \
+             positions, {} weights changed ({}), pull {}; {} steps, {} tokens, {:.0} s, final KL {}, \
              held-out KL {} → {}",
             r.corpus,
             short(&r.corpus_sha256),
@@ -198,7 +198,7 @@ fn inspect_adapter(path: &Path, as_json: bool) -> Result<()> {
             o.alpha,
             o.positions,
             r.trained.len(),
-            o.params,
+            o.trained_part(),
             o.pull,
             r.metrics.steps,
             r.metrics.tokens,

@@ -19,6 +19,7 @@ use crate::data::{pack_blocks, Batch, Sequence};
 use crate::io::checkpoint::Checkpoint;
 use crate::io::tokenizer::Tokenizer;
 use crate::model::{log_softmax, Model};
+use crate::peft::{add_lora, is_lora_weight, merge_lora, LoraConfig};
 use crate::train::loss::Pull;
 use crate::train::{self, trainable_params, TrainJob, TrainOptions, TrainSummary};
 use crate::{Error, Result};
@@ -57,15 +58,20 @@ pub enum AlignParams {
     Top,
     /// Every adapter weight.
     All,
+    /// A fresh LoRA (rank `--align-lora-r`) on the top adapter layers' linear maps, merged into
+    /// their weights when the alignment ends (the aligned adapter stays a full adapter).
+    LoraTop,
 }
 
 impl AlignParams {
-    /// Whether the adapter weight `name` (of rank `rank`, in original layer `layer`) trains.
+    /// Whether the adapter weight `name` (of rank `rank`, in original layer `layer`) trains
+    /// directly (a LoRA alignment trains its own low-rank weights instead: none).
     fn picks(self, top: &[usize], layer: usize, rank: usize) -> bool {
         match self {
             AlignParams::Norms => rank == 1,
             AlignParams::Top => top.contains(&layer),
             AlignParams::All => true,
+            AlignParams::LoraTop => false,
         }
     }
 }
@@ -103,6 +109,41 @@ pub struct AlignOptions {
     /// own sequence, cut from the left to the block size so that it ends at the answer position.
     #[arg(id = "align_template", long = "align-template")]
     pub template: Option<String>,
+    /// Rank of the LoRA that `--align-params lora-top` trains [default: 8]; its scale is 4, as
+    /// `tune`'s default LoRA (alpha = 4·r). Absent from records of other alignments, so that
+    /// their setups (and the digests naming them) are what they were.
+    #[arg(id = "align_lora_r", long = "align-lora-r")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_r: Option<usize>,
+}
+
+/// `--align-lora-r`'s default: the issue's "rank ≤ 8".
+pub const DEFAULT_LORA_R: usize = 8;
+
+impl AlignOptions {
+    /// What of the plugged adapter trains, in words for reports (`` `norms` weights ``, `a
+    /// rank-8 LoRA on the top layers (`lora-top`)`).
+    pub fn trained_part(&self) -> String {
+        match self.params {
+            AlignParams::LoraTop => format!(
+                "a rank-{} LoRA on the top layers (`lora-top`, merged)",
+                self.lora_r.unwrap_or(DEFAULT_LORA_R)
+            ),
+            p => format!("`{}` weights", flag_value(&p)),
+        }
+    }
+}
+
+/// The LoRA that `--align-params lora-top` trains: no dropout (the alignment's target is a
+/// distribution, not scarce labelled records), the family's default maps.
+fn alignment_lora(r: usize) -> LoraConfig {
+    LoraConfig {
+        r,
+        alpha: 4.0 * r as f64,
+        dropout: 0.0,
+        targets: Vec::new(),
+        fan_in_fan_out: false,
+    }
 }
 
 /// What an aligned adapter records about its alignment (shown by `inspect`).
@@ -292,6 +333,11 @@ pub(crate) fn align_until(run: &AlignRun, stop_at: Option<usize>) -> Result<Adap
             ),
         ));
     }
+    if options.lora_r.is_some() && options.params != AlignParams::LoraTop {
+        return Err(Error::Invalid(
+            "--align-lora-r applies to --align-params lora-top only".into(),
+        ));
+    }
     if !training.precision.is_f32() {
         // The aligned weights are written back into the adapter: bf16 storage would round them.
         return Err(Error::Invalid(
@@ -301,18 +347,36 @@ pub(crate) fn align_until(run: &AlignRun, stop_at: Option<usize>) -> Result<Adap
     let proxy = Proxy::new(ckpt, package, adapter, options.alpha)?;
     let mut student = plug(ckpt, adapter)?;
     let top = &package.meta.split.top;
-    let names: Vec<String> = adapter
-        .tensors
-        .iter()
-        .filter(|(name, t)| {
-            layer_index(name).is_some_and(|l| options.params.picks(top, l, t.rank()))
-        })
-        .map(|(name, _)| name.to_string())
-        .collect();
+    let lora = options.params == AlignParams::LoraTop;
+    if lora {
+        add_lora(
+            &mut student,
+            top,
+            &alignment_lora(options.lora_r.unwrap_or(DEFAULT_LORA_R)),
+            training.seed,
+        )?;
+    }
+    let names: Vec<String> = if lora {
+        student
+            .named_weights()
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| is_lora_weight(name))
+            .collect()
+    } else {
+        adapter
+            .tensors
+            .iter()
+            .filter(|(name, t)| {
+                layer_index(name).is_some_and(|l| options.params.picks(top, l, t.rank()))
+            })
+            .map(|(name, _)| name.to_string())
+            .collect()
+    };
     if names.is_empty() {
         return Err(Error::Invalid(format!(
-            "--align-params {:?} names no weight of this adapter",
-            options.params
+            "--align-params {} names no weight of this adapter",
+            flag_value(&options.params)
         )));
     }
     let params = trainable_params(&mut student, |n| names.iter().any(|x| x == n))?;
@@ -335,6 +399,11 @@ pub(crate) fn align_until(run: &AlignRun, stop_at: Option<usize>) -> Result<Adap
     let checkpoint_dir = job.checkpoint_dir.clone();
     let outcome = train::train(job, &loss)?;
     let _ = std::fs::remove_dir_all(&checkpoint_dir);
+    let (weights, trained) = if lora {
+        merged_lora(student, &outcome.params, adapter)?
+    } else {
+        (outcome.params, names)
+    };
     let record = AlignRecord {
         corpus: corpus.0.into(),
         corpus_sha256: corpus.1.into(),
@@ -342,10 +411,47 @@ pub(crate) fn align_until(run: &AlignRun, stop_at: Option<usize>) -> Result<Adap
         training: training.clone(),
         metrics: outcome.summary,
         val_loss_before,
-        trained: names,
+        trained,
         run: Some(crate::io::provenance::RunInfo::current(training.precision)),
     };
-    aligned_adapter(adapter, &outcome.params, record)
+    aligned_adapter(adapter, &weights, record)
+}
+
+/// The adapter weights of `student` with its trained LoRA (`lora`: the kept values of its
+/// low-rank weights) folded in, and the names of the weights that changed.
+fn merged_lora(
+    mut student: Model,
+    lora: &BTreeMap<String, Tensor>,
+    adapter: &Adapter,
+) -> Result<(BTreeMap<String, Tensor>, Vec<String>)> {
+    let mut adapted = Vec::new();
+    for (name, w) in student.named_weights_mut() {
+        if let Some(t) = lora.get(&name) {
+            let var = w.var().ok_or_else(|| {
+                Error::Invalid(format!("the aligned LoRA weight {name} is not trainable"))
+            })?;
+            var.set(t)?;
+            // `…q_proj.lora_A.weight` adapts `…q_proj.weight`.
+            if let Some((module, _)) = name.split_once(".lora_A.") {
+                adapted.push(format!("{module}.weight"));
+            }
+        }
+    }
+    merge_lora(&mut student)?;
+    let weights: BTreeMap<String, Tensor> = student
+        .named_weights()
+        .into_iter()
+        .filter(|(name, _)| adapted.contains(name) && adapter.tensors.contains(name))
+        .map(|(name, w)| (name, w.tensor().clone()))
+        .collect();
+    if weights.len() != adapted.len() {
+        return Err(Error::Invalid(format!(
+            "the aligned LoRA adapts {} maps but {} of them are adapter weights",
+            adapted.len(),
+            weights.len()
+        )));
+    }
+    Ok((weights, adapted))
 }
 
 /// `adapter` with the aligned weights in place of its own, recording the alignment.

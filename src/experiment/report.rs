@@ -278,10 +278,10 @@ fn alignment_text(cfg: &ExperimentConfig) -> String {
     if let Some(a) = &cfg.alignment {
         let o = &a.options;
         text += &format!(
-            " Aligned plug-in: the model owner trains the plugged adapter's `{}` weights (pull {}) \
+            " Aligned plug-in: the model owner trains the plugged adapter's {} (pull {}) \
              towards the `{}` target (α {}) at `{}` positions of public text {}{}, {} steps × \
              batch {} × {} tokens, lr {}.",
-            flag_value(&o.params),
+            o.trained_part(),
             o.pull,
             flag_value(&o.target),
             o.alpha,

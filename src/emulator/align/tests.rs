@@ -74,6 +74,7 @@ fn options(params: AlignParams) -> AlignOptions {
         alpha: 1.0,
         pull: 0.0,
         template: None,
+        lora_r: None,
     }
 }
 
@@ -250,24 +251,30 @@ fn only_the_named_weights_change_and_the_kl_to_the_proxy_falls() {
 #[test]
 fn killed_and_resumed_alignment_is_bit_identical() {
     let parts = setup(true);
-    let opts = AlignOptions {
+    let whole = AlignOptions {
         pull: 1.0,
         ..options(AlignParams::All)
     };
-    let d1 = tempfile::tempdir().unwrap();
-    let straight = run(&parts, &opts, &d1.path().join("a"), None, &training()).unwrap();
-    let d2 = tempfile::tempdir().unwrap();
-    let out = d2.path().join("a");
-    let err = run(&parts, &opts, &out, Some(3), &training()).unwrap_err();
-    assert!(matches!(err, Error::Interrupted(3)), "{err}");
-    let resume = TrainOptions {
-        resume: true,
-        ..training()
-    };
-    let resumed = run(&parts, &opts, &out, None, &resume).unwrap();
-    for (name, t) in straight.tensors.iter() {
-        let got = resumed.tensors.get(name, t.dims()).unwrap();
-        assert_eq!(max_diff(t, &got), 0.0, "{name}");
+    for opts in [whole, options(AlignParams::LoraTop)] {
+        let d1 = tempfile::tempdir().unwrap();
+        let straight = run(&parts, &opts, &d1.path().join("a"), None, &training()).unwrap();
+        let d2 = tempfile::tempdir().unwrap();
+        let out = d2.path().join("a");
+        let err = run(&parts, &opts, &out, Some(3), &training()).unwrap_err();
+        assert!(matches!(err, Error::Interrupted(3)), "{err}");
+        let resume = TrainOptions {
+            resume: true,
+            ..training()
+        };
+        let resumed = run(&parts, &opts, &out, None, &resume).unwrap();
+        let mut moved = 0;
+        for (name, t) in straight.tensors.iter() {
+            let got = resumed.tensors.get(name, t.dims()).unwrap();
+            assert_eq!(max_diff(t, &got), 0.0, "{:?}: {name}", opts.params);
+            let given = parts.2.tensors.get(name, t.dims()).unwrap();
+            moved += (max_diff(t, &given) > 0.0) as usize;
+        }
+        assert!(moved > 0, "{:?}: nothing was aligned", opts.params);
     }
 }
 
@@ -302,4 +309,94 @@ fn templated_documents_end_at_the_answer_position() {
     // Without a template the documents are packed into blocks.
     let packed = align_sequences(&tok, &docs, 16, None).unwrap();
     assert!(packed.iter().all(|s| s.ids.len() <= 17));
+}
+
+#[test]
+fn a_lora_alignment_changes_only_the_top_layers_maps_and_merges_into_a_full_adapter() {
+    let lora = AlignOptions {
+        lora_r: Some(2),
+        ..options(AlignParams::LoraTop)
+    };
+    // A' = A: zero gradient, B stays zero, the merged weights are A's bit for bit.
+    let same = setup(false);
+    let dir = tempfile::tempdir().unwrap();
+    let aligned = run(&same, &lora, &dir.path().join("a"), None, &training()).unwrap();
+    for (name, t) in same.2.tensors.iter() {
+        let got = aligned.tensors.get(name, t.dims()).unwrap();
+        assert_eq!(max_diff(t, &got), 0.0, "{name} moved");
+    }
+    // A' ≠ A: exactly the top layers' linear maps move; the KL falls; the result is a full
+    // adapter that plugs.
+    let parts = setup(true);
+    let (ckpt, pkg, adapter) = &parts;
+    let training = TrainOptions {
+        max_steps: Some(15),
+        lr: 3e-3,
+        ..training()
+    };
+    let aligned = run(&parts, &lora, &dir.path().join("b"), None, &training).unwrap();
+    assert_eq!(aligned.kind(), "full");
+    let record = aligned.meta.alignment.as_ref().expect("recorded");
+    let top = &pkg.meta.split.top;
+    let mut moved = 0;
+    for (name, t) in adapter.tensors.iter() {
+        let got = aligned.tensors.get(name, t.dims()).unwrap();
+        let in_top = layer_index(name).is_some_and(|l| top.contains(&l));
+        let changed = max_diff(t, &got) > 0.0;
+        assert_eq!(changed, record.trained.iter().any(|n| n == name), "{name}");
+        assert!(!changed || (in_top && t.rank() == 2), "{name} moved");
+        moved += changed as usize;
+    }
+    // The family's default LoRA maps: every linear map of the top layer (7 for LLaMA).
+    assert_eq!(moved, 7 * top.len());
+    assert_eq!(record.trained.len(), moved);
+    let (before, best) = (
+        record.val_loss_before.unwrap(),
+        record.metrics.best_val_loss.unwrap(),
+    );
+    assert!(best < before, "held-out KL {before} -> {best}");
+    // The update is low-rank: each moved map differs from A' by a matrix of rank ≤ 2.
+    for name in &record.trained {
+        let t = adapter
+            .tensors
+            .get(name, adapter.tensors.dims(name).unwrap())
+            .unwrap();
+        let d = (aligned.tensors.get(name, t.dims()).unwrap() - &t).unwrap();
+        assert!(numerical_rank(&d) <= 2, "{name}");
+    }
+    let plugged = plug(ckpt, &aligned).unwrap();
+    assert_eq!(
+        plugged.num_parameters(),
+        ckpt.model().unwrap().num_parameters()
+    );
+    // The rank is only for LoRA alignments.
+    let wrong = AlignOptions {
+        lora_r: Some(4),
+        ..options(AlignParams::Norms)
+    };
+    let err = run(&parts, &wrong, &dir.path().join("c"), None, &training).unwrap_err();
+    assert!(err.to_string().contains("lora-top"), "{err}");
+}
+
+/// The numerical rank of `m`: how many of its rows Gram–Schmidt keeps as new directions (a
+/// remainder above 1e-3 of the longest row).
+fn numerical_rank(m: &Tensor) -> usize {
+    let rows = m.to_vec2::<f32>().unwrap();
+    let mut basis: Vec<Vec<f64>> = Vec::new();
+    let scale = rows
+        .iter()
+        .map(|r| r.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt())
+        .fold(0.0, f64::max);
+    for r in &rows {
+        let mut v: Vec<f64> = r.iter().map(|&x| x as f64).collect();
+        for b in &basis {
+            let dot: f64 = v.iter().zip(b).map(|(x, y)| x * y).sum();
+            v.iter_mut().zip(b).for_each(|(x, y)| *x -= dot * y);
+        }
+        let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if n > 1e-3 * scale {
+            basis.push(v.iter().map(|x| x / n).collect());
+        }
+    }
+    basis.len()
 }
