@@ -122,10 +122,10 @@ fn lm_head_loss(c: &mut Criterion) {
     });
 }
 
-/// The bf16 (AMX) ops against their f32 counterparts; skipped on CPUs without AMX.
+/// The bf16 ops against their f32 counterparts; skipped on CPUs without a bf16 kernel.
 fn bf16(c: &mut Criterion) {
-    if !ops::amx::available() {
-        eprintln!("bf16 benches skipped: no AMX on this CPU");
+    if !ops::gemm_bf16::available() {
+        eprintln!("bf16 benches skipped: no bf16 kernel on this CPU");
         return;
     }
     let x = Var::from_tensor(&randn(&[TOKENS, HIDDEN])).expect("var");
@@ -133,9 +133,9 @@ fn bf16(c: &mut Criterion) {
     let packed = std::sync::Arc::new(
         ops::Bf16Weight::pack(&w.to_dtype(candle_core::DType::BF16).expect("bf16"), false)
             .expect("pack")
-            .expect("AMX"),
+            .expect("a bf16 kernel"),
     );
-    pair(c, "frozen_linear_bf16/amx", &x, |x| {
+    pair(c, "frozen_linear_bf16/bf16", &x, |x| {
         ops::frozen_linear_bf16(x, &packed)
     });
     pair(c, "frozen_linear_bf16/f32", &x, |x| {
@@ -143,7 +143,7 @@ fn bf16(c: &mut Criterion) {
     });
     // A trained weight: both gradients.
     let wv = Var::from_tensor(&w).expect("var");
-    pair(c, "linear_bf16/amx", &x, |x| {
+    pair(c, "linear_bf16/bf16", &x, |x| {
         ops::linear_bf16(x, wv.as_tensor())
     });
     pair(c, "linear_bf16/f32", &x, |x| x.matmul(&wv.as_tensor().t()?));
@@ -165,7 +165,7 @@ fn bf16(c: &mut Criterion) {
     let k = Var::from_tensor(&randn(&[4, SEQ, 3, HEAD_DIM])).expect("var");
     let v = Var::from_tensor(&randn(&[4, SEQ, 3, HEAD_DIM])).expect("var");
     let scale = 1.0 / (HEAD_DIM as f64).sqrt();
-    for (name, bf16) in [("attention/amx", true), ("attention/f32", false)] {
+    for (name, bf16) in [("attention/bf16", true), ("attention/f32", false)] {
         pair(c, name, &q, |q| {
             ops::attention_with(
                 q,
@@ -184,7 +184,7 @@ fn bf16(c: &mut Criterion) {
         std::sync::Arc::new(
             ops::Bf16Weight::pack(&w, false)
                 .expect("pack")
-                .expect("AMX"),
+                .expect("a bf16 kernel"),
         )
     };
     let kv = 3 * HEAD_DIM;
@@ -217,7 +217,7 @@ fn bf16(c: &mut Criterion) {
     let targets: Vec<u32> = (0..TOKENS).map(|i| (i * 7919 % VOCAB) as u32).collect();
     let weights = vec![1.0 / TOKENS as f64; TOKENS];
     for (name, products) in [
-        ("lm_head_loss_trained/amx", ops::HeadProducts::PackPerCall),
+        ("lm_head_loss_trained/bf16", ops::HeadProducts::PackPerCall),
         ("lm_head_loss_trained/f32", ops::HeadProducts::F32),
     ] {
         pair(c, name, &h, |h| {

@@ -2,8 +2,8 @@
 //! shapes (4 × 128 tokens), for each operand layout, best of 12: how close the matmuls of a
 //! step can get to the CPU's peak. `aR`/`aC`: left operand row-/column-major; `bR`/`bC` the
 //! same for the right one (`x · Wᵀ` with a row-major `W` is `aRbC`).
-//! With AMX (bf16 tiles), the same shapes through `ops::amx`, for frozen weights.
-//! Run: `cargo run --release --example gemm_shapes [THREADS]` (default 2).
+//! With a bf16 kernel (AMX tiles or AVX512-BF16), the same shapes through `ops::gemm_bf16`, for
+//! frozen weights. Run: `cargo run --release --example gemm_shapes [THREADS]` (default 2).
 use std::time::Instant;
 
 fn run(m: usize, n: usize, k: usize, a_rowmajor: bool, b_rowmajor: bool, threads: usize) -> f64 {
@@ -68,24 +68,24 @@ fn main() {
                 run(m, n, k, ar, br, threads)
             );
         }
-        if offsite::ops::amx::available() {
-            line += &format!(" amx-bf16 {:6.1}", run_amx(m, n, k));
+        if offsite::ops::gemm_bf16::available() {
+            line += &format!(" bf16 {:6.1}", run_bf16(m, n, k));
         }
         println!("{line}");
     }
 }
 
-/// The same product on AMX tiles in bf16 (the right operand packed beforehand, as for a frozen
-/// weight; the left one rounded per call, as activations are).
-fn run_amx(m: usize, n: usize, k: usize) -> f64 {
+/// The same product in bf16 on the bf16 kernel (the right operand packed beforehand, as for a
+/// frozen weight; the left one rounded per call, as activations are).
+fn run_bf16(m: usize, n: usize, k: usize) -> f64 {
     let a = vec![0.5f32; m * k];
     let b = vec![0.25f32; k * n];
-    let packed = offsite::ops::amx::PackedRhs::pack(&b, k, n, n, 1);
+    let packed = offsite::ops::gemm_bf16::PackedRhs::pack(&b, k, n, n, 1);
     let mut c = vec![0f32; m * n];
     let mut best = f64::MAX;
     for _ in 0..12 {
         let t = Instant::now();
-        offsite::ops::amx::matmul(&a, m, &packed, &mut c);
+        offsite::ops::gemm_bf16::matmul(&a, m, &packed, &mut c);
         best = best.min(t.elapsed().as_secs_f64());
     }
     2.0 * (m * n * k) as f64 / best / 1e9

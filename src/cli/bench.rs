@@ -94,8 +94,8 @@ pub struct Settings {
     /// Untimed warm-up steps.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Which products run in bf16 on AMX tiles: f32 (none), frozen-bf16 (frozen weights) or
-    /// bf16 (also the trained maps, as autocast). No effect without AMX.
+    /// Which products run in bf16: f32 (none), frozen-bf16 (frozen weights) or
+    /// bf16 (also the trained maps, as autocast). No effect without a bf16 kernel.
     #[arg(long, default_value = "f32")]
     precision: Precision,
 }

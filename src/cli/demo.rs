@@ -40,7 +40,7 @@ pub struct Args {
     /// Tokens per training block and evaluation window.
     #[arg(long, default_value_t = 256)]
     block_size: usize,
-    /// Which products of the tuning run in bf16 on AMX tiles (f32, frozen-bf16, bf16).
+    /// Which products of the tuning run in bf16 (f32, frozen-bf16, bf16).
     #[arg(long, default_value = "f32")]
     precision: Precision,
     /// The model's own samples the model owner aligns on (public, data-free text).

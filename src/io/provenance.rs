@@ -124,7 +124,7 @@ impl RunInfo {
             version: env!("CARGO_PKG_VERSION").into(),
             commit: env!("OFFSITE_GIT_COMMIT").into(),
             cpu: cpu_description(),
-            precision: precision.effective().to_string(),
+            precision: precision_description(precision),
         }
     }
 
@@ -147,6 +147,16 @@ impl RunInfo {
             self.cpu,
             self.precision
         )
+    }
+}
+
+/// `precision` as this CPU runs it, with the kernel of its bf16 products (`bf16 on
+/// AVX512-BF16`; plain `f32` where nothing runs in bf16).
+pub fn precision_description(precision: Precision) -> String {
+    let effective = precision.effective();
+    match crate::ops::gemm_bf16::kernel() {
+        Some(k) if !effective.is_f32() => format!("{effective} on {}", k.name()),
+        _ => effective.to_string(),
     }
 }
 
@@ -187,7 +197,7 @@ pub fn cpu_description() -> String {
             features.push("AVX512-BF16");
         }
     }
-    if crate::ops::amx::available() {
+    if crate::ops::gemm_bf16::kernel() == Some(crate::ops::gemm_bf16::Kernel::AmxTiles) {
         features.push("AMX");
     }
     if features.is_empty() {

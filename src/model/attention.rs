@@ -18,7 +18,7 @@ pub struct AttentionSpec<'a> {
 
 /// Attention of `q` (`[b, t, heads, hd]`) over `k`, `v` (`[b, t, kv_heads, hd]`, after any
 /// RoPE), continuing and extending `cache`; returns `[b, t, heads·hd]`. With `bf16`, the
-/// products run on AMX tiles ([`ops::attention_with`]).
+/// products run on the bf16 kernel ([`ops::attention_with`]).
 pub fn attend(
     q: &Tensor,
     k: &Tensor,

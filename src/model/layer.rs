@@ -26,7 +26,7 @@ pub struct LayerContext {
     pub rope: Vec<RopeTable>,
     /// Training forward passes carry the seed of their dropout masks; `None` means no dropout.
     pub dropout_seed: Option<u64>,
-    /// Attention's products run in bf16 on AMX tiles (`--precision bf16`).
+    /// Attention's products run in bf16 (`--precision bf16`).
     pub bf16_products: bool,
 }
 

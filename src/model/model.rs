@@ -27,10 +27,10 @@ pub struct Model {
     /// for accurate angles at long positions.
     inv_freq: Vec<(f64, Vec<f64>)>,
     device: Device,
-    /// The frozen LM head packed in bf16 for AMX tiles ([`Model::set_precision`]).
+    /// The frozen LM head packed in bf16 for the bf16 kernel ([`Model::set_precision`]).
     head_bf16: Option<std::sync::Arc<crate::ops::Bf16Weight>>,
     /// Products of trained weights and of activations (a trained head, attention) run in bf16
-    /// on AMX tiles ([`Precision::Bf16`](super::Precision::Bf16)).
+    /// on the bf16 kernel ([`Precision::Bf16`](super::Precision::Bf16)).
     bf16_products: bool,
 }
 
@@ -230,12 +230,12 @@ impl Model {
         out
     }
 
-    /// Sets which products run in bf16 on AMX tiles (see [`Precision`](super::Precision)):
+    /// Sets which products run in bf16 (see [`Precision`](super::Precision)):
     /// frozen linear maps are stored in bf16 and packed ([`Linear::pack_bf16`](
     /// super::Linear::pack_bf16)), a frozen head is packed (it stays f32: it may be the
     /// embedding too), trained maps, a trained head and attention are flagged (their operands
     /// rounded per call). Call it after choosing what trains. Returns
-    /// the bytes of the packed copies (0, and no change, without AMX).
+    /// the bytes of the packed copies (0, and no change, without a bf16 kernel).
     pub fn set_precision(&mut self, precision: super::Precision) -> Result<usize> {
         use super::Precision;
         let frozen = precision != Precision::F32;
@@ -246,7 +246,7 @@ impl Model {
                 crate::ops::Bf16Weight::pack(head.tensor(), false)?.map(std::sync::Arc::new);
         }
 
-        self.bf16_products = precision == Precision::Bf16 && crate::ops::amx::available();
+        self.bf16_products = precision == Precision::Bf16 && crate::ops::gemm_bf16::available();
         let mut bytes = self.head_bf16.as_ref().map_or(0, |p| p.bytes());
         for layer in self.layers.iter_mut() {
             for (_, linear) in layer.linears_mut() {

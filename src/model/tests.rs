@@ -109,8 +109,8 @@ fn frozen_parts_give_same_gradient_and_no_gradient_entries() -> crate::Result<()
 
 #[test]
 fn bf16_frozen_layers_stay_close_to_f32_and_train_the_same_weights() -> crate::Result<()> {
-    if !crate::ops::amx::available() {
-        eprintln!("skipped: no AMX on this CPU");
+    if !crate::ops::gemm_bf16::available() {
+        eprintln!("skipped: no bf16 kernel on this CPU");
         return Ok(());
     }
     let config = ModelConfig {

@@ -5,7 +5,7 @@ use crate::ops;
 use candle_core::{DType, Result, Tensor, Var, D};
 use std::sync::Arc;
 
-/// Which matrix products run in bf16 on AMX tiles (sums in f32). Everything else (norms, the
+/// Which matrix products run in bf16 (sums in f32). Everything else (norms, the
 /// softmax, the loss, gradients of non-matrix ops, the optimizer) is f32 in every setting.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -14,7 +14,7 @@ pub enum Precision {
     #[default]
     F32,
     /// Frozen weights (the emulator, a frozen head, LoRA's base maps) stored in bf16 and
-    /// multiplied on AMX tiles; trained maps in f32.
+    /// multiplied on the bf16 kernel; trained maps in f32.
     FrozenBf16,
     /// Also the products of trained weights (linear maps and a trained LM head: forward, input
     /// and weight gradients) and attention's (scores, weighted values, their gradients) in
@@ -28,9 +28,9 @@ impl Precision {
         *self == Precision::F32
     }
 
-    /// What runs on this CPU when `self` is asked: every product stays f32 without AMX.
+    /// What runs on this CPU when `self` is asked: every product stays f32 without a bf16 kernel.
     pub fn effective(self) -> Self {
-        if crate::ops::amx::available() {
+        if crate::ops::gemm_bf16::available() {
             self
         } else {
             Precision::F32
@@ -129,10 +129,10 @@ pub struct Linear {
     pub lora: Option<crate::peft::lora::Lora>,
     /// A bottleneck adapter applied to the output, when the map has one.
     pub adapter: Option<crate::peft::bottleneck::Bottleneck>,
-    /// The frozen weight packed in bf16 for AMX tiles, when [`Linear::pack_bf16`] asked for
+    /// The frozen weight packed in bf16 for the bf16 kernel, when [`Linear::pack_bf16`] asked for
     /// it. Used only while it still packs the current weight.
     pub bf16: Option<Arc<ops::Bf16Weight>>,
-    /// A trained weight's products run in bf16 on AMX tiles (mixed precision).
+    /// A trained weight's products run in bf16 (mixed precision).
     pub bf16_trained: bool,
 }
 
@@ -265,10 +265,10 @@ impl Linear {
         Ok(())
     }
 
-    /// Stores a frozen f32 weight in bf16 and computes the map's products on AMX tiles from now
-    /// on (`true`), or goes back to an f32 weight and f32 products (`false`; values stored in
+    /// Stores a frozen f32 weight in bf16 and computes the map's products on the bf16 kernel from
+    /// now on (`true`), or goes back to an f32 weight and f32 products (`false`; values stored in
     /// bf16 keep their rounding). Returns the bytes of the packed copies: 0 when the weight is
-    /// trainable, not f32, or the CPU has no AMX — the map then stays as it was.
+    /// trainable, not f32, or the CPU has no bf16 arithmetic — the map then stays as it was.
     pub fn pack_bf16(&mut self, on: bool) -> Result<usize> {
         self.bf16 = None;
         let Weight::Frozen(w) = &self.weight else {
@@ -280,7 +280,7 @@ impl Linear {
             }
             return Ok(0);
         }
-        if w.dtype() != DType::F32 || !ops::amx::available() {
+        if w.dtype() != DType::F32 || !ops::gemm_bf16::available() {
             return Ok(0);
         }
         let stored = w.to_dtype(DType::BF16)?;
@@ -315,7 +315,8 @@ impl Linear {
             {
                 ops::frozen_linear_bf16(x, self.bf16.as_ref().expect("checked"))
             }
-            // A weight stored in another precision than the input (bf16 without AMX packing).
+            // A weight stored in another precision than the input (bf16 without a bf16 kernel
+            // packing).
             Weight::Frozen(w) if w.dtype() != x.dtype() => {
                 let w = w.to_dtype(x.dtype())?;
                 ops::frozen_linear(x, &if self.fan_in_fan_out { w.t()? } else { w })
@@ -328,7 +329,7 @@ impl Linear {
                     && x.dtype() == DType::F32
                     && w.dtype() == DType::F32
                     && x.device().is_cpu()
-                    && ops::amx::available() =>
+                    && ops::gemm_bf16::available() =>
             {
                 // The op takes the `[out, in]` view, whatever the storage layout.
                 let w = if self.fan_in_fan_out {

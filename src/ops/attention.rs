@@ -9,8 +9,8 @@
 //! that their key/value gradients add up without synchronisation. The probabilities are kept
 //! for the backward (`[b, heads, t, s]`, as the composition keeps them too); the scores are not.
 
-use super::amx;
 use super::cpu::{as_f32_mut, dispatch_float, matmul_serial, slice, storage, Float, MatRef};
+use super::gemm_bf16;
 use super::softmax::{softmax_grad_row, softmax_row, SoftmaxMask};
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -82,11 +82,11 @@ impl Dims {
 }
 
 /// One product of a work item, `c = a · b` (or `c += a · b`): in `T`, or with `bf16` (f32
-/// data, AMX present) on AMX tiles with the operands rounded to bf16.
+/// data, a bf16 kernel present) on the bf16 kernel with the operands rounded to bf16.
 fn product<T: Float>(c: &mut [T], a: MatRef<T>, b: MatRef<T>, accumulate: bool, bf16: bool) {
     if bf16 {
         if let (Some(a32), Some(b32), Some(c32)) = (a.as_f32(), b.as_f32(), as_f32_mut(c)) {
-            return amx::matmul_serial(&a32, &b32, &mut c32[..a.rows * b.cols], accumulate);
+            return gemm_bf16::matmul_serial(&a32, &b32, &mut c32[..a.rows * b.cols], accumulate);
         }
     }
     matmul_serial(c, a, b, accumulate)
@@ -98,7 +98,7 @@ pub(crate) struct Scoring {
     pub(crate) scale: f64,
     pub(crate) window: Option<usize>,
     pub(crate) alibi: Option<Vec<f64>>,
-    /// The four products (two forward, four backward) on AMX tiles in bf16.
+    /// The four products (two forward, four backward) on the bf16 kernel in bf16.
     pub(crate) bf16: bool,
 }
 
@@ -380,9 +380,9 @@ pub fn attention(
 }
 
 /// [`attention`], with `bf16` running its products (scores, the weighted sum of values and
-/// their gradients) on AMX tiles with operands rounded to bf16, as mixed-precision training
-/// does (`--precision bf16`); the softmax and every sum stay f32. Without AMX, or in f64, it
-/// is [`attention`].
+/// their gradients) on the bf16 kernel with operands rounded to bf16, as mixed-precision training
+/// does (`--precision bf16`); the softmax and every sum stay f32. Without a bf16 kernel, or in f64,
+/// it is [`attention`].
 pub fn attention_with(
     q: &Tensor,
     k: &Tensor,
@@ -416,7 +416,7 @@ pub fn attention_with(
             scale,
             window: mask.window,
             alibi: mask.alibi.map(<[f64]>::to_vec),
-            bf16: bf16 && q.dtype() == DType::F32 && amx::available(),
+            bf16: bf16 && q.dtype() == DType::F32 && gemm_bf16::available(),
         },
         probs: Mutex::new(None),
     };
@@ -475,8 +475,8 @@ mod tests {
 
     #[test]
     fn bf16_products_match_f32_within_bf16_rounding() -> Result<()> {
-        if !amx::available() {
-            eprintln!("skipped: no AMX on this CPU");
+        if !gemm_bf16::available() {
+            eprintln!("skipped: no bf16 kernel on this CPU");
             return Ok(());
         }
         let round = |t: Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);

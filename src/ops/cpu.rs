@@ -17,7 +17,7 @@ pub trait Float:
 impl Float for f32 {}
 impl Float for f64 {}
 
-/// `slice` as f32, when `T` is f32 (the AMX products are f32-only).
+/// `slice` as f32, when `T` is f32 (the bf16 products are f32-only).
 pub fn as_f32<T: Float>(x: &[T]) -> Option<&[f32]> {
     // SAFETY: `T` is `f32` (its dtype says so), so the cast is the identity.
     (T::DTYPE == candle_core::DType::F32)

@@ -1,5 +1,5 @@
-//! A whole frozen LLaMA decoder layer as one op on AMX tiles: its forward, and the gradient of
-//! its input.
+//! A whole frozen LLaMA decoder layer as one op on the bf16 kernel: its forward, and the gradient
+//! of its input.
 //!
 //! Offsite-tuning trains through a frozen emulator, so most layers of a step are frozen and only
 //! the gradient of their input is wanted. Built from ~20 separate ops, such a layer pays in the
@@ -10,12 +10,12 @@
 //! forward keeps what the backward needs (q and k after RoPE, v, the attention probabilities,
 //! the residual stream between the two halves, gate and up); the backward is written out with
 //! the kernels the separate ops use, so both paths compute the same function; and the
-//! projections of one input share one packing of it ([`amx::matmul_shared`]).
+//! projections of one input share one packing of it ([`gemm_bf16::matmul_shared`]).
 
-use super::amx::{self, PackedRhs};
 use super::attention::{self, Dims, Scoring};
 use super::cpu::{slice, tensor_vec, with_f32, MatRef};
 use super::frozen_linear_bf16::Bf16Weight;
+use super::gemm_bf16::{self, PackedRhs};
 use super::{rms_norm, rope, silu_mul};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -48,11 +48,11 @@ pub struct FrozenLlamaLayer {
     pub norms: [Tensor; 2],
     /// The RMSNorms' epsilon.
     pub eps: f64,
-    /// q, k, v, o, gate, up and down projections, packed for AMX.
+    /// q, k, v, o, gate, up and down projections, packed for the bf16 kernel.
     pub linears: [Arc<Bf16Weight>; 7],
     /// Query heads, key/value heads, head size.
     pub heads: (usize, usize, usize),
-    /// Attention's own products (scores, probabilities × values) on AMX tiles too, as
+    /// Attention's own products (scores, probabilities × values) on the bf16 kernel too, as
     /// `--precision bf16` runs them; with `frozen-bf16` they stay f32.
     pub bf16_attention: bool,
 }
@@ -137,22 +137,22 @@ impl LayerOp {
         let mut normed = Vec::new();
         rms_norm::forward_kernel(x, &self.norms[0], eps, &mut normed);
         let qkv = [Q, K, V].map(|i| self.packed(i));
-        let [q, k, v]: [Vec<f32>; 3] = amx::matmul_shared(&rows(m, &normed, hidden), &qkv)
+        let [q, k, v]: [Vec<f32>; 3] = gemm_bf16::matmul_shared(&rows(m, &normed, hidden), &qkv)
             .try_into()
             .expect("three products");
         let q = rope::kernel(&q, &[b, t, d.nh, d.hd], &self.cos, &self.sin, 1.0);
         let k = rope::kernel(&k, &[b, t, d.nkv, d.hd], &self.cos, &self.sin, 1.0);
         let (attn, probs) = attention::forward_kernel(&q, &k, &v, d, &self.scoring());
-        let mut h = amx::matmul_new(&rows(m, &attn, d.nh * d.hd), self.packed(O));
+        let mut h = gemm_bf16::matmul_new(&rows(m, &attn, d.nh * d.hd), self.packed(O));
         add_into(&mut h, x);
         rms_norm::forward_kernel(&h, &self.norms[1], eps, &mut normed);
         let gu = [GATE, UP].map(|i| self.packed(i));
-        let [gate, up]: [Vec<f32>; 2] = amx::matmul_shared(&rows(m, &normed, hidden), &gu)
+        let [gate, up]: [Vec<f32>; 2] = gemm_bf16::matmul_shared(&rows(m, &normed, hidden), &gu)
             .try_into()
             .expect("two products");
         let act = silu_mul::forward_kernel(&gate, &up);
         let inner = gate.len() / m.max(1);
-        let mut y = amx::matmul_new(&rows(m, &act, inner), self.packed(DOWN));
+        let mut y = gemm_bf16::matmul_new(&rows(m, &act, inner), self.packed(DOWN));
         add_into(&mut y, &h);
         if self.keep {
             let saved = Saved {
@@ -176,22 +176,22 @@ impl LayerOp {
         let eps = self.eps;
         let d = self.dims(b, t);
         // MLP half: y = h + down(silu(gate) · up).
-        let dact = amx::matmul_new(&rows(m, dy, hidden), self.packed_t(DOWN)?);
+        let dact = gemm_bf16::matmul_new(&rows(m, dy, hidden), self.packed_t(DOWN)?);
         let both = silu_mul::backward_kernel(&s.gate, &s.up, &dact);
         let (dgate, dup) = both.split_at(m * inner);
-        let mut dnormed = amx::matmul_new(&rows(m, dgate, inner), self.packed_t(GATE)?);
-        amx::matmul_add(&rows(m, dup, inner), self.packed_t(UP)?, &mut dnormed);
+        let mut dnormed = gemm_bf16::matmul_new(&rows(m, dgate, inner), self.packed_t(GATE)?);
+        gemm_bf16::matmul_add(&rows(m, dup, inner), self.packed_t(UP)?, &mut dnormed);
         let mut dh = rms_norm::input_grad_kernel(&s.h, &dnormed, &self.norms[1], eps);
         add_into(&mut dh, dy);
         // Attention half: h = x + o(attention(rope(q), rope(k), v)).
-        let dattn = amx::matmul_new(&rows(m, &dh, d.nh * d.hd), self.packed_t(O)?);
+        let dattn = gemm_bf16::matmul_new(&rows(m, &dh, d.nh * d.hd), self.packed_t(O)?);
         let [dq, dk, dv] =
             attention::backward_kernel(&s.q, &s.k, &s.v, &s.probs, &dattn, d, &self.scoring());
         let dq = rope::kernel(&dq, &[b, t, d.nh, d.hd], &self.cos, &self.sin, -1.0);
         let dk = rope::kernel(&dk, &[b, t, d.nkv, d.hd], &self.cos, &self.sin, -1.0);
-        let mut dnormed = amx::matmul_new(&rows(m, &dq, d.nh * d.hd), self.packed_t(Q)?);
-        amx::matmul_add(&rows(m, &dk, d.nkv * d.hd), self.packed_t(K)?, &mut dnormed);
-        amx::matmul_add(&rows(m, &dv, d.nkv * d.hd), self.packed_t(V)?, &mut dnormed);
+        let mut dnormed = gemm_bf16::matmul_new(&rows(m, &dq, d.nh * d.hd), self.packed_t(Q)?);
+        gemm_bf16::matmul_add(&rows(m, &dk, d.nkv * d.hd), self.packed_t(K)?, &mut dnormed);
+        gemm_bf16::matmul_add(&rows(m, &dv, d.nkv * d.hd), self.packed_t(V)?, &mut dnormed);
         let mut dx = rms_norm::input_grad_kernel(x, &dnormed, &self.norms[0], eps);
         add_into(&mut dx, &dh);
         Ok(dx)
@@ -324,7 +324,9 @@ mod tests {
         let mut linears = Vec::new();
         for (i, (o, n)) in shapes.into_iter().enumerate() {
             let w = (rand_tensor(&[o, n], DType::F32, 10 + i as u64)? * 0.3)?;
-            linears.push(Arc::new(Bf16Weight::pack(&w, false)?.expect("AMX")));
+            linears.push(Arc::new(
+                Bf16Weight::pack(&w, false)?.expect("a bf16 kernel"),
+            ));
         }
         let norm = |seed| -> Result<Tensor> { rand_tensor(&[hidden], DType::F32, seed)? + 1.0 };
         Ok(FrozenLlamaLayer {
@@ -348,8 +350,8 @@ mod tests {
 
     #[test]
     fn matches_the_separate_ops_forward_and_backward() -> Result<()> {
-        if !amx::available() {
-            eprintln!("skipped: no AMX on this CPU");
+        if !gemm_bf16::available() {
+            eprintln!("skipped: no bf16 kernel on this CPU");
             return Ok(());
         }
         // Attention's products on tiles (`--precision bf16`) or in f32 (`frozen-bf16`).
@@ -367,7 +369,8 @@ mod tests {
             assert!(max_abs(&(&fused - &want)?)? <= 1e-5 * scale);
             let dx = input_grad(&fused, &g, &x)?;
             let want_dx = input_grad(&want, &g, &x)?;
-            // Equal up to the order in which the three q/k/v (and gate/up) contributions are summed.
+            // Equal up to the order in which the three q/k/v (and gate/up) contributions are
+            // summed.
             assert!(max_abs(&(&dx - &want_dx)?)? <= 1e-5 * max_abs(&want_dx)?);
         }
         Ok(())
@@ -375,7 +378,7 @@ mod tests {
 
     #[test]
     fn input_gradient_matches_finite_differences() -> Result<()> {
-        if !amx::available() {
+        if !gemm_bf16::available() {
             return Ok(());
         }
         let l = layer()?;
@@ -406,7 +409,7 @@ mod tests {
 
     #[test]
     fn untracked_input_gives_the_tracked_output_without_a_graph() -> Result<()> {
-        if !amx::available() {
+        if !gemm_bf16::available() {
             return Ok(());
         }
         let l = layer()?;
@@ -423,7 +426,7 @@ mod tests {
 
     #[test]
     fn rejects_a_projection_of_the_wrong_size() -> Result<()> {
-        if !amx::available() {
+        if !gemm_bf16::available() {
             return Ok(());
         }
         let mut l = layer()?;

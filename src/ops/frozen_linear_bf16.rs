@@ -1,4 +1,4 @@
-//! [`frozen_linear`](super::frozen_linear) on AMX tiles: the frozen weight is held in bf16,
+//! [`frozen_linear`](super::frozen_linear) on the bf16 kernel: the frozen weight is held in bf16,
 //! packed once for the forward (`x · Wᵀ`) and once for the backward (`dy · W`), and the
 //! activations are rounded to bf16 as they enter each product (sums stay f32).
 //!
@@ -6,14 +6,14 @@
 //! serve both products, because the tiles need pairs of consecutive `k` side by side and `k`
 //! runs along a row of `W` in the forward but down a column in the backward.
 
-use super::amx::{self, PackedRhs};
 use super::cpu::{slice, with_f32, MatRef};
+use super::gemm_bf16::{self, PackedRhs};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, OnceLock};
 
-/// A frozen `[out, in]` weight packed for AMX. It keeps the tensor it was packed from (sharing
-/// its storage, no copy): to tell a stale packing (the weight replaced since) from a current one,
-/// and to pack the backward's layout on first use, so inference never pays for it.
+/// A frozen `[out, in]` weight packed for the bf16 kernel. It keeps the tensor it was packed from
+/// (sharing its storage, no copy): to tell a stale packing (the weight replaced since) from a
+/// current one, and to pack the backward's layout on first use, so inference never pays for it.
 pub struct Bf16Weight {
     source: Tensor,
     /// The source is stored `[in, out]` (GPT-2's `Conv1D`).
@@ -55,11 +55,11 @@ fn pack_view(w: &Tensor, forward: bool) -> Result<PackedRhs> {
 
 impl Bf16Weight {
     /// Packs `stored`, a frozen f32 or bf16 weight held `[out, in]` (or `[in, out]` when
-    /// `transposed`). `None` when the CPU has no AMX or `stored` is not a CPU matrix: callers
-    /// then keep the f32 path.
+    /// `transposed`). `None` when the CPU has no bf16 arithmetic or `stored` is not a CPU matrix:
+    /// callers then keep the f32 path.
     pub fn pack(stored: &Tensor, transposed: bool) -> Result<Option<Self>> {
         let float = matches!(stored.dtype(), DType::F32 | DType::BF16);
-        if !amx::available() || !float || !stored.device().is_cpu() || stored.rank() != 2 {
+        if !gemm_bf16::available() || !float || !stored.device().is_cpu() || stored.rank() != 2 {
             return Ok(None);
         }
         let w = if transposed {
@@ -142,7 +142,7 @@ impl CustomOp1 for Bf16Linear {
         }
         let x = slice::<f32>(storage, layout)?;
         let m = x.len() / k.max(1);
-        let out = amx::matmul_new(&MatRef::row_major(x, m, k), packed);
+        let out = gemm_bf16::matmul_new(&MatRef::row_major(x, m, k), packed);
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("checked non-empty") = n;
         Ok((CpuStorage::F32(out), Shape::from(out_dims)))
@@ -188,13 +188,13 @@ mod tests {
 
     #[test]
     fn forward_and_input_gradient_match_the_f32_op_on_rounded_operands() -> Result<()> {
-        if !amx::available() {
-            eprintln!("skipped: no AMX on this CPU");
+        if !gemm_bf16::available() {
+            eprintln!("skipped: no bf16 kernel on this CPU");
             return Ok(());
         }
         let x = rand_tensor(&[3, 37, 64], DType::F32, 1)?;
         let w = rand_tensor(&[96, 64], DType::F32, 2)?;
-        let packed = Arc::new(Bf16Weight::pack(&w, false)?.expect("AMX is available"));
+        let packed = Arc::new(Bf16Weight::pack(&w, false)?.expect("a bf16 kernel is available"));
         assert!(packed.packs(&w));
         let xv = Var::from_tensor(&x)?;
         let y = frozen_linear_bf16(&xv, &packed)?;
@@ -213,12 +213,12 @@ mod tests {
 
     #[test]
     fn close_to_f32_within_bf16_rounding() -> Result<()> {
-        if !amx::available() {
+        if !gemm_bf16::available() {
             return Ok(());
         }
         let x = rand_tensor(&[64, 576], DType::F32, 4)?;
         let w = rand_tensor(&[192, 576], DType::F32, 5)?;
-        let packed = Arc::new(Bf16Weight::pack(&w, false)?.expect("AMX is available"));
+        let packed = Arc::new(Bf16Weight::pack(&w, false)?.expect("a bf16 kernel is available"));
         let y = frozen_linear_bf16(&x, &packed)?;
         let want = super::super::frozen_linear(&x, &w)?;
         // Relative error of a k-term dot product of bf16-rounded operands: about 2⁻⁸/√k·√k.
@@ -229,12 +229,14 @@ mod tests {
 
     #[test]
     fn transposed_view_packs_like_its_copy() -> Result<()> {
-        if !amx::available() {
+        if !gemm_bf16::available() {
             return Ok(());
         }
         let w_in_out = rand_tensor(&[48, 80], DType::F32, 6)?;
-        let view = Arc::new(Bf16Weight::pack(&w_in_out, true)?.expect("AMX"));
-        let copy = Arc::new(Bf16Weight::pack(&w_in_out.t()?.contiguous()?, false)?.expect("AMX"));
+        let view = Arc::new(Bf16Weight::pack(&w_in_out, true)?.expect("a bf16 kernel"));
+        let copy = Arc::new(
+            Bf16Weight::pack(&w_in_out.t()?.contiguous()?, false)?.expect("a bf16 kernel"),
+        );
         let x = rand_tensor(&[5, 48], DType::F32, 7)?;
         let a = frozen_linear_bf16(&x, &view)?;
         let b = frozen_linear_bf16(&x, &copy)?;

@@ -1,4 +1,4 @@
-//! `y = x · Wᵀ` for a *trained* `W` with the products in bf16 on AMX tiles: mixed precision as
+//! `y = x · Wᵀ` for a *trained* `W` with the products in bf16: mixed precision as
 //! PyTorch's autocast does it. The weight, its gradient and the optimizer state stay f32; only
 //! the operands of the three products (forward, input gradient, weight gradient) are rounded to
 //! bf16 as they enter the tiles, and the sums are f32.
@@ -6,8 +6,8 @@
 //! The weight changes every step, so it is packed per call (a pass over the weight, small next
 //! to the product over 512 tokens); so are the activations and gradients.
 
-use super::amx::{self, PackedRhs, Strided};
 use super::cpu::{slice, with_f32};
+use super::gemm_bf16::{self, PackedRhs, Strided};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
 
 /// The op over `(x, W)`, `x` `[.., in]`, `W` viewed `[out, in]` (any strides).
@@ -52,7 +52,7 @@ impl CustomOp2 for LinearBf16 {
         let m = x.len() / w.cols.max(1);
         // Wᵀ: rows (k = in) step by cs, columns (n = out) by rs.
         let wt = PackedRhs::pack(w.data, w.cols, w.rows, w.cs, w.rs);
-        let out = amx::matmul_new(&Strided::row_major(x, m, w.cols), &wt);
+        let out = gemm_bf16::matmul_new(&Strided::row_major(x, m, w.cols), &wt);
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("checked non-empty") = w.rows;
         Ok((CpuStorage::F32(out), Shape::from(out_dims)))
@@ -79,7 +79,7 @@ impl CustomOp2 for LinearBf16 {
         // dW = dyᵀ · x: x as a `k = m`, `n = in` right operand, dyᵀ read through strides.
         let x_packed = with_f32(x, |x| Ok(PackedRhs::pack(x, m, in_f, in_f, 1)))?;
         let (dx, dw) = with_f32(grad, |g| {
-            let dx = amx::matmul_new(&Strided::row_major(g, m, out_f), &w_packed);
+            let dx = gemm_bf16::matmul_new(&Strided::row_major(g, m, out_f), &w_packed);
             let dyt = Strided {
                 data: g,
                 rows: out_f,
@@ -87,7 +87,7 @@ impl CustomOp2 for LinearBf16 {
                 rs: 1,
                 cs: out_f,
             };
-            let dw = amx::matmul_new(&dyt, &x_packed);
+            let dw = gemm_bf16::matmul_new(&dyt, &x_packed);
             Ok((dx, dw))
         })?;
         let dev = x.device();
@@ -97,8 +97,9 @@ impl CustomOp2 for LinearBf16 {
     }
 }
 
-/// `x · Wᵀ` with `W` (`[out, in]`, any strides) trained: products in bf16 on AMX tiles, values
-/// and gradients in f32. Callers check [`amx::available`] first; `x` and `W` are f32 on the CPU.
+/// `x · Wᵀ` with `W` (`[out, in]`, any strides) trained: products in bf16, values
+/// and gradients in f32. Callers check [`gemm_bf16::available`] first; `x` and `W` are f32 on the
+/// CPU.
 pub fn linear_bf16(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if x.dtype() != DType::F32 || w.dtype() != DType::F32 {
         candle_core::bail!(
@@ -124,8 +125,8 @@ mod tests {
 
     #[test]
     fn products_and_both_gradients_match_f32_on_rounded_operands() -> Result<()> {
-        if !amx::available() {
-            eprintln!("skipped: no AMX on this CPU");
+        if !gemm_bf16::available() {
+            eprintln!("skipped: no bf16 kernel on this CPU");
             return Ok(());
         }
         for transposed in [false, true] {

@@ -7,10 +7,10 @@
 //! incoming scalar gradient. Memory is one chunk of logits instead of several full copies
 //! (logits, log-softmax, their gradients), and there is no extra pass over the vocabulary.
 
-use super::amx::{self, PackedRhs};
 use super::cpu::{as_f32, as_f32_mut, dispatch_float, matmul_into, slice, storage, Float, MatRef};
 use super::exp::exp_in_place;
 use super::frozen_linear_bf16::Bf16Weight;
+use super::gemm_bf16::{self, PackedRhs};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -31,14 +31,14 @@ pub enum HeadProducts<'a> {
     /// In f32.
     #[default]
     F32,
-    /// In bf16 on AMX tiles, with a frozen head's packings (made once).
+    /// On the bf16 kernel, with a frozen head's packings (made once).
     Packed(&'a Arc<Bf16Weight>),
-    /// In bf16 on AMX tiles, a trained head packed on every call (it changes every step); its
+    /// On the bf16 kernel, a trained head packed on every call (it changes every step); its
     /// gradient is summed in f32.
     PackPerCall,
 }
 
-/// A head's bf16 packings, for its products on AMX tiles.
+/// A head's bf16 packings, for its products on the bf16 kernel.
 #[derive(Clone, Copy)]
 struct HeadTiles<'a> {
     /// `Wᵀ`, for the logits.
@@ -48,7 +48,7 @@ struct HeadTiles<'a> {
 }
 
 /// Runs the chunked head over `h` (`n × d`) with head `w` (`v × d`); with `amx` (f32 only) its
-/// products run on AMX tiles.
+/// products run on the bf16 kernel.
 fn run<T: Float>(
     h: &[T],
     w: &[T],
@@ -79,7 +79,7 @@ fn run<T: Float>(
         let hc = MatRef::row_major(&h[start * d..(start + rows) * d], rows, d);
         let lc = &mut logits[..rows * v];
         match amx {
-            Some(tiles) => amx::matmul(
+            Some(tiles) => gemm_bf16::matmul(
                 as_f32(hc.data).expect("f32"),
                 rows,
                 tiles.forward,
@@ -99,7 +99,7 @@ fn run<T: Float>(
             let dl = MatRef::row_major(&lc[..], rows, v);
             let dh_rows = &mut dh[start * d..(start + rows) * d];
             match amx.and_then(|tiles| tiles.backward) {
-                Some(packed) => amx::matmul(
+                Some(packed) => gemm_bf16::matmul(
                     as_f32(lc).expect("f32"),
                     rows,
                     packed,
@@ -112,7 +112,7 @@ fn run<T: Float>(
                     // dW += dlᵀ · h, `dlᵀ` read through strides.
                     Some(_) => {
                         let hc = as_f32(hc.data).expect("f32");
-                        amx::matmul_add(
+                        gemm_bf16::matmul_add(
                             &MatRef::row_major(as_f32(lc).expect("f32"), rows, v).t(),
                             &PackedRhs::pack(hc, rows, d, d, 1),
                             as_f32_mut(&mut dw).expect("f32"),
@@ -189,9 +189,9 @@ struct LmHeadLoss {
     weights: Vec<f64>,
     head_grad: bool,
     need_grad: bool,
-    /// The frozen head packed in bf16, when its products run on AMX tiles.
+    /// The frozen head packed in bf16, when its products run on the bf16 kernel.
     bf16: Option<Arc<Bf16Weight>>,
-    /// The (trained) head is packed per call for AMX tiles.
+    /// The (trained) head is packed per call for the bf16 kernel.
     pack_per_call: bool,
     grads: Mutex<Option<(Tensor, Option<Tensor>)>>,
 }
@@ -271,8 +271,8 @@ impl CustomOp2 for LmHeadLoss {
 
 /// `Σᵢ weightsᵢ · (−log softmax(h·wᵀ)ᵢ[targetsᵢ])` as a scalar tensor, differentiable in `h` and,
 /// when `head_trainable`, in `w`. `h` is `[n, d]`, `w` is `[v, d]`. `products` says where the
-/// products run: a frozen head's current bf16 packing or per-call packing (f32 tensors, AMX
-/// present) put them on AMX tiles; anything else runs in f32.
+/// products run: a frozen head's current bf16 packing or per-call packing (f32 tensors, a bf16
+/// kernel present) put them on the bf16 kernel; anything else runs in f32.
 pub fn lm_head_loss(
     h: &Tensor,
     w: &Tensor,
@@ -302,7 +302,7 @@ pub fn lm_head_loss(
         pack_per_call: matches!(products, HeadProducts::PackPerCall)
             && h.dtype() == candle_core::DType::F32
             && w.dtype() == candle_core::DType::F32
-            && super::amx::available(),
+            && super::gemm_bf16::available(),
         grads: Mutex::new(None),
     };
     let w = if head_trainable {
@@ -381,8 +381,8 @@ mod tests {
 
     #[test]
     fn bf16_head_matches_the_f32_head_on_rounded_operands() -> Result<()> {
-        if !crate::ops::amx::available() {
-            eprintln!("skipped: no AMX on this CPU");
+        if !crate::ops::gemm_bf16::available() {
+            eprintln!("skipped: no bf16 kernel on this CPU");
             return Ok(());
         }
         let round = |t: Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);
@@ -390,7 +390,7 @@ mod tests {
         let (targets, weights) = case(n);
         let h = round(rand_tensor(&[n, 64], DType::F32, 1)?)?;
         let w = round(rand_tensor(&[300, 64], DType::F32, 2)?)?;
-        let packed = Arc::new(Bf16Weight::pack(&w, false)?.expect("AMX is available"));
+        let packed = Arc::new(Bf16Weight::pack(&w, false)?.expect("a bf16 kernel is available"));
         let hv = Var::from_tensor(&h)?;
         let amx = lm_head_loss(
             &hv,
@@ -407,7 +407,7 @@ mod tests {
         let (ga, gf) = (amx.backward()?, f32.backward()?);
         assert_close(ga.get(&hv).unwrap(), gf.get(&hv).unwrap(), 1e-4)?;
         // A packing of another tensor is never used.
-        let other = Arc::new(Bf16Weight::pack(&(&w * 2.0)?, false)?.expect("AMX"));
+        let other = Arc::new(Bf16Weight::pack(&(&w * 2.0)?, false)?.expect("a bf16 kernel"));
         let stale = lm_head_loss(
             &hv,
             &w,
@@ -421,8 +421,8 @@ mod tests {
 
     #[test]
     fn trained_bf16_head_matches_the_f32_head_on_rounded_operands() -> Result<()> {
-        if !crate::ops::amx::available() {
-            eprintln!("skipped: no AMX on this CPU");
+        if !crate::ops::gemm_bf16::available() {
+            eprintln!("skipped: no bf16 kernel on this CPU");
             return Ok(());
         }
         let round = |t: Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);

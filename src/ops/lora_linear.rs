@@ -1,4 +1,4 @@
-//! A frozen linear map and its LoRA update in one op, the base product on AMX tiles:
+//! A frozen linear map and its LoRA update in one op, the base product on the bf16 kernel:
 //! `y = x · Wᵀ + s · (drop(x) · Aᵀ) · Bᵀ`, differentiable in `x`, `A` and `B`.
 //!
 //! As separate candle ops, the LoRA branch is five graph nodes (dropout, two products, scale,
@@ -7,9 +7,9 @@
 //! (`dy · W + s · ((dy · B) · A) ⊙ mask`), the dropout mask is redrawn from its seed instead of
 //! kept, and `drop(x) · Aᵀ` is recomputed rather than stored.
 
-use super::amx;
 use super::cpu::{slice, with_f32, MatRef};
 use super::frozen_linear_bf16::Bf16Weight;
+use super::gemm_bf16;
 use super::low_rank::Branch;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use std::sync::Arc;
@@ -52,7 +52,7 @@ impl CustomOp3 for LoraLinear {
             slice::<f32>(bs, bl)?,
         );
         let m = x.len() / in_f.max(1);
-        let mut y = amx::matmul_new(&MatRef::row_major(x, m, in_f), self.base.forward_rhs());
+        let mut y = gemm_bf16::matmul_new(&MatRef::row_major(x, m, in_f), self.base.forward_rhs());
         Branch::new(a, b, r, self.scale, self.dropout).forward(x, &mut y);
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("checked non-empty") = out_f;
@@ -76,7 +76,7 @@ impl CustomOp3 for LoraLinear {
             with_f32(grad, |dy| {
                 // The base: dx = dy · W on the tiles; the branch adds its part and gives dA, dB.
                 let dy_mat = MatRef::row_major(dy, m, out_f);
-                let mut dx = amx::matmul_new(&dy_mat, self.base.backward_rhs()?);
+                let mut dx = gemm_bf16::matmul_new(&dy_mat, self.base.backward_rhs()?);
                 let branch = Branch::new(&a_vals, &b_vals, r, self.scale, self.dropout);
                 let (da, db) = branch.backward(x, dy, &mut dx);
                 Ok((dx, da, db))
@@ -91,8 +91,8 @@ impl CustomOp3 for LoraLinear {
     }
 }
 
-/// `x · Wᵀ + scale · (drop(x) · Aᵀ) · Bᵀ` with the frozen `W` packed in bf16 (its product on AMX
-/// tiles; the rank-`r` products in f32). `dropout` is `(p, seed)` in training. `x`, `A`
+/// `x · Wᵀ + scale · (drop(x) · Aᵀ) · Bᵀ` with the frozen `W` packed in bf16 (its product on the
+/// bf16 kernel; the rank-`r` products in f32). `dropout` is `(p, seed)` in training. `x`, `A`
 /// (`[r, in]`) and `B` (`[out, r]`) are f32 on the CPU.
 pub fn lora_linear_bf16(
     x: &Tensor,
@@ -125,12 +125,12 @@ mod tests {
 
     #[test]
     fn output_and_gradients_match_the_composition() -> Result<()> {
-        if !amx::available() {
-            eprintln!("skipped: no AMX on this CPU");
+        if !gemm_bf16::available() {
+            eprintln!("skipped: no bf16 kernel on this CPU");
             return Ok(());
         }
         let w = rand_tensor(&[48, 64], DType::F32, 1)?.to_dtype(DType::BF16)?;
-        let base = Arc::new(Bf16Weight::pack(&w, false)?.expect("AMX"));
+        let base = Arc::new(Bf16Weight::pack(&w, false)?.expect("a bf16 kernel"));
         for dropout in [None, Some((0.3, 11))] {
             let x = Var::from_tensor(&rand_tensor(&[2, 37, 64], DType::F32, 2)?)?;
             let a = Var::from_tensor(&rand_tensor(&[8, 64], DType::F32, 3)?)?;

@@ -3,7 +3,6 @@
 //! frozen weight, constants entering the graph). Each op has a finite-difference gradient test
 //! and an equality test against the plain candle composition.
 
-pub mod amx;
 pub mod attention;
 pub(crate) mod cpu;
 pub mod dropout;
@@ -12,6 +11,7 @@ pub mod frozen_affine;
 pub mod frozen_layer;
 pub mod frozen_linear;
 pub mod frozen_linear_bf16;
+pub mod gemm_bf16;
 pub mod linear_bf16;
 pub mod lm_head_loss;
 pub mod lora_linear;

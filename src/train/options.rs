@@ -84,7 +84,7 @@ pub struct TrainOptions {
     /// Continue from the latest checkpoint of this run, if there is one.
     #[arg(long)]
     pub resume: bool,
-    /// Which matrix products run in bf16 on AMX tiles (CPUs that have them; elsewhere f32):
+    /// Which matrix products run in bf16 (CPUs that have them; elsewhere f32):
     /// `f32` (none), `frozen-bf16` (the frozen weights, stored in bf16) or `bf16` (also the
     /// trained maps, as autocast; weights, gradients and AdamW stay f32).
     #[arg(long, default_value = "f32")]

@@ -208,8 +208,8 @@ impl LlamaLayer {
     }
 
     /// The layer as one fused op ([`crate::ops::frozen_llama_layer`]), when nothing in it is
-    /// trained or adapted, every projection is packed for AMX and `x` is f32 on the CPU: the
-    /// emulator's frozen middle under `--precision frozen-bf16|bf16`.
+    /// trained or adapted, every projection is packed for the bf16 kernel and `x` is f32 on the
+    /// CPU: the emulator's frozen middle under `--precision frozen-bf16|bf16`.
     fn frozen_bf16(&self, x: &Tensor, ctx: &LayerContext) -> Option<crate::ops::FrozenLlamaLayer> {
         let same_eps = self.input_norm.eps == self.post_norm.eps;
         if x.dtype() != DType::F32 || !x.device().is_cpu() || x.rank() != 3 || !same_eps {

@@ -1,19 +1,20 @@
-//! bf16 matrix products on Intel AMX tiles (Sapphire Rapids and later): the kernel behind
-//! `--precision frozen-bf16|bf16`.
+//! bf16 matrix products with f32 sums: the kernel behind `--precision bf16`, on every CPU that
+//! has bf16 arithmetic — Intel AMX tiles (Sapphire Rapids and later, [`tiles`]) or AVX512-BF16
+//! dot products (AMD Zen 4 and later, [`dot`]), chosen once per process at run time
+//! ([`kernel`]).
 //!
-//! A core's AMX unit multiplies a 16 × 32 bf16 tile by a 32 × 16 one into 16 × 16 f32 sums in
-//! one instruction (`tdpbf16ps`, 16,384 multiply-adds), several times the f32 throughput of
-//! AVX-512. Products are exact and summed in f32, so the only rounding is that of the operands
-//! to bf16 (8 significant bits): the usual mixed-precision trade, offered first for weights that
-//! are not trained (the emulator), where the emulator's own compression dwarfs it.
+//! Products of bf16 values are exact and summed in f32, so the only rounding is that of the
+//! operands to bf16 (8 significant bits): the usual mixed-precision trade, offered first for
+//! weights that are not trained (the emulator), where the emulator's own compression dwarfs it.
 //!
-//! The right operand is packed ([`PackedRhs`]) in the "VNNI" layout the tiles need (pairs of
+//! The right operand is packed ([`PackedRhs`]) in the "VNNI" layout both kernels read (pairs of
 //! consecutive `k` side by side) — once for a frozen weight, per call for anything else; the
-//! left operand is rounded to bf16 per call. Stable Rust has no AMX intrinsics, so the handful of tile
-//! instructions are inline assembly; the compiler never allocates tile registers itself, so the
-//! tile state cannot be disturbed between the blocks.
+//! left operand is rounded to bf16 per call. The packing, the parallel loop over column panels
+//! and the slicing of long `k` are shared; only the 32 × 32 output block differs per kernel.
 
+mod dot;
 mod pack;
+mod tiles;
 
 use super::cpu::MatRef;
 use rayon::prelude::*;
@@ -29,52 +30,57 @@ const TILE_K: usize = 32;
 /// bf16 elements in one tile (16 rows of 64 bytes).
 const TILE_ELEMS: usize = 512;
 
-/// Whether this CPU and OS run AMX bf16 tiles (asks the kernel for the tile state once).
-pub fn available() -> bool {
-    static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
-            let amx_bf16 = leaf7.edx & (1 << 22) != 0;
-            let amx_tile = leaf7.edx & (1 << 24) != 0;
-            // Operands are rounded with AVX-512 BF16 (`pack`), which every AMX CPU has.
-            let rounding = std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512bf16");
-            amx_bf16 && amx_tile && rounding && request_tile_permission()
+/// The instructions that compute the bf16 products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// AMX tiles (`tdpbf16ps`): Intel Sapphire Rapids and later.
+    AmxTiles,
+    /// AVX512-BF16 dot products (`vdpbf16ps`): AMD Zen 4 and later, Intel Cooper Lake.
+    Avx512Bf16,
+}
+
+impl Kernel {
+    /// How reports and `bench` name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::AmxTiles => "AMX tiles",
+            Kernel::Avx512Bf16 => "AVX512-BF16",
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+    }
+}
+
+/// The kernel this process uses for bf16 products, or `None` where the CPU has no bf16
+/// arithmetic (then every product stays f32). AMX where present; `OFFSITE_BF16_KERNEL=avx512bf16`
+/// picks the dot-product kernel on an AMX CPU too (to test and time both on one machine), and
+/// `OFFSITE_BF16_KERNEL=none` turns bf16 products off.
+pub fn kernel() -> Option<Kernel> {
+    static KERNEL: OnceLock<Option<Kernel>> = OnceLock::new();
+    *KERNEL.get_or_init(|| {
+        let asked = std::env::var("OFFSITE_BF16_KERNEL").unwrap_or_default();
+        detect(asked.trim())
     })
 }
 
-/// Linux hands out the (8 KB) tile register state only on request: `arch_prctl(
-/// ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, once per process. Fails on other systems.
 #[cfg(target_arch = "x86_64")]
-fn request_tile_permission() -> bool {
-    if !cfg!(target_os = "linux") {
-        return false;
+fn detect(asked: &str) -> Option<Kernel> {
+    // Operands are rounded with AVX512-BF16 (`pack`), which every AMX CPU has too.
+    if asked == "none" || !dot::present() {
+        return None;
     }
-    const SYS_ARCH_PRCTL: i64 = 158;
-    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
-    const XFEATURE_XTILEDATA: i64 = 18;
-    let ret: i64;
-    // SAFETY: a plain system call; it only changes which register state the process may use.
-    unsafe {
-        std::arch::asm!(
-            "syscall",
-            inlateout("rax") SYS_ARCH_PRCTL => ret,
-            in("rdi") ARCH_REQ_XCOMP_PERM,
-            in("rsi") XFEATURE_XTILEDATA,
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack)
-        );
+    if asked != "avx512bf16" && tiles::present() {
+        return Some(Kernel::AmxTiles);
     }
-    ret == 0
+    Some(Kernel::Avx512Bf16)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect(_asked: &str) -> Option<Kernel> {
+    None
+}
+
+/// Whether bf16 products run on this CPU ([`kernel`] found one).
+pub fn available() -> bool {
+    kernel().is_some()
 }
 
 /// Rounds to the nearest bf16 (ties to even), as PyTorch's `.to(torch.bfloat16)` does.
@@ -171,7 +177,7 @@ impl PackedRhs {
 fn pack_lhs(a: &Strided, kp: usize, parallel: bool) -> Vec<u16> {
     assert!(
         a.fits(),
-        "amx: a {} × {} view exceeds its slice",
+        "gemm_bf16: a {} × {} view exceeds its slice",
         a.rows,
         a.cols
     );
@@ -191,24 +197,6 @@ fn pack_lhs(a: &Strided, kp: usize, parallel: bool) -> Vec<u16> {
     unsafe { out.set_len(mp * kp) };
     out
 }
-
-/// `ldtilecfg`'s 64-byte operand: palette 1, eight tiles of 16 rows × 64 bytes.
-#[repr(C, align(64))]
-struct TileConfig {
-    palette: u8,
-    start_row: u8,
-    reserved: [u8; 14],
-    colsb: [u16; 16],
-    rows: [u8; 16],
-}
-
-const CONFIG: TileConfig = TileConfig {
-    palette: 1,
-    start_row: 0,
-    reserved: [0; 14],
-    colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
-    rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
-};
 
 /// The output pointer, shared by the tasks that write disjoint column panels of it.
 #[derive(Clone, Copy)]
@@ -243,7 +231,7 @@ pub fn matmul_add(a: &Strided, b: &PackedRhs, out: &mut [f32]) {
 /// strided f32 rounded to bf16 here, on the calling thread only: for the small products of
 /// work items that already run in parallel (one attention head each).
 pub fn matmul_serial(a: &Strided, b: &Strided, out: &mut [f32], accumulate: bool) {
-    assert!(available(), "AMX bf16 tiles are not available");
+    let kernel = kernel().expect("no bf16 kernel on this CPU");
     assert_eq!(a.cols, b.rows, "lhs columns differ from rhs rows");
     let (m, n) = (a.rows, b.cols);
     assert_eq!(out.len(), m * n, "out is not m × n");
@@ -253,7 +241,7 @@ pub fn matmul_serial(a: &Strided, b: &Strided, out: &mut [f32], accumulate: bool
     let packed = PackedRhs::pack_on(b.data, b.rows, n, b.rs, b.cs, false);
     let kp = packed.kp;
     let lhs = pack_lhs(a, kp, false);
-    let _tiles = TileGuard::configure();
+    let _tiles = configure(kernel);
     for j in 0..round_up(n, BLOCK) / BLOCK {
         let tiles = Tiles {
             lhs: &lhs,
@@ -263,7 +251,7 @@ pub fn matmul_serial(a: &Strided, b: &Strided, out: &mut [f32], accumulate: bool
             accumulate,
         };
         // SAFETY: tiles are configured on this thread, and `out` holds m × n elements.
-        unsafe { panel_blocks(&tiles, OutPtr(out.as_mut_ptr()), m, n, j) };
+        unsafe { panel_blocks(kernel, &tiles, OutPtr(out.as_mut_ptr()), m, n, j) };
     }
 }
 
@@ -283,14 +271,20 @@ pub fn matmul_new(a: &Strided, b: &PackedRhs) -> Vec<f32> {
 /// The product into `out`, which must have room for `m × n` elements: written and never read,
 /// or with `add`, initialised and added to.
 unsafe fn matmul_raw(a: &Strided, b: &PackedRhs, out: *mut f32, add: bool) {
-    assert!(available(), "AMX bf16 tiles are not available");
+    let kernel = kernel().expect("no bf16 kernel on this CPU");
+    // SAFETY: the caller's promise on `out`; the kernel was detected on this CPU.
+    unsafe { matmul_on(kernel, a, b, out, add) }
+}
+
+/// [`matmul_raw`] by a given kernel, whose instructions must be present.
+unsafe fn matmul_on(kernel: Kernel, a: &Strided, b: &PackedRhs, out: *mut f32, add: bool) {
     assert_eq!(a.cols, b.k, "lhs columns differ from rhs rows");
     if a.rows == 0 || b.n == 0 {
         return;
     }
     let lhs = pack_lhs(a, b.kp, true);
     // SAFETY: the caller's promise on `out`.
-    unsafe { products(&lhs, a.rows, &[(b, OutPtr(out))], add) }
+    unsafe { products(kernel, &lhs, a.rows, &[(b, OutPtr(out))], add) }
 }
 
 /// `a · bᵢ` for each right operand (all with `a`'s `k`), as new row-major vectors, the left
@@ -298,7 +292,7 @@ unsafe fn matmul_raw(a: &Strided, b: &PackedRhs, out: *mut f32, add: bool) {
 /// column panels also share one parallel loop, so that narrow products (k/v: 6 panels) do not
 /// each leave a thread idle.
 pub fn matmul_shared(a: &Strided, bs: &[&PackedRhs]) -> Vec<Vec<f32>> {
-    assert!(available(), "AMX bf16 tiles are not available");
+    let kernel = kernel().expect("no bf16 kernel on this CPU");
     for b in bs {
         assert_eq!(a.cols, b.k, "lhs columns differ from rhs rows");
     }
@@ -314,7 +308,7 @@ pub fn matmul_shared(a: &Strided, bs: &[&PackedRhs]) -> Vec<Vec<f32>> {
             .map(|(b, o)| (*b, OutPtr(o.as_mut_ptr())))
             .collect();
         // SAFETY: each output has capacity for m × n and is written in full.
-        unsafe { products(&lhs, a.rows, &jobs, false) };
+        unsafe { products(kernel, &lhs, a.rows, &jobs, false) };
     }
     for (o, b) in outs.iter_mut().zip(bs) {
         // SAFETY: `products` wrote every element (whole blocks by tile stores, edge blocks
@@ -326,8 +320,14 @@ pub fn matmul_shared(a: &Strided, bs: &[&PackedRhs]) -> Vec<Vec<f32>> {
 
 /// The products of one packed left operand (`m` rows) with each `(b, out)`: every `out` must
 /// have room for `m × b.n` elements (written, or with `add` initialised and added to), and every
-/// `b` the `kp` the left operand was packed with.
-unsafe fn products(lhs: &[u16], m: usize, jobs: &[(&PackedRhs, OutPtr)], add: bool) {
+/// `b` the `kp` the left operand was packed with; `kernel`'s instructions must be present.
+unsafe fn products(
+    kernel: Kernel,
+    lhs: &[u16],
+    m: usize,
+    jobs: &[(&PackedRhs, OutPtr)],
+    add: bool,
+) {
     let kp = jobs[0].0.kp;
     // Work items: (job, column panel), all jobs' panels in one loop.
     let items: Vec<(usize, usize)> = jobs
@@ -350,30 +350,44 @@ unsafe fn products(lhs: &[u16], m: usize, jobs: &[(&PackedRhs, OutPtr)], add: bo
                     .div_ceil(rayon::current_num_threads() * 4)
                     .max(1),
             )
-            .for_each_init(TileGuard::configure, |_tiles, &(ji, j)| {
-                let (b, out) = jobs[ji];
-                debug_assert_eq!(b.kp, kp);
-                let tiles = Tiles {
-                    lhs,
-                    kp,
-                    panel: b.panel(j),
-                    ks: ks.clone(),
-                    accumulate: add || s > 0,
-                };
-                // SAFETY: tiles are configured on this thread, `out` holds m × n elements and
-                // this task writes its own columns only.
-                unsafe { panel_blocks(&tiles, out, m, b.n, j) };
-            });
+            .for_each_init(
+                || configure(kernel),
+                |_tiles, &(ji, j)| {
+                    let (b, out) = jobs[ji];
+                    debug_assert_eq!(b.kp, kp);
+                    let tiles = Tiles {
+                        lhs,
+                        kp,
+                        panel: b.panel(j),
+                        ks: ks.clone(),
+                        accumulate: add || s > 0,
+                    };
+                    // SAFETY: tiles are configured on this thread, `out` holds m × n elements and
+                    // this task writes its own columns only.
+                    unsafe { panel_blocks(kernel, &tiles, out, m, b.n, j) };
+                },
+            );
     }
 }
 
-/// Every 32 × 32 block of column panel `j`, down the rows. Tiles must be configured on this
-/// thread and `out` hold `m × n` elements.
-unsafe fn panel_blocks(tiles: &Tiles, out: OutPtr, m: usize, n: usize, j: usize) {
+/// Prepares this thread for [`panel_blocks`] by `kernel`: configures the AMX tiles (released
+/// when the guard drops) where they are the kernel.
+fn configure(kernel: Kernel) -> Option<tiles::TileGuard> {
+    (kernel == Kernel::AmxTiles).then(tiles::TileGuard::configure)
+}
+
+/// Every 32 × 32 block of column panel `j`, down the rows, by `kernel`. The thread must be
+/// [`configure`]d for it and `out` hold `m × n` elements.
+unsafe fn panel_blocks(kernel: Kernel, tiles: &Tiles, out: OutPtr, m: usize, n: usize, j: usize) {
     for i in 0..tiles.lhs.len() / tiles.kp / BLOCK {
         // SAFETY: loads are in bounds (operands padded to 32 rows and 32 of `k`); stores go
-        // to the block's rows and columns of `out`.
-        unsafe { block(tiles, i, out, m, n, j) };
+        // to the block's rows and columns of `out`; the kernel's instructions are present.
+        unsafe {
+            match kernel {
+                Kernel::AmxTiles => tiles::block(tiles, i, out, m, n, j),
+                Kernel::Avx512Bf16 => dot::block(tiles, i, out, m, n, j),
+            }
+        }
     }
 }
 
@@ -389,121 +403,6 @@ struct Tiles<'a> {
     panel: &'a [u16],
     ks: std::ops::Range<usize>,
     accumulate: bool,
-}
-
-/// Holds the tile configuration on this thread; releases the tile state when dropped (a
-/// worker's batch of panels is done).
-struct TileGuard;
-
-impl TileGuard {
-    /// Configures the tiles (palette 1, eight 16 × 64-byte tiles) on this thread.
-    fn configure() -> TileGuard {
-        // SAFETY: the config is a valid palette-1 layout; the guard releases the tiles.
-        unsafe { std::arch::asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack)) };
-        TileGuard
-    }
-}
-impl Drop for TileGuard {
-    fn drop(&mut self) {
-        // SAFETY: releasing tiles is always allowed.
-        unsafe { std::arch::asm!("tilerelease", options(nostack)) };
-    }
-}
-
-/// One 32 × 32 output block: rows `32i..`, columns `32j..`. (Not inlined, so profiles name it.)
-#[inline(never)]
-unsafe fn block(t: &Tiles, i: usize, out: OutPtr, m: usize, n: usize, j: usize) {
-    use std::arch::asm;
-    let kp = t.kp;
-    // Bands 2i and 2i + 1 of the tiled left operand.
-    let a0 = t.lhs.as_ptr().add(i * BLOCK * kp);
-    let a1 = a0.add(16 * kp);
-    let b = t.panel.as_ptr();
-    let (r0, c0) = (i * BLOCK, j * BLOCK);
-    let inside = r0 + BLOCK <= m && c0 + BLOCK <= n;
-    let (rows, cols) = (BLOCK.min(m - r0), BLOCK.min(n - c0));
-    // An edge block goes through a scratch block, keeping only the rows and columns that exist
-    // (the rest of it is never read back: left uninitialised rather than zeroed every block).
-    let mut scratch = std::mem::MaybeUninit::<[f32; BLOCK * BLOCK]>::uninit();
-    let scratch = scratch.as_mut_ptr().cast::<f32>();
-    let (base, stride) = if inside {
-        (out.0.add(r0 * n + c0), n)
-    } else {
-        (scratch, BLOCK)
-    };
-    // The four 16 × 16 sum tiles (tmm0–3) moved to or from the block at `base`, rows `stride`
-    // floats apart.
-    macro_rules! sums {
-        ($($insn:literal),+) => {
-            asm!(
-                $($insn),+,
-                p00 = in(reg) base,
-                p01 = in(reg) base.add(16),
-                p10 = in(reg) base.add(16 * stride),
-                p11 = in(reg) base.add(16 * stride + 16),
-                s = in(reg) stride * 4,
-                options(nostack)
-            )
-        };
-    }
-    if !t.accumulate {
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            options(nostack)
-        );
-    } else {
-        if !inside {
-            for r in 0..rows {
-                std::ptr::copy_nonoverlapping(
-                    out.0.add((r0 + r) * n + c0),
-                    scratch.add(r * BLOCK),
-                    cols,
-                );
-            }
-        }
-        sums!(
-            "tileloadd tmm0, [{p00} + {s}*1]",
-            "tileloadd tmm1, [{p01} + {s}*1]",
-            "tileloadd tmm2, [{p10} + {s}*1]",
-            "tileloadd tmm3, [{p11} + {s}*1]"
-        );
-    }
-    for kb in t.ks.clone() {
-        let b0 = b.add(kb * 2 * TILE_ELEMS);
-        let b1 = b0.add(TILE_ELEMS);
-        asm!(
-            "tileloadd tmm4, [{a0} + {sa}*1]",
-            "tileloadd tmm5, [{a1} + {sa}*1]",
-            "tileloadd tmm6, [{b0} + {sb}*1]",
-            "tileloadd tmm7, [{b1} + {sb}*1]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            a0 = in(reg) a0.add(kb * TILE_ELEMS),
-            a1 = in(reg) a1.add(kb * TILE_ELEMS),
-            b0 = in(reg) b0,
-            b1 = in(reg) b1,
-            sa = in(reg) 64usize,
-            sb = in(reg) 64usize,
-            options(nostack)
-        );
-    }
-    sums!(
-        "tilestored [{p00} + {s}*1], tmm0",
-        "tilestored [{p01} + {s}*1], tmm1",
-        "tilestored [{p10} + {s}*1], tmm2",
-        "tilestored [{p11} + {s}*1], tmm3"
-    );
-    if inside {
-        return;
-    }
-    for r in 0..rows {
-        std::ptr::copy_nonoverlapping(scratch.add(r * BLOCK), out.0.add((r0 + r) * n + c0), cols);
-    }
 }
 
 #[cfg(test)]
@@ -549,7 +448,7 @@ mod tests {
     #[test]
     fn matches_reference_on_aligned_and_ragged_shapes() {
         if !available() {
-            eprintln!("skipped: no AMX on this CPU");
+            eprintln!("skipped: no bf16 kernel on this CPU");
             return;
         }
         for &(m, k, n) in &[
@@ -576,10 +475,65 @@ mod tests {
         }
     }
 
+    /// The kernels this CPU has (both on an AMX CPU), whatever the process uses.
+    fn present_kernels() -> Vec<Kernel> {
+        let mut out = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if dot::present() && tiles::present() {
+                out.push(Kernel::AmxTiles);
+            }
+            if dot::present() {
+                out.push(Kernel::Avx512Bf16);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_kernel_matches_the_reference_and_adds_to_its_output() {
+        let kernels = present_kernels();
+        if kernels.is_empty() {
+            eprintln!("skipped: no bf16 kernel on this CPU");
+            return;
+        }
+        // The choice: `none` turns bf16 off; `avx512bf16` asks for the dot products.
+        assert_eq!(detect("none"), None);
+        assert_eq!(detect("avx512bf16"), Some(Kernel::Avx512Bf16));
+        assert_eq!(detect(""), kernels.first().copied());
+        for &(m, k, n) in &[(33, 70, 47), (8, 32, 16), (96, 2 * K_SLICE + 40, 40)] {
+            let a = lcg(7 + m as u64, m * k);
+            let b = lcg(8 + n as u64, k * n);
+            let packed = PackedRhs::pack(&b, k, n, n, 1);
+            let view = Strided::row_major(&a, m, k);
+            let want = reference(&a, &b, m, k, n);
+            let mut results = Vec::new();
+            for &kernel in &kernels {
+                // Twice the product: once written, once added to the first.
+                let mut out = vec![f32::NAN; m * n];
+                // SAFETY: `out` holds m × n elements; the kernel is present.
+                unsafe { matmul_on(kernel, &view, &packed, out.as_mut_ptr(), false) };
+                unsafe { matmul_on(kernel, &view, &packed, out.as_mut_ptr(), true) };
+                for (idx, (g, w)) in out.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - 2.0 * w).abs() <= 2e-5 * (k as f32).sqrt(),
+                        "{kernel:?} {m}x{k}x{n} [{idx}]: {g} vs 2 × {w}"
+                    );
+                }
+                results.push(out);
+            }
+            if let [tiles, dot] = &results[..] {
+                for (t, d) in tiles.iter().zip(dot) {
+                    assert!((t - d).abs() <= 2e-5 * (k as f32).sqrt(), "{t} vs {d}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn shared_left_operand_gives_each_product_exactly() {
         if !available() {
-            eprintln!("skipped: no AMX on this CPU");
+            eprintln!("skipped: no bf16 kernel on this CPU");
             return;
         }
         // Ragged m and n, and a k longer than a slice: every path a shared product takes.
@@ -601,7 +555,7 @@ mod tests {
     #[test]
     fn packs_a_transposed_view_without_copying() {
         if !available() {
-            eprintln!("skipped: no AMX on this CPU");
+            eprintln!("skipped: no bf16 kernel on this CPU");
             return;
         }
         // w is [n, k] row-major; b = wᵀ read with strides (1, k).
