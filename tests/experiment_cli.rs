@@ -168,7 +168,17 @@ fn eight_rows_report_and_resume() {
         .lines()
         .partition(|l| l.starts_with("Made by `offsite experiment "));
     assert_eq!(made_by.len(), 1, "{md}");
-    assert!(made_by[0].contains(" commit ") && made_by[0].contains("products in f32"));
+    // The default `--precision auto`, resolved for this CPU and recorded as what ran.
+    let products = if offsite::ops::gemm_bf16::available() {
+        "products in bf16 on "
+    } else {
+        "products in f32"
+    };
+    assert!(
+        made_by[0].contains(" commit ") && made_by[0].contains(products),
+        "{}",
+        made_by[0]
+    );
     assert!(!rest.join("\n").contains(&*tmp), "{md}");
     assert!(md.contains("(sha256 "), "{md}");
     assert_eq!(report["run"]["command"][1], "experiment");

@@ -94,9 +94,10 @@ pub struct Settings {
     /// Untimed warm-up steps.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Which products run in bf16: f32 (none), frozen-bf16 (frozen weights) or
-    /// bf16 (also the trained maps, as autocast). No effect without a bf16 kernel.
-    #[arg(long, default_value = "f32")]
+    /// Which products run in bf16: auto (bf16 where the CPU has a bf16 kernel, else f32), f32
+    /// (none), frozen-bf16 (frozen weights) or bf16 (also the trained maps, as autocast). No
+    /// effect without a bf16 kernel.
+    #[arg(long, default_value = "auto")]
     precision: Precision,
 }
 

@@ -40,8 +40,9 @@ pub struct Args {
     /// Tokens per training block and evaluation window.
     #[arg(long, default_value_t = 256)]
     block_size: usize,
-    /// Which products of the tuning run in bf16 (f32, frozen-bf16, bf16).
-    #[arg(long, default_value = "f32")]
+    /// Which products of the tuning run in bf16 (auto, f32, frozen-bf16, bf16; `auto`: bf16
+    /// where the CPU has a bf16 kernel, else f32).
+    #[arg(long, default_value = "auto")]
     precision: Precision,
     /// The model's own samples the model owner aligns on (public, data-free text).
     #[arg(long, default_value_t = 16)]

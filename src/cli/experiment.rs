@@ -121,9 +121,12 @@ impl StudyArgs {
             val: self.align_val,
             limit: self.align_limit,
             options: self.align,
+            // Alignment runs in f32 whatever the tuning's precision (its weights are written
+            // back), and its setup's digest names its row: the same setup, the same digest.
             training: TrainOptions {
                 max_steps: Some(self.align_steps),
                 lr: self.align_lr,
+                precision: offsite::model::Precision::F32,
                 ..self.train_options.clone()
             },
         });

@@ -338,12 +338,8 @@ pub(crate) fn align_until(run: &AlignRun, stop_at: Option<usize>) -> Result<Adap
             "--align-lora-r applies to --align-params lora-top only".into(),
         ));
     }
-    if !training.precision.is_f32() {
-        // The aligned weights are written back into the adapter: bf16 storage would round them.
-        return Err(Error::Invalid(
-            "alignment runs in f32 only: drop --precision".into(),
-        ));
-    }
+    // The aligned weights are written back into the adapter: bf16 storage would round them.
+    let training = &training.f32_only("alignment")?;
     let proxy = Proxy::new(ckpt, package, adapter, options.alpha)?;
     let mut student = plug(ckpt, adapter)?;
     let top = &package.meta.split.top;

@@ -244,13 +244,9 @@ pub(crate) fn distill_until(
                 .into(),
         ));
     }
-    if !options.precision.is_f32() {
-        // The student's frozen layers are written into the distilled package: bf16 storage
-        // would round them.
-        return Err(Error::Invalid(
-            "distillation runs in f32 only: drop --precision".into(),
-        ));
-    }
+    // The student's frozen layers are written into the distilled package: bf16 storage would
+    // round them.
+    let options = &options.f32_only("distillation")?;
     let mut student = package.model()?;
     if let Some(a) = adapter {
         a.check_package(package)?;

@@ -89,6 +89,7 @@ pub fn tune_from(
     pad: u32,
     output: &Path,
 ) -> Result<Adapter> {
+    let options = &options.resolved("tune");
     let method = &method.for_model(&package.meta.config);
     let mut model = package.model()?;
     if let Some(start) = start {

@@ -5,6 +5,7 @@
 
 pub mod ablation;
 pub mod chart;
+mod folder;
 pub mod lm_eval;
 mod report;
 
@@ -472,39 +473,11 @@ fn aligned_adapter(
     Adapter::load(&path, &Device::Cpu)
 }
 
-/// Refuses to resume into a folder whose finished rows were made with other settings (only the
-/// rows to skip may change between runs).
-fn check_same_experiment(cfg: &ExperimentConfig, out: &Path) -> Result<()> {
-    let path = out.join("config.json");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Ok(());
-    };
-    let old: ExperimentConfig = serde_json::from_str(&text).map_err(|e| Error::format(&path, e))?;
-    let comparable = |c: &ExperimentConfig| {
-        let mut v = serde_json::to_value(c.canonical()).unwrap_or_default();
-        if let Some(o) = v.as_object_mut() {
-            o.remove("skip");
-            o.remove("alignment");
-            // Resuming is what this folder is for; the flag itself changes no result.
-            if let Some(t) = o.get_mut("training").and_then(|t| t.as_object_mut()) {
-                t.remove("resume");
-            }
-        }
-        v
-    };
-    if comparable(&old) != comparable(cfg) {
-        return Err(Error::format(
-            &path,
-            "this folder holds an experiment with other settings; use another output folder",
-        ));
-    }
-    Ok(())
-}
-
 /// Runs (or resumes) the experiment into `out`; returns the rows in order.
 pub fn run(cfg: &ExperimentConfig, out: &Path) -> Result<Vec<RowResult>> {
     let device = Device::Cpu;
-    check_same_experiment(cfg, out)?;
+    let cfg = &folder::resolve_precision(cfg, out)?;
+    folder::check_same_experiment(cfg, out)?;
     let ckpt = checkpoint::load(&cfg.model_path()?, &device)?;
     let tok = ckpt.tokenizer()?.clone();
     let metric =

@@ -238,6 +238,7 @@ impl Model {
     /// the bytes of the packed copies (0, and no change, without a bf16 kernel).
     pub fn set_precision(&mut self, precision: super::Precision) -> Result<usize> {
         use super::Precision;
+        let precision = precision.resolve().0;
         let frozen = precision != Precision::F32;
         self.head_bf16 = None;
         let head = self.head_weight();

@@ -20,6 +20,11 @@ pub enum Precision {
     /// and weight gradients) and attention's (scores, weighted values, their gradients) in
     /// bf16, as PyTorch's autocast does; weights, their gradients and AdamW's moments stay f32.
     Bf16,
+    /// The fastest of these that this CPU runs and whose results agree with f32 within their
+    /// standard errors (docs/performance.md): `bf16` where the CPU has a bf16 kernel (AMX tiles
+    /// or AVX512-BF16), else `f32`. Resolved before a run starts ([`Precision::resolve`]);
+    /// what runs is recorded, never `auto`.
+    Auto,
 }
 
 impl Precision {
@@ -30,10 +35,36 @@ impl Precision {
 
     /// What runs on this CPU when `self` is asked: every product stays f32 without a bf16 kernel.
     pub fn effective(self) -> Self {
-        if crate::ops::gemm_bf16::available() {
-            self
-        } else {
-            Precision::F32
+        match crate::ops::gemm_bf16::kernel() {
+            Some(_) if self == Precision::Auto => Precision::Bf16,
+            Some(_) => self,
+            None => Precision::F32,
+        }
+    }
+
+    /// `auto` made concrete for this CPU (other values as asked), and why, for the run's log:
+    /// `auto: bf16 (AVX512-BF16 on this CPU)`; `None` when nothing was left to choose.
+    pub fn resolve(self) -> (Self, Option<String>) {
+        if self != Precision::Auto {
+            return (self, None);
+        }
+        let chosen = self.effective();
+        let why = match crate::ops::gemm_bf16::kernel() {
+            Some(k) => format!("auto: {chosen} (this CPU has {})", k.name()),
+            None => format!("auto: {chosen} (this CPU has no bf16 arithmetic)"),
+        };
+        (chosen, Some(why))
+    }
+
+    /// For the steps that write trained or frozen weights back and so run in f32 only
+    /// (alignment, distillation): `auto` is f32 there; an explicit bf16 setting is refused.
+    pub fn f32_only(self, what: &str) -> std::result::Result<Self, String> {
+        match self {
+            Precision::F32 | Precision::Auto => Ok(Precision::F32),
+            other => Err(format!(
+                "{what} runs in f32 only (its weights are written back): drop --precision \
+                 {other}, or give --precision auto"
+            )),
         }
     }
 }
@@ -45,8 +76,9 @@ impl std::str::FromStr for Precision {
             "f32" => Ok(Precision::F32),
             "frozen-bf16" => Ok(Precision::FrozenBf16),
             "bf16" => Ok(Precision::Bf16),
+            "auto" => Ok(Precision::Auto),
             other => Err(format!(
-                "unknown precision {other:?}: expected f32, frozen-bf16 or bf16"
+                "unknown precision {other:?}: expected auto, f32, frozen-bf16 or bf16"
             )),
         }
     }
@@ -58,6 +90,7 @@ impl std::fmt::Display for Precision {
             Precision::F32 => "f32",
             Precision::FrozenBf16 => "frozen-bf16",
             Precision::Bf16 => "bf16",
+            Precision::Auto => "auto",
         })
     }
 }
@@ -432,5 +465,33 @@ impl Norm {
         let mut out = vec![("weight", &mut self.weight)];
         out.extend(self.bias.iter_mut().map(|b| ("bias", b)));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Precision;
+
+    #[test]
+    fn auto_resolves_to_a_concrete_precision_and_is_f32_where_weights_are_written_back() {
+        let (chosen, why) = Precision::Auto.resolve();
+        let bf16 = crate::ops::gemm_bf16::available();
+        assert_eq!(
+            chosen,
+            if bf16 {
+                Precision::Bf16
+            } else {
+                Precision::F32
+            }
+        );
+        assert!(why
+            .unwrap()
+            .starts_with(&format!("auto: {chosen} (this CPU has")));
+        assert_eq!(Precision::F32.resolve(), (Precision::F32, None));
+        assert_eq!(Precision::Auto.f32_only("alignment"), Ok(Precision::F32));
+        let err = Precision::Bf16.f32_only("alignment").unwrap_err();
+        assert!(err.contains("alignment runs in f32 only"), "{err}");
+        assert_eq!("auto".parse::<Precision>(), Ok(Precision::Auto));
+        assert_eq!(Precision::Auto.to_string(), "auto");
     }
 }

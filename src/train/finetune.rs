@@ -23,6 +23,7 @@ pub fn finetune(
     pad: u32,
     output: &Path,
 ) -> Result<(Model, TrainSummary)> {
+    let options = &options.resolved("finetune");
     let method = &method.for_model(&ckpt.config);
     let mut model = ckpt.model()?;
     let layers: Vec<usize> = model.layer_ids().to_vec();

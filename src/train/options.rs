@@ -84,10 +84,12 @@ pub struct TrainOptions {
     /// Continue from the latest checkpoint of this run, if there is one.
     #[arg(long)]
     pub resume: bool,
-    /// Which matrix products run in bf16 (CPUs that have them; elsewhere f32):
-    /// `f32` (none), `frozen-bf16` (the frozen weights, stored in bf16) or `bf16` (also the
-    /// trained maps, as autocast; weights, gradients and AdamW stay f32).
-    #[arg(long, default_value = "f32")]
+    /// Which matrix products run in bf16 (CPUs that have them; elsewhere f32): `auto` (the
+    /// fastest this CPU runs whose results agree with f32: `bf16` with a bf16 kernel, else
+    /// `f32`; resolved before the run, the choice printed and recorded), `f32` (none),
+    /// `frozen-bf16` (the frozen weights, stored in bf16) or `bf16` (also the trained maps, as
+    /// autocast; weights, gradients and AdamW stay f32).
+    #[arg(long, default_value = "auto")]
     #[serde(default, skip_serializing_if = "Precision::is_f32")]
     pub precision: Precision,
 }
@@ -116,6 +118,32 @@ impl Default for TrainOptions {
 }
 
 impl TrainOptions {
+    /// The options with `--precision auto` made concrete for this CPU; the choice is printed
+    /// (prefixed by `label`) so the run's log says what ran.
+    pub fn resolved(&self, label: &str) -> TrainOptions {
+        let (precision, why) = self.precision.resolve();
+        if let Some(why) = why {
+            eprintln!("{label}: precision {why}");
+        }
+        TrainOptions {
+            precision,
+            ..self.clone()
+        }
+    }
+
+    /// The options of a step that runs in f32 only (alignment, distillation): `auto` becomes
+    /// `f32`, an explicit bf16 setting is refused naming `what`.
+    pub fn f32_only(&self, what: &str) -> crate::Result<TrainOptions> {
+        let precision = self
+            .precision
+            .f32_only(what)
+            .map_err(crate::Error::Invalid)?;
+        Ok(TrainOptions {
+            precision,
+            ..self.clone()
+        })
+    }
+
     /// Checks the options make sense together.
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |m: &str| Err(crate::Error::Invalid(m.to_string()));
