@@ -2,6 +2,8 @@
 //! [--steps N] [--json]`: training and inference throughput and peak memory, as the paper's
 //! Table 6. Each mode runs in its own process so that memory peaks do not mix.
 
+mod flops;
+
 use super::ModelSpec;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -136,6 +138,25 @@ pub fn run(args: Args) -> Result<()> {
     let exe = std::env::current_exe().context("locating the offsite binary")?;
     let path = args.model.path()?;
     let s = &args.settings;
+    // The machine's limit, measured here, before the workers (which then run alone).
+    let (peak_f32, peak_bf16) = flops::gemm_peak();
+    let precision = s.precision.effective();
+    let kernel = match offsite::ops::gemm_bf16::kernel() {
+        Some(k) if !precision.is_f32() => k.name(),
+        _ => "f32 gemm",
+    };
+    let peak = if precision.is_f32() {
+        peak_f32
+    } else {
+        peak_bf16.unwrap_or(peak_f32)
+    };
+    eprintln!(
+        "bench: {}; products in {precision} on {kernel}; gemm peak (512×576×1536, {} threads): \
+         f32 {peak_f32:.0} GFLOP/s{}",
+        offsite::io::provenance::cpu_description(),
+        candle_core::utils::get_num_threads(),
+        peak_bf16.map_or(String::new(), |p| format!(", bf16 {p:.0} GFLOP/s"))
+    );
     let mut rows = Vec::new();
     for mode in &args.modes {
         eprintln!("bench: {} …", mode.name());
@@ -167,8 +188,14 @@ pub fn run(args: Args) -> Result<()> {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let row: serde_json::Value = serde_json::from_slice(&out.stdout)
+        let mut row: serde_json::Value = serde_json::from_slice(&out.stdout)
             .with_context(|| format!("bench mode {} printed no JSON", mode.name()))?;
+        let achieved = row["gflops"].as_f64().unwrap_or(f64::NAN);
+        row["kernel"] = kernel.into();
+        row["peak_gflops"] = peak.into();
+        row["peak_gflops_f32"] = peak_f32.into();
+        row["peak_gflops_bf16"] = peak_bf16.into();
+        row["fraction_of_peak"] = (achieved / peak).into();
         rows.push(row);
     }
     if args.json {
@@ -177,15 +204,20 @@ pub fn run(args: Args) -> Result<()> {
         }
         return Ok(());
     }
-    println!("| mode | tokens/s | peak RSS (MB) | trainable parameters |");
-    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| mode | tokens/s | peak RSS (MB) | trainable parameters | GFLOP/s | of the {kernel} peak |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    let num = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
     for r in &rows {
         println!(
-            "| {} | {:.1} | {:.0} | {} |",
+            "| {} | {:.1} | {:.0} | {} | {:.0} | {:.0} % |",
             r["mode"].as_str().unwrap_or("?"),
-            r["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
-            r["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
-            r["trainable_params"]
+            num(r, "tokens_per_s"),
+            num(r, "peak_rss_mb"),
+            r["trainable_params"],
+            num(r, "gflops"),
+            100.0 * num(r, "fraction_of_peak")
         );
     }
     Ok(())
@@ -240,6 +272,9 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
         }
     };
     let trainable: usize = params.iter().map(|p| p.var.elem_count()).sum();
+    let trained: std::collections::BTreeSet<String> =
+        params.iter().map(|p| p.name.clone()).collect();
+    let flops_per_token = flops::step_flops_per_token(&model, &trained, s.seq);
     let bf16_bytes = model.set_precision(s.precision)?;
     let mut opt = AdamW::new(&params, 0.0)?;
     let seqs: Vec<Sequence> = (0..s.batch)
@@ -283,6 +318,8 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
         serde_json::json!({
             "mode": args.mode.name(),
             "tokens_per_s": (s.batch * s.seq) as f64 / median,
+            "gflop_per_token": flops_per_token / 1e9,
+            "gflops": flops_per_token * (s.batch * s.seq) as f64 / median / 1e9,
             "median_step_s": median,
             "peak_rss_mb": peak_rss_mb(),
             "trainable_params": trainable,
