@@ -3,7 +3,7 @@
 //! training options and the final metrics.
 
 use super::fingerprint::short;
-use super::package::{layer_index, Package};
+use super::package::{in_layers, Package};
 use crate::io::offsite_file::{self, Seal, ADAPTER_FORMAT, PEFT_WEIGHTS};
 use crate::model::{Model, TensorMap};
 use crate::peft::{is_bottleneck_weight, is_lora_weight, BottleneckConfig, LoraConfig};
@@ -96,7 +96,7 @@ impl Adapter {
         let origin = Path::new("<adapter>");
         let mut tensors = TensorMap::new(origin);
         for (name, t) in package.tensors.iter() {
-            if layer_index(name).is_some_and(|i| adapter_layers.contains(&i)) {
+            if in_layers(name, &adapter_layers) {
                 match weights.get(name) {
                     Some(trained) => tensors.insert(name, trained.clone(), origin),
                     None if complete => tensors.insert(name, t.clone(), origin),
@@ -156,7 +156,7 @@ impl Adapter {
         let origin = Path::new("<adapter>");
         let mut tensors = TensorMap::new(origin);
         for (name, t) in weights {
-            if !kind(name) || !layer_index(name).is_some_and(|i| adapter_layers.contains(&i)) {
+            if !kind(name) || !in_layers(name, &adapter_layers) {
                 return Err(Error::Invalid(format!(
                     "`{name}` is not a PEFT weight of an adapter layer"
                 )));
@@ -265,7 +265,7 @@ impl Adapter {
         }
         if let Some(bad) = tensors
             .names()
-            .find(|n| !layer_index(n).is_some_and(|i| meta.adapter_layers.contains(&i)))
+            .find(|n| !in_layers(n, &meta.adapter_layers))
         {
             return Err(Error::format(
                 path,

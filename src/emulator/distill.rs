@@ -4,7 +4,7 @@
 //! modelling loss. The adapter layers, embeddings and head stay frozen — they are the parts the
 //! data owner will tune and the model owner will plug back.
 
-use super::package::{layer_index, Package};
+use super::package::{in_layers, Package};
 use crate::data::{Batch, Sequence};
 use crate::model::Model;
 use crate::train::{self, trainable_params, TrainJob, TrainOptions, TrainSummary};
@@ -253,9 +253,7 @@ pub(crate) fn distill_until(
         a.apply(&mut student)?;
     }
     let emulator = split.emulator.clone();
-    let params = trainable_params(&mut student, |name| {
-        layer_index(name).is_some_and(|i| emulator.contains(&i))
-    })?;
+    let params = trainable_params(&mut student, |name| in_layers(name, &emulator))?;
     let pair = Pair {
         student: &student,
         teacher: full,
@@ -280,6 +278,7 @@ pub(crate) fn distill_until(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::emulator::package::layer_index;
     use crate::emulator::EmulatorOptions;
     use crate::model::ModelConfig;
     use candle_core::{DType, Device};
@@ -399,11 +398,9 @@ mod tests {
             &out,
         )
         .unwrap();
-        assert!(trained.keys().all(|n| layer_index(n).is_some_and(|i| pkg
-            .meta
-            .split
-            .emulator
-            .contains(&i))));
+        assert!(trained
+            .keys()
+            .all(|n| in_layers(n, &pkg.meta.split.emulator)));
         // The KD loss under A' went down.
         let rows: Vec<&Sequence> = data.iter().take(4).collect();
         let batch = Batch::new(&rows, 0, &Device::Cpu).unwrap();
@@ -515,7 +512,7 @@ mod tests {
         assert!(!trained.is_empty());
         for name in trained.keys() {
             assert!(
-                layer_index(name).is_some_and(|i| emulator.contains(&i)),
+                in_layers(name, emulator),
                 "{name} is not an emulator weight"
             );
         }
@@ -523,7 +520,7 @@ mod tests {
         let expected = pkg
             .tensors
             .names()
-            .filter(|n| layer_index(n).is_some_and(|i| emulator.contains(&i)))
+            .filter(|n| in_layers(n, emulator))
             .count();
         assert_eq!(trained.len(), expected);
         // The distilled package uses the trained weights and records how it was made.

@@ -123,6 +123,12 @@ pub fn layer_index(name: &str) -> Option<usize> {
     crate::model::families::layer_index(name)
 }
 
+/// Whether the weight `name` belongs to one of `layers` (original indices); embeddings, the
+/// final norm and the head belong to none.
+pub fn in_layers(name: &str, layers: &[usize]) -> bool {
+    layer_index(name).is_some_and(|i| layers.contains(&i))
+}
+
 impl Package {
     /// Builds the package of `full` (which must hold all its layers).
     pub fn build(
@@ -193,10 +199,8 @@ impl Package {
             Some((w, record)) => (Some(w), Some(record)),
             None => (None, None),
         };
-        if let Some(bad) = distilled.and_then(|w| {
-            w.keys()
-                .find(|n| !layer_index(n).is_some_and(|i| split.emulator.contains(&i)))
-        }) {
+        if let Some(bad) = distilled.and_then(|w| w.keys().find(|n| !in_layers(n, &split.emulator)))
+        {
             return Err(Error::Invalid(format!(
                 "`{bad}` is not a weight of an emulator layer"
             )));
@@ -208,9 +212,8 @@ impl Package {
             };
             // Only the emulator's weight matrices are compressed: the adapter is what the data
             // owner trains, and norms are tiny.
-            let compress = options.compresses()
-                && t.rank() == 2
-                && layer_index(&name).is_some_and(|i| split.emulator.contains(&i));
+            let compress =
+                options.compresses() && t.rank() == 2 && in_layers(&name, &split.emulator);
             if compress {
                 let values = t
                     .flatten_all()?

@@ -131,9 +131,8 @@ fn run(
 ) -> crate::Result<Adapter> {
     let mut model = pkg.model()?;
     let adapter_layers = pkg.meta.split.adapter();
-    let params = train::trainable_params(&mut model, |name| {
-        package::layer_index(name).is_some_and(|i| adapter_layers.contains(&i))
-    })?;
+    let params =
+        train::trainable_params(&mut model, |name| package::in_layers(name, &adapter_layers))?;
     let (train_data, val) = (data(10, 0), data(3, 5));
     let job = TrainJob {
         params,
@@ -204,7 +203,7 @@ fn killed_and_resumed_run_gives_a_bit_identical_adapter() {
     assert!(straight
         .tensors
         .names()
-        .all(|n| { package::layer_index(n).is_some_and(|i| [0, 1, 7].contains(&i)) }));
+        .all(|n| { package::in_layers(n, &[0, 1, 7]) }));
     // The resumed run's metrics log has each step once.
     let log = std::fs::read_to_string(d2.path().join("metrics.jsonl")).unwrap();
     let steps: Vec<u64> = log
@@ -260,7 +259,7 @@ fn tuning_lowers_the_loss_and_touches_only_adapter_layers() {
     for (name, w) in emu.named_weights() {
         let original = pkg.tensors.get(&name, w.tensor().dims()).unwrap();
         let same = w.tensor().to_vec1_any() == original.to_vec1_any();
-        let is_adapter = package::layer_index(&name).is_some_and(|i| [0, 1, 7].contains(&i));
+        let is_adapter = package::in_layers(&name, &[0, 1, 7]);
         if is_adapter {
             assert!(!same, "{name} was not trained");
         } else {
@@ -413,8 +412,7 @@ fn compressed_packages_shrink_and_read_back_bit_identical() {
             assert_eq!(t.to_vec1_any(), u.to_vec1_any(), "{name}");
             let original = dense.tensors.get(name, t.dims()).unwrap().to_vec1_any();
             let values = t.to_vec1_any();
-            let emulator =
-                package::layer_index(name).is_some_and(|i| pkg.meta.split.emulator.contains(&i));
+            let emulator = package::in_layers(name, &pkg.meta.split.emulator);
             if !(emulator && t.rank() == 2) {
                 assert_eq!(
                     values, original,
@@ -463,8 +461,7 @@ fn low_rank_packages_store_factors_of_emulator_matrices_only() {
     let emulator = &pkg.meta.split.emulator;
     let mut saved = 0;
     for (name, t) in pkg.tensors.iter() {
-        let is_emulator_matrix =
-            t.rank() == 2 && package::layer_index(name).is_some_and(|i| emulator.contains(&i));
+        let is_emulator_matrix = t.rank() == 2 && package::in_layers(name, emulator);
         let e = pkg.encoded.get(name);
         assert_eq!(e.is_some(), is_emulator_matrix, "{name}");
         if let Some(e) = e {

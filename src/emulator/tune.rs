@@ -2,7 +2,7 @@
 //! weights, or a parameter-efficient part of them (LoRA, bottleneck adapters, BitFit).
 
 use super::adapter::Adapter;
-use super::package::{layer_index, Package};
+use super::package::{in_layers, Package};
 use crate::data::Sequence;
 use crate::peft::Method;
 use crate::train::loss::{lm_loss, Pull};
@@ -97,7 +97,7 @@ pub fn tune_from(
         start.adapter.apply(&mut model)?;
     }
     let adapter_layers = package.meta.split.adapter();
-    let in_adapter = |name: &str| layer_index(name).is_some_and(|i| adapter_layers.contains(&i));
+    let in_adapter = |name: &str| in_layers(name, &adapter_layers);
     method.inject(&mut model, &adapter_layers, options.seed)?;
     let trained: std::collections::BTreeSet<String> = model
         .named_weights()

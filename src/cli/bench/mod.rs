@@ -8,7 +8,7 @@ use super::ModelSpec;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use offsite::data::{Batch, Sequence};
-use offsite::emulator::{package::layer_index, plan};
+use offsite::emulator::{package::in_layers, plan};
 use offsite::io::provenance::{FileRef, RunInfo};
 use offsite::model::{Model, Precision};
 use offsite::peft::Method;
@@ -262,8 +262,7 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
                 .named_weights()
                 .into_iter()
                 .filter(|(n, w)| {
-                    let in_scope =
-                        !args.mode.offsite() || layer_index(n).is_some_and(|i| layers.contains(&i));
+                    let in_scope = !args.mode.offsite() || in_layers(n, &layers);
                     in_scope && method.trains(n, w.tensor().rank())
                 })
                 .map(|(n, _)| n)

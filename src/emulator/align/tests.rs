@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::emulator::distill::logit_kl;
+use crate::emulator::package::in_layers;
 use crate::emulator::EmulatorOptions;
 use crate::io::checkpoint::CheckpointFormat;
 use crate::model::model::random_tensors;
@@ -35,8 +36,7 @@ fn setup(changed: bool) -> (Checkpoint, Package, Adapter) {
     let mut trained = BTreeMap::new();
     if changed {
         for (name, t) in pkg.tensors.iter() {
-            let adapter_layer =
-                layer_index(name).is_some_and(|l| pkg.meta.split.adapter().contains(&l));
+            let adapter_layer = in_layers(name, &pkg.meta.split.adapter());
             if adapter_layer && t.rank() == 2 {
                 trained.insert(name.to_string(), (t * 1.3).unwrap());
             }
@@ -112,10 +112,8 @@ fn with_an_unchanged_adapter_the_loss_and_gradient_are_zero_and_nothing_moves() 
     // The loss and its gradient on one batch, by hand through `Alignment`.
     let proxy = Proxy::new(ckpt, pkg, adapter, 1.0).unwrap();
     let mut student = plug(ckpt, adapter).unwrap();
-    let params = trainable_params(&mut student, |n| {
-        layer_index(n).is_some_and(|l| pkg.meta.split.adapter().contains(&l))
-    })
-    .unwrap();
+    let params =
+        trainable_params(&mut student, |n| in_layers(n, &pkg.meta.split.adapter())).unwrap();
     let opts = AlignOptions {
         pull: 10.0,
         ..options(AlignParams::All)
@@ -193,7 +191,7 @@ fn only_the_named_weights_change_and_the_kl_to_the_proxy_falls() {
     assert!(!record.trained.is_empty());
     for (name, t) in adapter.tensors.iter() {
         let got = aligned.tensors.get(name, t.dims()).unwrap();
-        let in_top = layer_index(name).is_some_and(|l| top.contains(&l));
+        let in_top = in_layers(name, top);
         assert_eq!(record.trained.iter().any(|n| n == name), in_top, "{name}");
         assert_eq!(max_diff(t, &got) > 0.0, in_top, "{name}");
     }
@@ -341,7 +339,7 @@ fn a_lora_alignment_changes_only_the_top_layers_maps_and_merges_into_a_full_adap
     let mut moved = 0;
     for (name, t) in adapter.tensors.iter() {
         let got = aligned.tensors.get(name, t.dims()).unwrap();
-        let in_top = layer_index(name).is_some_and(|l| top.contains(&l));
+        let in_top = in_layers(name, top);
         let changed = max_diff(t, &got) > 0.0;
         assert_eq!(changed, record.trained.iter().any(|n| n == name), "{name}");
         assert!(!changed || (in_top && t.rank() == 2), "{name} moved");
