@@ -2,11 +2,11 @@
 //! weights, or a parameter-efficient part of them (LoRA, bottleneck adapters, BitFit).
 
 use super::adapter::Adapter;
-use super::package::{in_layers, Package};
+use super::package::Package;
 use crate::data::Sequence;
 use crate::peft::Method;
 use crate::train::loss::{lm_loss, Pull};
-use crate::train::{self, trainable_params, TrainJob, TrainOptions};
+use crate::train::{self, prepare, TrainJob, TrainOptions};
 use crate::{Error, Result};
 use std::path::Path;
 
@@ -96,19 +96,16 @@ pub fn tune_from(
         start.check(package, method)?;
         start.adapter.apply(&mut model)?;
     }
-    let adapter_layers = package.meta.split.adapter();
-    let in_adapter = |name: &str| in_layers(name, &adapter_layers);
-    method.inject(&mut model, &adapter_layers, options.seed)?;
-    let trained: std::collections::BTreeSet<String> = model
-        .named_weights()
-        .into_iter()
-        .filter(|(n, w)| in_adapter(n) && method.trains(n, w.tensor().rank()))
-        .map(|(n, _)| n)
-        .collect();
-    let params = trainable_params(&mut model, |n| trained.contains(n))?;
-    let pull = Pull::new(&params, start.map_or(0.0, |s| s.pull))?;
     // The emulator is never written back (only the adapter is), so storing it in bf16 is safe.
-    model.set_precision(options.precision)?;
+    let adapter_layers = package.meta.split.adapter();
+    let (params, _) = prepare(
+        &mut model,
+        method,
+        Some(&adapter_layers),
+        options.seed,
+        options.precision,
+    )?;
+    let pull = Pull::new(&params, start.map_or(0.0, |s| s.pull))?;
     let total = model.num_parameters();
     let mut job = TrainJob::beside(output, "tune", params, train_data, val, pad, options, total);
     job.device = model.device().clone();

@@ -2,7 +2,7 @@
 //! same trainer, written as a Hugging Face directory.
 
 use super::loss::lm_loss;
-use super::{train, trainable_params, TrainJob, TrainOptions, TrainSummary};
+use super::{prepare, train, TrainJob, TrainOptions, TrainSummary};
 use crate::data::Sequence;
 use crate::io::{atomic, checkpoint::Checkpoint, hf_dir};
 use crate::model::{Model, Precision, Weight};
@@ -26,16 +26,7 @@ pub fn finetune(
     let options = &options.resolved("finetune");
     let method = &method.for_model(&ckpt.config);
     let mut model = ckpt.model()?;
-    let layers: Vec<usize> = model.layer_ids().to_vec();
-    method.inject(&mut model, &layers, options.seed)?;
-    let trained: std::collections::BTreeSet<String> = model
-        .named_weights()
-        .into_iter()
-        .filter(|(n, w)| method.trains(n, w.tensor().rank()))
-        .map(|(n, _)| n)
-        .collect();
-    let params = trainable_params(&mut model, |n| trained.contains(n))?;
-    model.set_precision(options.precision)?;
+    let (params, _) = prepare(&mut model, method, None, options.seed, options.precision)?;
     let total = model.num_parameters();
     let mut job = TrainJob::beside(
         output, "finetune", params, train_data, val, pad, options, total,

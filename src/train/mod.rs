@@ -6,11 +6,13 @@ pub mod finetune;
 pub mod loss;
 pub mod optimizer;
 pub mod options;
+pub mod prepare;
 pub mod schedule;
 pub mod trainer;
 
 pub use optimizer::{AdamW, Param};
 pub use options::{Schedule, TrainOptions};
+pub use prepare::prepare;
 pub use trainer::{
     evaluate, run_files, train, trainable_params, TrainJob, TrainOutcome, TrainSummary,
 };

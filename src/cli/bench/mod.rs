@@ -8,11 +8,11 @@ use super::ModelSpec;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use offsite::data::{Batch, Sequence};
-use offsite::emulator::{package::in_layers, plan};
+use offsite::emulator::plan;
 use offsite::io::provenance::{FileRef, RunInfo};
 use offsite::model::{Model, Precision};
 use offsite::peft::Method;
-use offsite::train::{loss::lm_loss, trainable_params, AdamW};
+use offsite::train::{loss::lm_loss, prepare, AdamW};
 use std::time::Instant;
 
 /// What a mode measures.
@@ -248,33 +248,16 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
         ckpt.model()?
     };
     drop(ckpt);
-    // Offsite modes train (part of) the adapter layers; full-model modes every layer.
-    let layers = if args.mode.offsite() {
-        adapter
-    } else {
-        model.layer_ids().to_vec()
-    };
-    let params = match args.mode.method() {
-        None => Vec::new(),
-        Some(method) => {
-            method.inject(&mut model, &layers, 0)?;
-            let trained: std::collections::BTreeSet<String> = model
-                .named_weights()
-                .into_iter()
-                .filter(|(n, w)| {
-                    let in_scope = !args.mode.offsite() || in_layers(n, &layers);
-                    in_scope && method.trains(n, w.tensor().rank())
-                })
-                .map(|(n, _)| n)
-                .collect();
-            trainable_params(&mut model, |n| trained.contains(n))?
-        }
+    // Offsite modes train (part of) the adapter layers; full-model modes the whole model.
+    let scope = args.mode.offsite().then_some(adapter.as_slice());
+    let (params, bf16_bytes) = match args.mode.method() {
+        None => (Vec::new(), model.set_precision(s.precision)?),
+        Some(method) => prepare(&mut model, &method, scope, 0, s.precision)?,
     };
     let trainable: usize = params.iter().map(|p| p.var.elem_count()).sum();
     let trained: std::collections::BTreeSet<String> =
         params.iter().map(|p| p.name.clone()).collect();
     let flops_per_token = flops::step_flops_per_token(&model, &trained, s.seq);
-    let bf16_bytes = model.set_precision(s.precision)?;
     let mut opt = AdamW::new(&params, 0.0)?;
     let seqs: Vec<Sequence> = (0..s.batch)
         .map(|b| Sequence {
