@@ -136,7 +136,9 @@ pub struct WorkerArgs {
 /// Runs each mode in a child process and reports.
 pub fn run(args: Args) -> Result<()> {
     let exe = std::env::current_exe().context("locating the offsite binary")?;
-    let path = args.model.path()?;
+    // The model as the user typed it (`smollm2`, a path): the workers' recorded command lines
+    // name no file of this machine that the user did not.
+    args.model.path()?;
     let s = &args.settings;
     // The machine's limit, measured here, before the workers (which then run alone).
     let (peak_f32, peak_bf16) = flops::gemm_peak();
@@ -162,7 +164,7 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("bench: {} …", mode.name());
         let out = std::process::Command::new(&exe)
             .arg("bench-worker")
-            .arg(&path)
+            .arg(&args.model.0)
             .args(["--mode", mode.name()])
             .args([
                 "--bottom",
