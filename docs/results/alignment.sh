@@ -102,3 +102,5 @@ bash "$HERE/alignment_sotu_round.sh" "$OUT"
 bash "$HERE/alignment_spam_proxy.sh" "$OUT"
 bash "$HERE/alignment_hyp_round2.sh" "$OUT"
 bash "$HERE/alignment_spam_self.sh" "$OUT"
+# Session 5: the third trained part, a LoRA on the top adapter layers (hypernym and spam).
+bash "$HERE/alignment_lora.sh" "$OUT"
