@@ -43,7 +43,7 @@ impl LayerContext {
     /// The dropout stream of linear map `slot` of layer `layer` (`per_layer` maps per layer).
     pub fn module_seed(&self, layer: usize, slot: usize, per_layer: usize) -> Option<u64> {
         self.dropout_seed
-            .map(|s| crate::peft::lora::mix_seed(s, (layer * per_layer + slot) as u64))
+            .map(|s| crate::ops::dropout::mix_seed(s, (layer * per_layer + slot) as u64))
     }
 }
 

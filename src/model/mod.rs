@@ -6,6 +6,7 @@ pub mod config;
 pub mod families;
 pub mod generate;
 pub mod layer;
+pub mod map_update;
 #[allow(clippy::module_inception)]
 pub mod model;
 pub mod stem;
@@ -15,6 +16,7 @@ pub mod weight;
 pub use config::{Family, ModelConfig};
 pub use families::{architecture, llama};
 pub use layer::{DecoderLayer, LayerCache, LayerContext, ModuleMut, ModuleRef};
+pub use map_update::{Bottleneck, Lora, BOTTLENECK_WEIGHT_SUFFIXES};
 pub use model::{cross_entropy, log_softmax, Model, ModelCache};
 pub use stem::Stem;
 pub use tensor_map::TensorMap;

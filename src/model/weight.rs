@@ -159,9 +159,9 @@ pub struct Linear {
     /// shapes and fingerprints stay those of the checkpoint, and PEFT is told so.
     pub fan_in_fan_out: bool,
     /// A low-rank update added to the output, when the map is LoRA-adapted.
-    pub lora: Option<crate::peft::lora::Lora>,
+    pub lora: Option<super::Lora>,
     /// A bottleneck adapter applied to the output, when the map has one.
-    pub adapter: Option<crate::peft::bottleneck::Bottleneck>,
+    pub adapter: Option<super::Bottleneck>,
     /// The frozen weight packed in bf16 for the bf16 kernel, when [`Linear::pack_bf16`] asked for
     /// it. Used only while it still packs the current weight.
     pub bf16: Option<Arc<ops::Bf16Weight>>,
@@ -241,7 +241,7 @@ impl Linear {
         }
         if let Some(adapter) = &self.adapter {
             out.extend(
-                crate::peft::bottleneck::WEIGHT_SUFFIXES
+                super::BOTTLENECK_WEIGHT_SUFFIXES
                     .into_iter()
                     .zip(adapter.weights()),
             );
@@ -276,7 +276,7 @@ impl Linear {
         }
         if let Some(adapter) = adapter {
             peft.extend(
-                crate::peft::bottleneck::WEIGHT_SUFFIXES
+                super::BOTTLENECK_WEIGHT_SUFFIXES
                     .into_iter()
                     .zip(adapter.weights_mut()),
             );

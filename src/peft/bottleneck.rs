@@ -3,8 +3,7 @@
 //! projection, i.e. right before each sub-layer's output joins the residual stream. `up` starts
 //! at zero, so an untrained adapter is the identity and training starts from the base model.
 
-use super::lora::{dropout, mix_seed};
-use crate::model::{Linear, Weight};
+use crate::model::Weight;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -44,28 +43,7 @@ impl Default for BottleneckConfig {
     }
 }
 
-/// Names of a bottleneck's weights relative to the linear map it follows.
-pub const WEIGHT_SUFFIXES: [&str; 4] = [
-    "adapter.down.weight",
-    "adapter.down.bias",
-    "adapter.up.weight",
-    "adapter.up.bias",
-];
-
-/// One bottleneck adapter on the output of a linear map with `dim` outputs.
-#[derive(Clone, Debug)]
-pub struct Bottleneck {
-    /// `[size, dim]`.
-    pub down: Weight,
-    /// `[size]`.
-    pub down_bias: Weight,
-    /// `[dim, size]`.
-    pub up: Weight,
-    /// `[dim]`.
-    pub up_bias: Weight,
-    /// Dropout probability (training only).
-    pub dropout: f64,
-}
+pub use crate::model::{Bottleneck, BOTTLENECK_WEIGHT_SUFFIXES as WEIGHT_SUFFIXES};
 
 impl Bottleneck {
     /// A fresh, trainable adapter for a map with `dim` outputs: `down` as PyTorch's
@@ -92,49 +70,5 @@ impl Bottleneck {
             up_bias: var(Tensor::zeros(dim, DType::F32, cpu)?)?,
             dropout: config.dropout,
         })
-    }
-
-    /// A frozen adapter from stored tensors, in [`WEIGHT_SUFFIXES`] order (for inference).
-    pub fn from_tensors(tensors: [Tensor; 4]) -> Self {
-        let [down, down_bias, up, up_bias] = tensors.map(Weight::Frozen);
-        Bottleneck {
-            down,
-            down_bias,
-            up,
-            up_bias,
-            dropout: 0.0,
-        }
-    }
-
-    /// `y + up(drop(relu(down(y))))`; dropout only with a seed (training).
-    pub fn forward(&self, y: &Tensor, seed: Option<u64>) -> Result<Tensor> {
-        let h = Linear::new(self.down.clone())
-            .forward(y)?
-            .broadcast_add(self.down_bias.tensor())?
-            .relu()?;
-        let h = match seed {
-            // Its own stream: a LoRA on the same map draws from `seed` itself.
-            Some(s) => dropout(&h, self.dropout, mix_seed(s, 1))?,
-            None => h,
-        };
-        let out = Linear::new(self.up.clone())
-            .forward(&h)?
-            .broadcast_add(self.up_bias.tensor())?;
-        y + out
-    }
-
-    /// The weights in [`WEIGHT_SUFFIXES`] order.
-    pub fn weights(&self) -> [&Weight; 4] {
-        [&self.down, &self.down_bias, &self.up, &self.up_bias]
-    }
-
-    /// Mutable [`Bottleneck::weights`].
-    pub fn weights_mut(&mut self) -> [&mut Weight; 4] {
-        [
-            &mut self.down,
-            &mut self.down_bias,
-            &mut self.up,
-            &mut self.up_bias,
-        ]
     }
 }

@@ -43,19 +43,7 @@ impl Default for LoraConfig {
     }
 }
 
-/// The low-rank update of one linear map.
-#[derive(Clone, Debug)]
-pub struct Lora {
-    /// `[r, in]`.
-    pub a: Weight,
-    /// `[out, r]`.
-    pub b: Weight,
-    /// `alpha / r`.
-    pub scale: f64,
-    /// Dropout probability (training only).
-    pub dropout: f64,
-}
-
+pub use crate::model::Lora;
 pub use crate::ops::dropout::{dropout, mix_seed};
 
 impl Lora {
@@ -81,21 +69,5 @@ impl Lora {
             scale: config.alpha / config.r as f64,
             dropout: config.dropout,
         })
-    }
-
-    /// The branch's output `scale · (drop(x)·Aᵀ)·Bᵀ`; dropout only with a seed (training).
-    pub fn forward(&self, x: &Tensor, seed: Option<u64>) -> Result<Tensor> {
-        let x = match seed {
-            Some(s) => dropout(x, self.dropout, s)?,
-            None => x.clone(),
-        };
-        let a = crate::model::Linear::new(self.a.clone());
-        let b = crate::model::Linear::new(self.b.clone());
-        b.forward(&a.forward(&x)?)? * self.scale
-    }
-
-    /// The update as a dense `[out, in]` matrix, `scale · B·A`, for merging.
-    pub fn delta(&self) -> Result<Tensor> {
-        self.b.tensor().matmul(self.a.tensor())? * self.scale
     }
 }
