@@ -2,6 +2,7 @@
 
 use super::ModelSpec;
 use anyhow::Result;
+use offsite::emulator::align::flag_value;
 use offsite::emulator::fingerprint::short;
 use offsite::emulator::{Adapter, Package};
 use offsite::io::offsite_file::{self, Seal, ADAPTER_FORMAT, PACKAGE_FORMAT};
@@ -186,7 +187,7 @@ fn inspect_adapter(path: &Path, as_json: bool) -> Result<()> {
     if let Some(r) = &a.meta.alignment {
         let o = &r.options;
         println!(
-            "aligned       by the model owner on {} (sha256 {}…{}): target {:?} (α {}) at {:?} \
+            "aligned       by the model owner on {} (sha256 {}…{}): target `{}` (α {}) at `{}` \
              positions, {} weights changed ({}), pull {}; {} steps, {} tokens, {:.0} s, final KL {}, \
              held-out KL {} → {}",
             r.corpus,
@@ -194,9 +195,9 @@ fn inspect_adapter(path: &Path, as_json: bool) -> Result<()> {
             o.template
                 .as_ref()
                 .map_or(String::new(), |t| format!(", template {t:?}")),
-            o.target,
+            flag_value(&o.target),
             o.alpha,
-            o.positions,
+            flag_value(&o.positions),
             r.trained.len(),
             o.trained_part(),
             o.pull,
