@@ -61,6 +61,8 @@ pub enum AlignParams {
     /// A fresh LoRA (rank `--align-lora-r`) on the top adapter layers' linear maps, merged into
     /// their weights when the alignment ends (the aligned adapter stays a full adapter).
     LoraTop,
+    /// `lora-top` and the adapter layers' norm gains together.
+    LoraTopNorms,
 }
 
 impl AlignParams {
@@ -72,7 +74,13 @@ impl AlignParams {
             AlignParams::Top => top.contains(&layer),
             AlignParams::All => true,
             AlignParams::LoraTop => false,
+            AlignParams::LoraTopNorms => rank == 1,
         }
+    }
+
+    /// Whether a fresh LoRA on the top layers is part of what trains.
+    fn has_lora(self) -> bool {
+        matches!(self, AlignParams::LoraTop | AlignParams::LoraTopNorms)
     }
 }
 
@@ -127,6 +135,10 @@ impl AlignOptions {
         match self.params {
             AlignParams::LoraTop => format!(
                 "a rank-{} LoRA on the top layers (`lora-top`, merged)",
+                self.lora_r.unwrap_or(DEFAULT_LORA_R)
+            ),
+            AlignParams::LoraTopNorms => format!(
+                "a rank-{} LoRA on the top layers and the norm gains (`lora-top-norms`, merged)",
                 self.lora_r.unwrap_or(DEFAULT_LORA_R)
             ),
             p => format!("`{}` weights", flag_value(&p)),
@@ -333,7 +345,7 @@ pub(crate) fn align_until(run: &AlignRun, stop_at: Option<usize>) -> Result<Adap
             ),
         ));
     }
-    if options.lora_r.is_some() && options.params != AlignParams::LoraTop {
+    if options.lora_r.is_some() && !options.params.has_lora() {
         return Err(Error::Invalid(
             "--align-lora-r applies to --align-params lora-top only".into(),
         ));
@@ -343,7 +355,7 @@ pub(crate) fn align_until(run: &AlignRun, stop_at: Option<usize>) -> Result<Adap
     let proxy = Proxy::new(ckpt, package, adapter, options.alpha)?;
     let mut student = plug(ckpt, adapter)?;
     let top = &package.meta.split.top;
-    let lora = options.params == AlignParams::LoraTop;
+    let lora = options.params.has_lora();
     if lora {
         add_lora(
             &mut student,
@@ -352,23 +364,24 @@ pub(crate) fn align_until(run: &AlignRun, stop_at: Option<usize>) -> Result<Adap
             training.seed,
         )?;
     }
-    let names: Vec<String> = if lora {
-        student
-            .named_weights()
-            .into_iter()
-            .map(|(name, _)| name)
-            .filter(|name| is_lora_weight(name))
-            .collect()
-    } else {
-        adapter
-            .tensors
-            .iter()
-            .filter(|(name, t)| {
-                layer_index(name).is_some_and(|l| options.params.picks(top, l, t.rank()))
-            })
-            .map(|(name, _)| name.to_string())
-            .collect()
-    };
+    // The adapter weights the part trains directly, then the fresh LoRA's own weights.
+    let mut names: Vec<String> = adapter
+        .tensors
+        .iter()
+        .filter(|(name, t)| {
+            layer_index(name).is_some_and(|l| options.params.picks(top, l, t.rank()))
+        })
+        .map(|(name, _)| name.to_string())
+        .collect();
+    if lora {
+        names.extend(
+            student
+                .named_weights()
+                .into_iter()
+                .map(|(name, _)| name)
+                .filter(|name| is_lora_weight(name)),
+        );
+    }
     if names.is_empty() {
         return Err(Error::Invalid(format!(
             "--align-params {} names no weight of this adapter",
@@ -396,7 +409,15 @@ pub(crate) fn align_until(run: &AlignRun, stop_at: Option<usize>) -> Result<Adap
     let outcome = train::train(job, &loss)?;
     let _ = std::fs::remove_dir_all(&checkpoint_dir);
     let (weights, trained) = if lora {
-        merged_lora(student, &outcome.params, adapter)?
+        let (mut weights, mut trained) = merged_lora(student, &outcome.params, adapter)?;
+        // Weights trained directly (norm gains) are kept as they are.
+        for (name, t) in &outcome.params {
+            if !is_lora_weight(name) {
+                weights.insert(name.clone(), t.clone());
+                trained.push(name.clone());
+            }
+        }
+        (weights, trained)
     } else {
         (outcome.params, names)
     };

@@ -398,3 +398,29 @@ fn numerical_rank(m: &Tensor) -> usize {
     }
     basis.len()
 }
+
+#[test]
+fn lora_and_norm_gains_together_change_the_top_maps_and_every_adapter_norm() {
+    let parts = setup(true);
+    let (_, pkg, adapter) = &parts;
+    let dir = tempfile::tempdir().unwrap();
+    let training = TrainOptions {
+        max_steps: Some(10),
+        lr: 3e-3,
+        ..training()
+    };
+    let opts = AlignOptions {
+        lora_r: Some(2),
+        ..options(AlignParams::LoraTopNorms)
+    };
+    let aligned = run(&parts, &opts, &dir.path().join("a"), None, &training).unwrap();
+    let record = aligned.meta.alignment.as_ref().expect("recorded");
+    let top = &pkg.meta.split.top;
+    for (name, t) in adapter.tensors.iter() {
+        let got = aligned.tensors.get(name, t.dims()).unwrap();
+        let should = t.rank() == 1 || in_layers(name, top);
+        assert_eq!(max_diff(t, &got) > 0.0, should, "{name}");
+        assert_eq!(record.trained.iter().any(|n| n == name), should, "{name}");
+    }
+    assert!(opts.trained_part().contains("norm gains"));
+}
