@@ -42,11 +42,10 @@ SPAM_TEMPLATE=$'Subject: {text}\n\nQuestion: Is this email spam?\nAnswer:'
     --align-data "$M/mail-train.jsonl" --align-val "$M/mail-val.jsonl" \
     --align-steps 200 --align-lr 1e-3 --align-target emulator --align-positions last \
     --align-params lora-top --align-lora-r 8 --align-template "$SPAM_TEMPLATE" --resume -o "$OUT/spam-k13"
-# The same LoRA alignment on the public speech sentences in spam's template (alignment_spam.sh's
-# corpus), for the corpus comparison.
+# The top-layer LoRA and the adapter layers' norm gains together, on the same own samples.
 "$B" experiment smollm2 --train "$S/train.jsonl" --val "$S/validation.jsonl" --test "$S/test.jsonl" \
     --limit-val 64 --limit-test 200 --emulator-package "$OUT/k13-importance.offsite" \
     --max-steps 200 --batch-size 4 --warmup-steps 10 --eval-every 50 --save-every 50 --lr 1e-4 \
-    --align-data "$OUT/public/paragraphs-train.jsonl" --align-val "$OUT/public/paragraphs-val.jsonl" \
+    --align-data "$M/mail-train.jsonl" --align-val "$M/mail-val.jsonl" \
     --align-steps 200 --align-lr 1e-3 --align-target emulator --align-positions last \
-    --align-params lora-top --align-lora-r 8 --align-template "$SPAM_TEMPLATE" --resume -o "$OUT/spam-k13"
+    --align-params lora-top-norms --align-lora-r 8 --align-template "$SPAM_TEMPLATE" --resume -o "$OUT/spam-k13"
