@@ -409,15 +409,7 @@ pub(crate) fn align_until(run: &AlignRun, stop_at: Option<usize>) -> Result<Adap
     let outcome = train::train(job, &loss)?;
     let _ = std::fs::remove_dir_all(&checkpoint_dir);
     let (weights, trained) = if lora {
-        let (mut weights, mut trained) = merged_lora(student, &outcome.params, adapter)?;
-        // Weights trained directly (norm gains) are kept as they are.
-        for (name, t) in &outcome.params {
-            if !is_lora_weight(name) {
-                weights.insert(name.clone(), t.clone());
-                trained.push(name.clone());
-            }
-        }
-        (weights, trained)
+        merged_lora(student, &outcome.params, adapter)?
     } else {
         (outcome.params, names)
     };
@@ -434,16 +426,17 @@ pub(crate) fn align_until(run: &AlignRun, stop_at: Option<usize>) -> Result<Adap
     aligned_adapter(adapter, &weights, record)
 }
 
-/// The adapter weights of `student` with its trained LoRA (`lora`: the kept values of its
-/// low-rank weights) folded in, and the names of the weights that changed.
+/// The adapter weights the alignment changed, and their names: `student`'s top maps with its
+/// trained LoRA folded in, plus any weights trained directly (norm gains), as kept in `trained`
+/// (the kept values of every trained weight, the LoRA's own included).
 fn merged_lora(
     mut student: Model,
-    lora: &BTreeMap<String, Tensor>,
+    trained: &BTreeMap<String, Tensor>,
     adapter: &Adapter,
 ) -> Result<(BTreeMap<String, Tensor>, Vec<String>)> {
     let mut adapted = Vec::new();
     for (name, w) in student.named_weights_mut() {
-        if let Some(t) = lora.get(&name) {
+        if let Some(t) = trained.get(&name) {
             let var = w.var().ok_or_else(|| {
                 Error::Invalid(format!("the aligned LoRA weight {name} is not trainable"))
             })?;
@@ -455,7 +448,7 @@ fn merged_lora(
         }
     }
     merge_lora(&mut student)?;
-    let weights: BTreeMap<String, Tensor> = student
+    let mut weights: BTreeMap<String, Tensor> = student
         .named_weights()
         .into_iter()
         .filter(|(name, _)| adapted.contains(name) && adapter.tensors.contains(name))
@@ -467,6 +460,10 @@ fn merged_lora(
             adapted.len(),
             weights.len()
         )));
+    }
+    for (name, t) in trained.iter().filter(|(n, _)| !is_lora_weight(n)) {
+        weights.insert(name.clone(), t.clone());
+        adapted.push(name.clone());
     }
     Ok((weights, adapted))
 }
