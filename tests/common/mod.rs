@@ -30,7 +30,12 @@ pub fn s(p: &Path) -> &str {
 /// The largest absolute difference between two tensors of the same shape, in f64.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
-    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
+    max_abs(&(a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap())
+}
+
+/// The largest magnitude in a tensor, in f64.
+pub fn max_abs(t: &Tensor) -> f64 {
+    t.to_dtype(DType::F64)
         .unwrap()
         .abs()
         .unwrap()
@@ -40,6 +45,56 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .unwrap()
         .to_scalar::<f64>()
         .unwrap()
+}
+
+/// Checks every tensor listed in a reference `weight_checksums.json` (`params`: HF name, shape,
+/// f64 sum and sum of squares, first 8 values as loaded by transformers) against `tensors`.
+pub fn assert_weights_match_checksums(
+    tensors: &offsite::model::TensorMap,
+    checksums: &serde_json::Value,
+    count: usize,
+) {
+    let params = checksums["params"].as_array().unwrap();
+    assert_eq!(params.len(), count);
+    for p in params {
+        let name = p["name"].as_str().unwrap();
+        let shape: Vec<usize> = p["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        let t = tensors.get(name, &shape).unwrap();
+        let v = t.flatten_all().unwrap().to_dtype(DType::F64).unwrap();
+        let sum = v.sum_all().unwrap().to_scalar::<f64>().unwrap();
+        let sum_sq = v
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        let want_sum = p["sum"].as_f64().unwrap();
+        let want_sq = p["sum_sq"].as_f64().unwrap();
+        assert!(
+            (sum - want_sum).abs() <= 1e-6 * (1.0 + want_sq),
+            "{name}: sum {sum} vs {want_sum}"
+        );
+        assert!(
+            (sum_sq - want_sq).abs() <= 1e-9 * (1.0 + want_sq),
+            "{name}: sum_sq {sum_sq} vs {want_sq}"
+        );
+        let first: Vec<f64> = v.narrow(0, 0, 8).unwrap().to_vec1().unwrap();
+        for (a, b) in first.iter().zip(p["first8"].as_array().unwrap()) {
+            // Compared as f32: the values are f32, and JSON parsing of long decimals may be off
+            // in the last f64 bit.
+            assert_eq!(
+                *a as f32,
+                b.as_f64().unwrap() as f32,
+                "{name}: first values differ"
+            );
+        }
+    }
 }
 
 /// A run that must have failed, without a panic, with each of `needles` in its stderr.

@@ -5,7 +5,7 @@
 use super::{guard, Special, Tokenizer};
 use crate::{Error, Result};
 use candle_core::quantized::gguf_file;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::NFC;
@@ -58,40 +58,31 @@ impl Tokenizer {
                 "no tokenizer in this GGUF (no `tokenizer.ggml.model`)",
             )
         })?;
-        if model != "gpt2" {
-            return Err(Error::format(
-                path,
-                format!(
-                    "unsupported tokenizer model `{model}` (tokenizer.ggml.model); offsite supports byte-level BPE (`gpt2`) only"
-                ),
-            ));
-        }
-        let pre_name = gguf_str(md, "tokenizer.ggml.pre", path)?.unwrap_or("gpt2");
-        let pre = PreTokenizerKind::from_gguf(pre_name).ok_or_else(|| {
-            Error::format(
-                path,
-                format!(
-                    "unsupported pre-tokenizer `{pre_name}` (tokenizer.ggml.pre; supported: {SUPPORTED_PRE})"
-                ),
-            )
-        })?;
-
-        let tokens = gguf_str_array(md, "tokenizer.ggml.tokens", path)?
-            .ok_or_else(|| Error::format(path, "missing `tokenizer.ggml.tokens`"))?;
-        let merges = gguf_str_array(md, "tokenizer.ggml.merges", path)?
-            .ok_or_else(|| Error::format(path, "missing `tokenizer.ggml.merges`"))?
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| match m.split_once(' ') {
-                Some((a, b)) => Ok((a.to_string(), b.to_string())),
-                None => Err(Error::format(
+        let arch = gguf_str(md, "general.architecture", path)?.unwrap_or("");
+        let kind = match model {
+            "gpt2" => {
+                let pre_name = gguf_str(md, "tokenizer.ggml.pre", path)?.unwrap_or("gpt2");
+                Kind::ByteLevel(PreTokenizerKind::from_gguf(pre_name).ok_or_else(|| {
+                    Error::format(
+                        path,
+                        format!(
+                            "unsupported pre-tokenizer `{pre_name}` (tokenizer.ggml.pre; supported: {SUPPORTED_PRE})"
+                        ),
+                    )
+                })?)
+            }
+            "llama" if arch.starts_with("gemma") => Kind::Gemma,
+            _ => {
+                return Err(Error::format(
                     path,
                     format!(
-                        "tokenizer.ggml.merges[{i}] = `{m}` is not two tokens separated by a space"
+                        "unsupported tokenizer model `{model}` (tokenizer.ggml.model) of a `{arch}` model; offsite supports byte-level BPE (`gpt2`) and Gemma's SentencePiece (`llama` in a Gemma file)"
                     ),
-                )),
-            })
-            .collect::<Result<Vec<_>>>()?;
+                ))
+            }
+        };
+        let tokens = gguf_str_array(md, "tokenizer.ggml.tokens", path)?
+            .ok_or_else(|| Error::format(path, "missing `tokenizer.ggml.tokens`"))?;
         let token_types = match md.get("tokenizer.ggml.token_type") {
             None => None,
             Some(v) => {
@@ -159,56 +150,20 @@ impl Tokenizer {
         ])?;
         let chat_template = gguf_str(md, "tokenizer.chat_template", path)?.map(str::to_string);
 
-        // A HashMap keeps the last id of a duplicated token string, as transformers' dict does.
-        let vocab: Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        let bpe = guard(path, || {
-            BPE::builder()
-                .vocab_and_merges(vocab, merges)
-                // llama.cpp looks a whole pre-token up before merging for Llama 3 (as its
-                // tokenizer.json's `ignore_merges` does); GPT-2 and Qwen2 always merge.
-                .ignore_merges(pre == PreTokenizerKind::Llama3)
-                .build()
-        })?
-        .map_err(|e| Error::format(path, format!("invalid BPE vocabulary or merges: {e}")))?;
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-        let byte_level =
-            |prefix: bool, trim: bool, regex: bool| ByteLevel::new(prefix, trim, regex);
-        let split = |regex: &str| -> Result<PreTokenizerWrapper> {
-            Split::new(
-                SplitPattern::Regex(regex.to_string()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map(Into::into)
-            .map_err(|e| Error::format(path, format!("cannot build the pre-tokenizer: {e}")))
+        // The model's own pipeline, and the vocabulary as the model spells it.
+        let (mut inner, lookup) = match kind {
+            Kind::ByteLevel(pre) => (
+                byte_level_bpe(md, &tokens, pre, add_prefix_space, path)?,
+                None,
+            ),
+            Kind::Gemma => {
+                let respelled = super::sentencepiece::respell(&tokens);
+                let unk_text = unk.as_ref().map(|u| u.content.as_str());
+                let inner = super::sentencepiece::gemma(&respelled, unk_text, path)?;
+                let lookup: HashSet<String> = respelled.into_iter().collect();
+                (inner, Some(lookup))
+            }
         };
-        match pre {
-            PreTokenizerKind::Gpt2 => {
-                inner.with_pre_tokenizer(Some(byte_level(add_prefix_space, true, true)));
-            }
-            PreTokenizerKind::Llama3 => {
-                let seq = Sequence::new(vec![
-                    split(LLAMA3_SPLIT)?,
-                    byte_level(false, true, false).into(),
-                ]);
-                inner.with_pre_tokenizer(Some(seq));
-            }
-            PreTokenizerKind::Qwen2 => {
-                inner.with_normalizer(Some(NFC)).map_err(|e| {
-                    Error::format(path, format!("cannot build the normalizer: {e}"))
-                })?;
-                let seq = Sequence::new(vec![
-                    split(QWEN2_SPLIT)?,
-                    byte_level(false, false, false).into(),
-                ]);
-                inner.with_pre_tokenizer(Some(seq));
-            }
-        }
-        inner.with_decoder(Some(byte_level(true, true, true)));
         // What transformers' GGUF converter writes: a BOS template when the model wants one, so a
         // saved directory behaves the same under AutoTokenizer; offsite's own encode skips it.
         let post: PostProcessorWrapper = match (&bos, add_bos) {
@@ -220,9 +175,12 @@ impl Tokenizer {
                 .build()
                 .map_err(|e| Error::format(path, format!("cannot build the BOS template: {e}")))?
                 .into(),
-            _ => byte_level(true, false, true).into(),
+            _ => ByteLevel::new(true, false, true).into(),
         };
-        inner.with_post_processor(Some(post));
+        // A SentencePiece tokenizer without a BOS has no post-processor at all.
+        if add_bos || matches!(kind, Kind::ByteLevel(_)) {
+            inner.with_post_processor(Some(post));
+        }
 
         // Control tokens (type 3) are special tokens matched in raw text; user-defined ones
         // (type 4) are matched too but are ordinary text. Tokens with a role are special even
@@ -233,7 +191,9 @@ impl Tokenizer {
             for (token, ty) in tokens.iter().zip(types) {
                 match ty {
                     3 => specials.push(AddedToken::from(token.clone(), true)),
-                    4 => {
+                    // transformers adds a user-defined token only when the vocabulary has it as
+                    // spelled (Gemma's space runs are respelled, so they are not added).
+                    4 if lookup.as_ref().is_none_or(|l| l.contains(token)) => {
                         user_defined.push(AddedToken::from(token.clone(), false).normalized(false))
                     }
                     _ => {}
@@ -258,6 +218,90 @@ impl Tokenizer {
             Some(add_bos),
         )
     }
+}
+
+/// How the vocabulary is tokenized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Byte-level BPE (`gpt2`) with the named pre-tokenization.
+    ByteLevel(PreTokenizerKind),
+    /// Gemma's SentencePiece BPE (`llama` in a Gemma file).
+    Gemma,
+}
+
+/// The byte-level BPE pipeline from the file's tokens and merges, without added tokens or a
+/// post-processor.
+fn byte_level_bpe(
+    md: &HashMap<String, gguf_file::Value>,
+    tokens: &[String],
+    pre: PreTokenizerKind,
+    add_prefix_space: bool,
+    path: &Path,
+) -> Result<tokenizers::Tokenizer> {
+    let merges = gguf_str_array(md, "tokenizer.ggml.merges", path)?
+        .ok_or_else(|| Error::format(path, "missing `tokenizer.ggml.merges`"))?
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| match m.split_once(' ') {
+            Some((a, b)) => Ok((a.to_string(), b.to_string())),
+            None => Err(Error::format(
+                path,
+                format!(
+                    "tokenizer.ggml.merges[{i}] = `{m}` is not two tokens separated by a space"
+                ),
+            )),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // A HashMap keeps the last id of a duplicated token string, as transformers' dict does.
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let bpe = guard(path, || {
+        BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            // llama.cpp looks a whole pre-token up before merging for Llama 3 (as its
+            // tokenizer.json's `ignore_merges` does); GPT-2 and Qwen2 always merge.
+            .ignore_merges(pre == PreTokenizerKind::Llama3)
+            .build()
+    })?
+    .map_err(|e| Error::format(path, format!("invalid BPE vocabulary or merges: {e}")))?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    let byte_level = |prefix: bool, trim: bool, regex: bool| ByteLevel::new(prefix, trim, regex);
+    let split = |regex: &str| -> Result<PreTokenizerWrapper> {
+        Split::new(
+            SplitPattern::Regex(regex.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map(Into::into)
+        .map_err(|e| Error::format(path, format!("cannot build the pre-tokenizer: {e}")))
+    };
+    match pre {
+        PreTokenizerKind::Gpt2 => {
+            inner.with_pre_tokenizer(Some(byte_level(add_prefix_space, true, true)));
+        }
+        PreTokenizerKind::Llama3 => {
+            let seq = Sequence::new(vec![
+                split(LLAMA3_SPLIT)?,
+                byte_level(false, true, false).into(),
+            ]);
+            inner.with_pre_tokenizer(Some(seq));
+        }
+        PreTokenizerKind::Qwen2 => {
+            inner
+                .with_normalizer(Some(NFC))
+                .map_err(|e| Error::format(path, format!("cannot build the normalizer: {e}")))?;
+            let seq = Sequence::new(vec![
+                split(QWEN2_SPLIT)?,
+                byte_level(false, false, false).into(),
+            ]);
+            inner.with_pre_tokenizer(Some(seq));
+        }
+    }
+    inner.with_decoder(Some(byte_level(true, true, true)));
+    Ok(inner)
 }
 
 fn gguf_str<'a>(

@@ -10,6 +10,7 @@
 
 mod chat;
 mod gguf;
+mod sentencepiece;
 
 pub use chat::{render_chat_template, ChatMessage};
 
