@@ -50,7 +50,7 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         args.prompt.clone()
     };
-    let prompt = tok.encode(&text)?;
+    let prompt = tok.encode_start(&text)?;
     let sampling = if args.temperature == 0.0 {
         Sampling::Greedy
     } else {

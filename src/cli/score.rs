@@ -30,7 +30,7 @@ pub fn run(args: Args) -> Result<()> {
         (Some(ids), _) => (ids.clone(), ckpt.tokenizer.as_ref()),
         (None, Some(text)) => {
             let tok = ckpt.tokenizer()?;
-            (tok.encode(text)?, Some(tok))
+            (tok.encode_start(text)?, Some(tok))
         }
         (None, None) => anyhow::bail!("give --text or --ids"),
     };

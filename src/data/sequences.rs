@@ -114,7 +114,7 @@ pub fn load_training_data(
             let docs = read_texts(path)?
                 .iter()
                 .take(limit)
-                .map(|t| tokenizer.encode(t))
+                .map(|t| tokenizer.encode_start(t))
                 .collect::<Result<Vec<_>>>()?;
             (pack_blocks(&docs, eos, block_size), 0)
         }
@@ -123,7 +123,7 @@ pub fn load_training_data(
             let mut truncated = 0;
             for record in read_records(path)?.iter().take(limit) {
                 let (context, answer) = record.prompt_and_answer();
-                let c = tokenizer.encode(context)?;
+                let c = tokenizer.encode_start(context)?;
                 let a = tokenizer.encode(answer)?;
                 if let Some((seq, cut)) = record_sequence(&c, &a, eos, block_size) {
                     truncated += cut as usize;

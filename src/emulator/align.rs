@@ -195,7 +195,10 @@ pub fn align_sequences(
         .eos_id()
         .ok_or_else(|| Error::Invalid("the tokenizer has no end-of-sequence token".into()))?;
     let Some(template) = template else {
-        let tokens: Vec<Vec<u32>> = docs.iter().map(|d| tok.encode(d)).collect::<Result<_>>()?;
+        let tokens: Vec<Vec<u32>> = docs
+            .iter()
+            .map(|d| tok.encode_start(d))
+            .collect::<Result<_>>()?;
         return Ok(pack_blocks(&tokens, eos, block_size));
     };
     if template.matches("{text}").count() != 1 {
@@ -205,7 +208,7 @@ pub fn align_sequences(
     }
     let mut out = Vec::with_capacity(docs.len());
     for d in docs {
-        let mut ids = tok.encode(&template.replace("{text}", d))?;
+        let mut ids = tok.encode_start(&template.replace("{text}", d))?;
         ids.push(eos);
         let start = ids.len().saturating_sub(block_size + 1);
         out.push(Sequence {

@@ -37,7 +37,7 @@ pub fn answer_loss(
     let (mut sum, mut tokens, mut truncated, mut n) = (0.0, 0usize, 0usize, 0usize);
     for record in records {
         let (prompt, answer) = record.prompt_and_answer();
-        let (c, a) = (tok.encode(prompt)?, tok.encode(answer)?);
+        let (c, a) = (tok.encode_start(prompt)?, tok.encode(answer)?);
         let Some((seq, cut)) = record_sequence(&c, &a, eos, block_size) else {
             continue;
         };

@@ -36,8 +36,8 @@ pub fn encode_pair(
     } else {
         (context, continuation.to_string())
     };
-    let whole = tok.encode(&format!("{context}{continuation}"))?;
-    let ctx = tok.encode(context)?;
+    let whole = tok.encode_start(&format!("{context}{continuation}"))?;
+    let ctx = tok.encode_start(context)?;
     let cont = whole.get(ctx.len()..).unwrap_or_default().to_vec();
     Ok((ctx, cont))
 }

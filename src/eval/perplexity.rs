@@ -107,12 +107,19 @@ pub fn perplexity(
         .ok_or_else(|| Error::Invalid("the tokenizer has no end-of-sequence token".into()))?;
     let prefix = tokenizer.bos_id().unwrap_or(eos);
     let pad = tokenizer.pad_id().unwrap_or(eos);
+    // Token perplexity packs the documents as training does (each with its BOS when the model
+    // wants one); the rolling windows start each document from the prefix token instead, as
+    // lm-eval does, so the documents go in without it.
     let tokens: Vec<Vec<u32>> = docs
         .iter()
         .map(|d| tokenizer.encode(d))
         .collect::<Result<_>>()?;
+    let started: Vec<Vec<u32>> = docs
+        .iter()
+        .map(|d| tokenizer.encode_start(d))
+        .collect::<Result<_>>()?;
 
-    let blocks = pack_blocks(&tokens, eos, block_size);
+    let blocks = pack_blocks(&started, eos, block_size);
     let block_nll: f64 = sequence_nll(model, &blocks, batch_size, pad)?.iter().sum();
     let predicted: usize = blocks.iter().map(Sequence::num_targets).sum();
     let token_ce = block_nll / predicted.max(1) as f64;

@@ -283,9 +283,12 @@ fn training_data(
     let mut truncated = 0;
     for r in limit(load_task(task, path)?, n) {
         let answer = &r.choices[r.gold_indices()[0]];
-        if let Some((s, cut)) =
-            record_sequence(&tok.encode(&r.context)?, &tok.encode(answer)?, eos, block)
-        {
+        if let Some((s, cut)) = record_sequence(
+            &tok.encode_start(&r.context)?,
+            &tok.encode(answer)?,
+            eos,
+            block,
+        ) {
             truncated += cut as usize;
             sequences.push(s);
         }

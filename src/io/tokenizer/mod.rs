@@ -218,6 +218,19 @@ impl Tokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// The tokens a model reads for `text` at the start of a sequence: [`Tokenizer::encode`]
+    /// with the BOS in front when the model wants one ([`Tokenizer::add_bos`]; Gemma does,
+    /// SmolLM2 does not) and the text does not already start with it. Training, scoring and
+    /// generation use this for every document, context and prompt, as transformers' tokenizer
+    /// and lm-eval do.
+    pub fn encode_start(&self, text: &str) -> Result<Vec<u32>> {
+        let ids = self.encode(text)?;
+        match self.bos.as_ref().filter(|_| self.add_bos) {
+            Some(b) if ids.first() != Some(&b.id) => Ok([vec![b.id], ids].concat()),
+            _ => Ok(ids),
+        }
+    }
+
     /// The text of `ids`, special tokens included, so that `decode(encode(text)) == text`.
     /// An id outside the vocabulary is an error rather than being dropped silently.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
@@ -520,6 +533,19 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("tiny/tokenizer.json"));
+    }
+
+    #[test]
+    fn encode_start_adds_the_bos_only_when_the_model_wants_one() {
+        let mut t = Tokenizer::tiny_byte_level();
+        let plain = t.encode("hello").unwrap();
+        assert_eq!(t.encode_start("hello").unwrap(), plain);
+        t.add_bos = true;
+        assert_eq!(t.encode_start("hello").unwrap(), [vec![0], plain].concat());
+        // A text that starts with the BOS already does not get a second one.
+        let written = t.encode("<s>hello").unwrap();
+        assert_eq!(written[0], 0);
+        assert_eq!(t.encode_start("<s>hello").unwrap(), written);
     }
 
     #[test]
