@@ -13,7 +13,7 @@ use std::path::PathBuf;
 /// Arguments of `offsite emulator`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The full model: a .gguf file, a Hugging Face directory, or `smollm2`.
+    /// The full model: a .gguf file, a Hugging Face directory, or a known model name (`smollm2`, `gemma3-270m`: fetched on first use).
     model: ModelSpec,
     #[command(flatten)]
     options: EmulatorOptions,

@@ -43,7 +43,7 @@ impl Metric {
 /// Arguments of `offsite eval`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A model (.gguf, HF directory, `smollm2`) or an emulator package (.offsite).
+    /// A model (.gguf, HF directory, `smollm2`, `gemma3-270m`) or an emulator package (.offsite).
     model: super::ModelSpec,
     /// A tuned adapter: with a package, evaluates the emulator fine-tuned; with a model, the
     /// plug-in (without writing it to disk).

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 /// Arguments of `offsite finetune`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model to fine-tune: a .gguf file, a Hugging Face directory, or `smollm2`.
+    /// The model to fine-tune: a .gguf file, a Hugging Face directory, or a known model name (`smollm2`, `gemma3-270m`: fetched on first use).
     model: ModelSpec,
     #[command(flatten)]
     data: super::DataArgs,

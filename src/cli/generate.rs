@@ -8,7 +8,7 @@ use offsite::model::generate::{generate, Sampling};
 /// Arguments of `offsite generate`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A .gguf file, a Hugging Face model directory, or `smollm2`.
+    /// A .gguf file, a Hugging Face model directory, or a known model name (`smollm2`, `gemma3-270m`: fetched on first use).
     model: ModelSpec,
     /// The text to continue (with --chat: the user's message).
     #[arg(long)]

@@ -229,7 +229,7 @@ fn inspect_adapter(path: &Path, as_json: bool) -> Result<()> {
 /// Arguments of `offsite inspect`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A .gguf file, a Hugging Face model directory, or `smollm2`.
+    /// A .gguf file, a Hugging Face model directory, or a known model name (`smollm2`, `gemma3-270m`: fetched on first use).
     model: ModelSpec,
     /// Print JSON instead of text.
     #[arg(long)]

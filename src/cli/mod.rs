@@ -157,7 +157,7 @@ impl DataArgs {
 }
 
 /// A MODEL argument: a `.gguf` file, a Hugging Face directory, or a known model's name
-/// (`smollm2`), which is fetched on first use.
+/// (`smollm2`, `gemma3-270m`), which is fetched on first use.
 #[derive(Clone, Debug)]
 pub struct ModelSpec(pub String);
 

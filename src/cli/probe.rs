@@ -12,7 +12,7 @@ use std::path::PathBuf;
 /// Arguments of `offsite probe`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The full model the package was built from (.gguf, HF directory, `smollm2`).
+    /// The full model the package was built from (.gguf, HF directory, `smollm2`, `gemma3-270m`).
     model: super::ModelSpec,
     /// The emulator package.
     package: PathBuf,

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 /// Arguments of `offsite sample`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A .gguf file, a Hugging Face model directory, or `smollm2`.
+    /// A .gguf file, a Hugging Face model directory, or a known model name (`smollm2`, `gemma3-270m`: fetched on first use).
     model: ModelSpec,
     /// Number of samples.
     #[arg(short, long, default_value_t = 32)]

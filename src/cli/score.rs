@@ -8,7 +8,7 @@ use offsite::eval::score::score_ids;
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["text", "ids"])))]
 pub struct Args {
-    /// A .gguf file, a Hugging Face model directory, or `smollm2`.
+    /// A .gguf file, a Hugging Face model directory, or a known model name (`smollm2`, `gemma3-270m`: fetched on first use).
     model: ModelSpec,
     /// The text to score (tokenized as is, no BOS added).
     #[arg(long)]

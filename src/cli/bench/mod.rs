@@ -106,7 +106,7 @@ pub struct Settings {
 /// Arguments of `offsite bench`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model: a .gguf file, a Hugging Face directory, or `smollm2`.
+    /// The model: a .gguf file, a Hugging Face directory, or a known model name (`smollm2`, `gemma3-270m`: fetched on first use).
     model: ModelSpec,
     /// Modes to run, each in its own process.
     #[arg(
