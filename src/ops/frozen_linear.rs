@@ -14,38 +14,34 @@ struct FrozenLinear {
     weight: Tensor,
 }
 
-impl FrozenLinear {
-    /// Output shape and the (batch, m, n, k) of the underlying 2-D matmul.
-    fn dims(&self, layout: &Layout) -> Result<(Shape, (usize, usize, usize, usize))> {
-        let (out_f, in_f) = self.weight.dims2()?;
-        let dims = layout.shape().dims();
-        let k = *dims.last().unwrap_or(&0);
-        if k != in_f {
-            candle_core::bail!(
-                "frozen_linear: input has {k} features, weight expects {in_f} (weight {:?})",
-                self.weight.shape()
-            );
-        }
-        let m = layout.shape().elem_count() / k.max(1);
-        let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("checked non-empty") = out_f;
-        Ok((Shape::from(out_dims), (1, m, out_f, k)))
+/// `x · wᵀ` on any backend's storage, `w` being `[out, in]`: the input viewed as `[m, k]`, the
+/// weight's storage viewed transposed as `[k, n]` without a copy. `op` names the caller in
+/// errors.
+pub(super) fn times_transposed<S: BackendStorage>(
+    x: &S,
+    x_layout: &Layout,
+    w: &S,
+    w_layout: &Layout,
+    op: &str,
+) -> Result<(S, Shape)> {
+    let (out_f, in_f) = w_layout.shape().dims2()?;
+    let dims = x_layout.shape().dims();
+    let k = *dims.last().unwrap_or(&0);
+    if k != in_f {
+        candle_core::bail!(
+            "{op}: input has {k} features, weight expects {in_f} (weight {:?})",
+            w_layout.shape()
+        );
     }
-
-    /// Runs the matmul on any backend's storage: the input viewed as `[m, k]`, the weight's
-    /// storage viewed transposed as `[k, n]` without a copy.
-    fn fwd<S: BackendStorage>(
-        &self,
-        x: &S,
-        x_layout: &Layout,
-        w: &S,
-        w_layout: &Layout,
-    ) -> Result<(S, Shape)> {
-        let (shape, bmnk) = self.dims(x_layout)?;
-        let x_layout = flatten_to_2d(x_layout, bmnk.1, bmnk.3)?;
-        let w_t = w_layout.transpose(0, 1)?;
-        Ok((x.matmul(w, bmnk, &x_layout, &w_t)?, shape))
-    }
+    let m = x_layout.shape().elem_count() / k.max(1);
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("checked non-empty") = out_f;
+    let x_layout = flatten_to_2d(x_layout, m, k)?;
+    let w_t = w_layout.transpose(0, 1)?;
+    Ok((
+        x.matmul(w, (1, m, out_f, k), &x_layout, &w_t)?,
+        Shape::from(out_dims),
+    ))
 }
 
 /// The 2-D `[m, k]` view of a layout whose leading dims can be merged without a copy.
@@ -53,7 +49,7 @@ fn flatten_to_2d(layout: &Layout, m: usize, k: usize) -> Result<Layout> {
     match layout.contiguous_offsets() {
         Some((start, _)) => Ok(Layout::contiguous_with_offset((m, k), start)),
         None if layout.dims().len() == 2 => Ok(layout.clone()),
-        None => candle_core::bail!("frozen_linear: input must be contiguous"),
+        None => candle_core::bail!("input must be contiguous"),
     }
 }
 
@@ -65,7 +61,7 @@ impl CustomOp1 for FrozenLinear {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (w_storage, w_layout) = self.weight.storage_and_layout();
         match &*w_storage {
-            Storage::Cpu(w) => self.fwd(storage, layout, w, w_layout),
+            Storage::Cpu(w) => times_transposed(storage, layout, w, w_layout, self.name()),
             _ => candle_core::bail!("frozen_linear: weight and input on different devices"),
         }
     }
@@ -77,7 +73,7 @@ impl CustomOp1 for FrozenLinear {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (w_storage, w_layout) = self.weight.storage_and_layout();
         match &*w_storage {
-            Storage::Cuda(w) => self.fwd(storage, layout, w, w_layout),
+            Storage::Cuda(w) => times_transposed(storage, layout, w, w_layout, self.name()),
             _ => candle_core::bail!("frozen_linear: weight and input on different devices"),
         }
     }
