@@ -63,6 +63,10 @@ pub enum AlignParams {
     LoraTop,
     /// `lora-top` and the adapter layers' norm gains together.
     LoraTopNorms,
+    /// A fresh LoRA on every adapter layer's linear maps, bottom and top, merged likewise: one
+    /// part for tasks whose plug-in error sits in the bottom layers (hypernym) and those whose
+    /// decision sits at the top (spam).
+    LoraAll,
 }
 
 impl AlignParams {
@@ -75,12 +79,25 @@ impl AlignParams {
             AlignParams::All => true,
             AlignParams::LoraTop => false,
             AlignParams::LoraTopNorms => rank == 1,
+            AlignParams::LoraAll => false,
         }
     }
 
-    /// Whether a fresh LoRA on the top layers is part of what trains.
+    /// Whether a fresh LoRA is part of what trains.
     fn has_lora(self) -> bool {
-        matches!(self, AlignParams::LoraTop | AlignParams::LoraTopNorms)
+        matches!(
+            self,
+            AlignParams::LoraTop | AlignParams::LoraTopNorms | AlignParams::LoraAll
+        )
+    }
+
+    /// The adapter layers the fresh LoRA adapts (none without one).
+    fn lora_layers(self, split: &super::plan::Split) -> Vec<usize> {
+        match self {
+            AlignParams::LoraTop | AlignParams::LoraTopNorms => split.top.clone(),
+            AlignParams::LoraAll => [split.bottom.as_slice(), &split.top].concat(),
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -117,7 +134,8 @@ pub struct AlignOptions {
     /// own sequence, cut from the left to the block size so that it ends at the answer position.
     #[arg(id = "align_template", long = "align-template")]
     pub template: Option<String>,
-    /// Rank of the LoRA that `--align-params lora-top` trains [default: 8]; its scale is 4, as
+    /// Rank of the LoRA that `--align-params lora-top`/`lora-top-norms`/`lora-all` trains
+    /// [default: 8]; its scale is 4, as
     /// `tune`'s default LoRA (alpha = 4·r). Absent from records of other alignments, so that
     /// their setups (and the digests naming them) are what they were.
     #[arg(id = "align_lora_r", long = "align-lora-r")]
@@ -139,6 +157,10 @@ impl AlignOptions {
             ),
             AlignParams::LoraTopNorms => format!(
                 "a rank-{} LoRA on the top layers and the norm gains (`lora-top-norms`, merged)",
+                self.lora_r.unwrap_or(DEFAULT_LORA_R)
+            ),
+            AlignParams::LoraAll => format!(
+                "a rank-{} LoRA on every adapter layer (`lora-all`, merged)",
                 self.lora_r.unwrap_or(DEFAULT_LORA_R)
             ),
             p => format!("`{}` weights", flag_value(&p)),
@@ -350,7 +372,8 @@ pub(crate) fn align_until(run: &AlignRun, stop_at: Option<usize>) -> Result<Adap
     }
     if options.lora_r.is_some() && !options.params.has_lora() {
         return Err(Error::Invalid(
-            "--align-lora-r applies to --align-params lora-top only".into(),
+            "--align-lora-r applies to --align-params lora-top, lora-top-norms and lora-all only"
+                .into(),
         ));
     }
     // The aligned weights are written back into the adapter: bf16 storage would round them.
@@ -362,7 +385,7 @@ pub(crate) fn align_until(run: &AlignRun, stop_at: Option<usize>) -> Result<Adap
     if lora {
         add_lora(
             &mut student,
-            top,
+            &options.params.lora_layers(&package.meta.split),
             &alignment_lora(options.lora_r.unwrap_or(DEFAULT_LORA_R)),
             training.seed,
         )?;
@@ -429,7 +452,7 @@ pub(crate) fn align_until(run: &AlignRun, stop_at: Option<usize>) -> Result<Adap
     aligned_adapter(adapter, &weights, record)
 }
 
-/// The adapter weights the alignment changed, and their names: `student`'s top maps with its
+/// The adapter weights the alignment changed, and their names: `student`'s adapted maps with its
 /// trained LoRA folded in, plus any weights trained directly (norm gains), as kept in `trained`
 /// (the kept values of every trained weight, the LoRA's own included).
 fn merged_lora(

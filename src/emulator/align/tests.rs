@@ -424,3 +424,36 @@ fn lora_and_norm_gains_together_change_the_top_maps_and_every_adapter_norm() {
     }
     assert!(opts.trained_part().contains("norm gains"));
 }
+
+#[test]
+fn lora_all_changes_every_adapter_layers_maps_and_nothing_else() {
+    let parts = setup(true);
+    let (_, pkg, adapter) = &parts;
+    let dir = tempfile::tempdir().unwrap();
+    let training = TrainOptions {
+        max_steps: Some(10),
+        lr: 3e-3,
+        ..training()
+    };
+    let opts = AlignOptions {
+        lora_r: Some(2),
+        ..options(AlignParams::LoraAll)
+    };
+    let aligned = run(&parts, &opts, &dir.path().join("a"), None, &training).unwrap();
+    assert_eq!(aligned.kind(), "full");
+    let record = aligned.meta.alignment.as_ref().expect("recorded");
+    let split = &pkg.meta.split;
+    let layers: Vec<usize> = [split.bottom.as_slice(), &split.top].concat();
+    let mut moved = 0;
+    for (name, t) in adapter.tensors.iter() {
+        let got = aligned.tensors.get(name, t.dims()).unwrap();
+        let should = t.rank() == 2 && in_layers(name, &layers);
+        assert_eq!(max_diff(t, &got) > 0.0, should, "{name}");
+        assert_eq!(record.trained.iter().any(|n| n == name), should, "{name}");
+        moved += should as usize;
+    }
+    // Every linear map of every adapter layer (7 per LLaMA layer), bottom ones included.
+    assert_eq!(moved, 7 * layers.len());
+    assert!(!split.bottom.is_empty());
+    assert!(opts.trained_part().contains("every adapter layer"));
+}
