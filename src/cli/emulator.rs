@@ -4,8 +4,8 @@
 use super::ModelSpec;
 use anyhow::Result;
 use offsite::data::{load_training_data, Sequence};
-use offsite::emulator::distill::{distill, DistillRecord, DistillWeights};
 use offsite::emulator::fingerprint::{fingerprint, short};
+use offsite::emulator::make::distill::{distill, DistillRecord, DistillWeights};
 use offsite::emulator::{plug, Adapter, EmulatorOptions, Package};
 use offsite::train::TrainOptions;
 use std::path::PathBuf;

@@ -4,7 +4,7 @@
 use super::ModelSpec;
 use anyhow::Result;
 use offsite::data::tasks::Task;
-use offsite::emulator::options::EmulatorFlags;
+use offsite::emulator::make::options::EmulatorFlags;
 use offsite::emulator::package::PackageMeta;
 use offsite::emulator::EmulatorOptions;
 use offsite::experiment::{run, AlignSetup, ExperimentConfig, Row};

@@ -92,7 +92,7 @@ impl AlignParams {
     }
 
     /// The adapter layers the fresh LoRA adapts (none without one).
-    fn lora_layers(self, split: &super::plan::Split) -> Vec<usize> {
+    fn lora_layers(self, split: &super::make::plan::Split) -> Vec<usize> {
         match self {
             AlignParams::LoraTop | AlignParams::LoraTopNorms => split.top.clone(),
             AlignParams::LoraAll => [split.bottom.as_slice(), &split.top].concat(),
@@ -243,7 +243,7 @@ pub fn align_sequences(
 
 /// 1 at the positions of `batch` where the alignment's loss is taken (`[batch, seq]`).
 fn loss_mask(batch: &Batch, positions: AlignPositions) -> candle_core::Result<Tensor> {
-    let mask = super::distill::position_mask(batch)?;
+    let mask = super::make::distill::position_mask(batch)?;
     if positions == AlignPositions::All {
         return Ok(mask);
     }

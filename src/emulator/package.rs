@@ -2,12 +2,12 @@
 //! adapter layers and the kept emulator layers (never a dropped layer), with JSON metadata:
 //! format version, model config, tokenizer, the layer map, the options and fingerprints.
 
-use super::compress::{Encoded, Encoding, MASK_SUFFIX};
-use super::distill::DistillRecord;
 use super::fingerprint::fingerprint;
-pub use super::options::EmulatorOptions;
-use super::plan::Split;
-use super::strategy::{self, Calibration, ChoiceRecord};
+use super::make::compress::{Encoded, Encoding, MASK_SUFFIX};
+use super::make::distill::DistillRecord;
+pub use super::make::options::EmulatorOptions;
+use super::make::plan::Split;
+use super::make::strategy::{self, Calibration, ChoiceRecord};
 use crate::io::offsite_file::{self, Seal, PACKAGE_FORMAT};
 use crate::io::tokenizer::Tokenizer;
 use crate::model::{Model, ModelConfig, TensorMap};

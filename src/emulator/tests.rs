@@ -466,12 +466,12 @@ fn low_rank_packages_store_factors_of_emulator_matrices_only() {
         assert_eq!(e.is_some(), is_emulator_matrix, "{name}");
         if let Some(e) = e {
             let (m, n) = t.dims2().unwrap();
-            let r = crate::emulator::compress::rank_for(m, n, 0.3);
+            let r = crate::emulator::make::compress::rank_for(m, n, 0.3);
             assert_eq!(e.encoding.rank, Some(r), "{name}");
             assert_eq!(e.stored_values(), r * (m + n));
             saved += m * n - r * (m + n);
             // The dense tensor has (at most) rank r: it is what the factors multiply to.
-            let want = crate::emulator::compress::low_rank_dense(&e.values, m, n, r);
+            let want = crate::emulator::make::compress::low_rank_dense(&e.values, m, n, r);
             let got: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
             assert_eq!(got, want, "{name}");
         }

@@ -3,7 +3,7 @@
 //! next-token distributions, and both perplexities.
 
 use crate::data::{Batch, Sequence};
-use crate::emulator::fidelity::{row_lengths, Fidelity, FidelitySums};
+use crate::emulator::make::fidelity::{row_lengths, Fidelity, FidelitySums};
 use crate::emulator::{model_fingerprint, Package};
 use crate::model::{log_softmax, Model};
 use crate::{Error, Result};

@@ -2,7 +2,7 @@
 
 use super::{chart, ExperimentConfig, Metric, Row, RowResult};
 use crate::emulator::align::flag_value;
-use crate::emulator::distill::DistillRecord;
+use crate::emulator::make::distill::DistillRecord;
 use crate::io::atomic;
 use crate::io::provenance::{self, without_paths, FileRef, RunInfo};
 use crate::peft::Method;

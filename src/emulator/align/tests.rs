@@ -3,7 +3,7 @@
 //! alignment resumes bit-identically.
 
 use super::*;
-use crate::emulator::distill::logit_kl;
+use crate::emulator::make::distill::logit_kl;
 use crate::emulator::package::in_layers;
 use crate::emulator::EmulatorOptions;
 use crate::io::checkpoint::CheckpointFormat;

@@ -4,8 +4,8 @@
 //! modelling loss. The adapter layers, embeddings and head stay frozen — they are the parts the
 //! data owner will tune and the model owner will plug back.
 
-use super::package::{in_layers, Package};
 use crate::data::{Batch, Sequence};
+use crate::emulator::package::{in_layers, Package};
 use crate::model::Model;
 use crate::train::{self, trainable_params, TrainJob, TrainOptions, TrainSummary};
 use crate::{Error, Result};
@@ -199,7 +199,7 @@ pub(crate) fn position_mask(batch: &Batch) -> candle_core::Result<Tensor> {
 pub fn distill(
     full: &Model,
     package: &Package,
-    adapter: Option<&super::Adapter>,
+    adapter: Option<&crate::emulator::Adapter>,
     train_data: &[Sequence],
     val: Option<&[Sequence]>,
     options: &TrainOptions,
@@ -217,7 +217,7 @@ pub fn distill(
 pub(crate) fn distill_until(
     full: &Model,
     package: &Package,
-    adapter: Option<&super::Adapter>,
+    adapter: Option<&crate::emulator::Adapter>,
     train_data: &[Sequence],
     val: Option<&[Sequence]>,
     options: &TrainOptions,

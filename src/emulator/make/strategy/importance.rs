@@ -2,7 +2,7 @@
 //! kept. With sharing allowed, a removed layer's place may instead be taken by the stored
 //! layer next to it (the move CRaSh makes by similarity, chosen here by measurement).
 
-use crate::emulator::fidelity::MiddleProbe;
+use crate::emulator::make::fidelity::MiddleProbe;
 use crate::Result;
 use serde::{Deserialize, Serialize};
 

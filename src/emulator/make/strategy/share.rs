@@ -2,7 +2,7 @@
 //! alike are clustered into runs of consecutive layers, one layer of each run is stored, and it
 //! runs once for every member of its run.
 
-use crate::emulator::fidelity::MiddleProbe;
+use crate::emulator::make::fidelity::MiddleProbe;
 use crate::{Error, Result};
 use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::data::Sequence;
-use crate::emulator::fidelity::MiddleProbe;
+use crate::emulator::make::fidelity::MiddleProbe;
 use crate::emulator::{tune::tune, Adapter, EmulatorOptions, Package};
 use crate::model::{Model, ModelConfig};
 use crate::train::TrainOptions;
@@ -129,17 +129,17 @@ fn a_shared_package_stores_each_representative_once_and_runs_it_at_every_depth()
         got.to_vec3::<f32>().unwrap()
     );
     // Distillation does not handle shared layers yet, and says so.
-    let err = crate::emulator::distill::distill(
+    let err = crate::emulator::make::distill::distill(
         &full,
         &back,
         None,
         &seqs(4),
         None,
         &TrainOptions::default(),
-        &crate::emulator::distill::DistillWeights {
+        &crate::emulator::make::distill::DistillWeights {
             kd_weight: 1.0,
             lm_weight: 0.0,
-            kd_norm: crate::emulator::distill::KdNorm::Token,
+            kd_norm: crate::emulator::make::distill::KdNorm::Token,
             logit_weight: 0.0,
         },
         0,
