@@ -19,6 +19,8 @@ fn sampled_calibration_importance_emulator_inspect_and_probe() {
             "40",
             "--seed",
             "7",
+            "--batch",
+            "1",
             "-o",
             s(&corpus),
         ]))
@@ -27,6 +29,23 @@ fn sampled_calibration_importance_emulator_inspect_and_probe() {
     assert!(two.contains("2 samples"), "{two}");
     let first_two = std::fs::read_to_string(&corpus).unwrap();
     assert_eq!(first_two.lines().count(), 2);
+    // Drawn as one batch (the default) or one at a time: the same samples.
+    let alone = d.path().join("alone.jsonl");
+    ok(offsite(&[
+        "sample",
+        "smollm2",
+        "-n",
+        "2",
+        "--max-tokens",
+        "40",
+        "--seed",
+        "7",
+        "--batch",
+        "1",
+        "-o",
+        s(&alone),
+    ]));
+    assert_eq!(std::fs::read_to_string(&alone).unwrap(), first_two);
     // A stopped run resumes from its partial file: samples with this run's settings and seeds
     // in order are kept (the marker shows they were not drawn again), the rest from the first
     // wrong seed on is drawn anew.

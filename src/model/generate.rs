@@ -104,6 +104,79 @@ pub fn generate(
     Ok(out)
 }
 
+/// Continues one `prompt` `samplings.len()` times at once, the i-th continuation drawn with
+/// `samplings[i]`: the prompt runs once, then every step runs all continuations as one batch,
+/// so the weights are read once per step for all of them (a step of one continuation is bound
+/// by reading the weights; a batch of 8 costs little more). Each continuation stops before a
+/// token in `stop` or at `max_tokens`, as [`generate`]'s does. A batch's products can round
+/// differently from one row's (they did on SmolLM2, not on the tiny test model), so a
+/// continuation depends on the batch it ran in: callers that must reproduce a sample fix the
+/// batches (`offsite sample` does).
+pub fn generate_batch(
+    model: &Model,
+    prompt: &[u32],
+    max_tokens: usize,
+    stop: &[u32],
+    samplings: &[Sampling],
+) -> Result<Vec<Vec<u32>>> {
+    if prompt.is_empty() {
+        candle_core::bail!("cannot generate from an empty prompt");
+    }
+    let n = samplings.len();
+    let mut rngs: Vec<rand::rngs::StdRng> = samplings
+        .iter()
+        .map(|s| match s {
+            Sampling::Random { seed, .. } => rand::rngs::StdRng::seed_from_u64(*seed),
+            Sampling::Greedy => rand::rngs::StdRng::seed_from_u64(0),
+        })
+        .collect();
+    let mut out = vec![Vec::new(); n];
+    if n == 0 || max_tokens == 0 {
+        return Ok(out);
+    }
+    let mut done = vec![false; n];
+    let pick = |last: &[f32], s: &Sampling, rng: &mut rand::rngs::StdRng| match s {
+        Sampling::Greedy => argmax(last),
+        Sampling::Random {
+            temperature, top_p, ..
+        } => sample(last, *temperature, *top_p, rng),
+    };
+    let mut cache = ModelCache::default();
+    let ids = Tensor::new(prompt, model.device())?.unsqueeze(0)?;
+    let first = model
+        .forward_cached_last(&ids, &mut cache)?
+        .squeeze(0)?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1::<f32>()?;
+    let mut cache = cache.repeat_batch(n)?;
+    let mut rows: Vec<Vec<f32>> = vec![first; n];
+    loop {
+        let mut next = vec![0u32; n];
+        for i in 0..n {
+            if done[i] {
+                continue;
+            }
+            let t = pick(&rows[i], &samplings[i], &mut rngs[i]);
+            if stop.contains(&t) {
+                done[i] = true;
+            } else {
+                out[i].push(t);
+                next[i] = t;
+                done[i] = out[i].len() >= max_tokens;
+            }
+        }
+        if done.iter().all(|&d| d) {
+            return Ok(out);
+        }
+        // A finished continuation keeps a row in the batch (its outputs are ignored).
+        let ids = Tensor::new(next.as_slice(), model.device())?.unsqueeze(1)?;
+        rows = model
+            .forward_cached_last(&ids, &mut cache)?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec2::<f32>()?;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +200,32 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
+    }
+
+    /// A batch of continuations gives each one what it gives alone where the batched products
+    /// round as single ones do (they do on this tiny f32 model), greedy and sampled, with stops.
+    #[test]
+    fn a_batch_continues_like_each_continuation_alone() -> Result<()> {
+        use crate::model::ModelConfig;
+        let config = ModelConfig::tiny();
+        let model = Model::random(&config, 11, candle_core::DType::F32).unwrap();
+        let prompt = [1u32, 5, 9, 3];
+        let samplings: Vec<Sampling> = std::iter::once(Sampling::Greedy)
+            .chain((0..5).map(|seed| Sampling::Random {
+                temperature: 1.5,
+                top_p: 0.9,
+                seed,
+            }))
+            .collect();
+        for stop in [vec![], vec![2u32, 7]] {
+            let batch = generate_batch(&model, &prompt, 12, &stop, &samplings)?;
+            for (s, got) in samplings.iter().zip(&batch) {
+                assert_eq!(got, &generate(&model, &prompt, 12, &stop, s)?, "{s:?}");
+                assert!(got.iter().all(|t| !stop.contains(t)));
+            }
+        }
+        assert!(generate_batch(&model, &[], 4, &[], &samplings).is_err());
+        assert!(generate_batch(&model, &prompt, 4, &[], &[])?.is_empty());
+        Ok(())
     }
 }
