@@ -571,3 +571,30 @@ fn bf16_precision_tunes_and_finetune_writes_the_frozen_weights_unrounded() {
         &["fp8", "f32, frozen-bf16 or bf16"],
     );
 }
+
+#[test]
+fn tune_writes_a_machine_readable_summary() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, train, emu) = model_data_emulator(d.path(), 5);
+    let val = d.path().join("val.jsonl");
+    write_texts(&val, 2);
+    let adapter = d.path().join("a.safetensors");
+    let summary = d.path().join("run.json");
+    tune_briefly(
+        &emu,
+        &train,
+        &adapter,
+        &["--val", s(&val), "--summary", s(&summary)],
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    // The six texts, packed into 16-token blocks: the sequences the run trained on (about 40
+    // byte-level tokens per text, so more blocks than texts).
+    let examples = j["examples"].as_u64().unwrap();
+    assert!(examples > 6, "{j}");
+    assert!(j["val_examples"].as_u64().unwrap() >= 1, "{j}");
+    assert_eq!(j["steps"], 3);
+    assert!(j["tokens"].as_u64().unwrap() > 0);
+    assert!(j["best_val_loss"].as_f64().unwrap().is_finite());
+    assert_eq!(j["adapter"].as_str().unwrap(), s(&adapter));
+}

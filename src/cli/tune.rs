@@ -23,6 +23,11 @@ pub struct Args {
     /// Weight of an L2 pull towards --init-adapter's weights (Σ‖θ − θ₀‖² / Σ‖θ₀‖²).
     #[arg(long, default_value_t = 0.0, requires = "init_adapter")]
     init_pull: f64,
+    /// Also write a machine-readable summary of the run here (JSON: the adapter written, the
+    /// number of training and validation examples — what a federated coordinator weights the
+    /// average by —, steps, tokens, losses, seconds).
+    #[arg(long)]
+    summary: Option<PathBuf>,
     #[command(flatten)]
     peft: super::PeftArgs,
     #[command(flatten)]
@@ -56,6 +61,22 @@ pub fn run(args: Args) -> Result<()> {
         &args.output,
     )?;
     let s = adapter.meta.metrics.as_ref();
+    if let Some(path) = &args.summary {
+        let json = serde_json::json!({
+            "adapter": args.output,
+            "examples": train.sequences.len(),
+            "val_examples": val.as_ref().map_or(0, |v| v.sequences.len()),
+            "steps": s.map(|s| s.steps),
+            "tokens": s.map(|s| s.tokens),
+            "final_train_loss": s.and_then(|s| s.final_train_loss),
+            "best_val_loss": s.and_then(|s| s.best_val_loss),
+            "best_step": s.and_then(|s| s.best_step),
+            "trainable_params": s.map(|s| s.trainable_params),
+            "seconds": s.map(|s| s.seconds),
+        });
+        let text = serde_json::to_string_pretty(&json)? + "\n";
+        offsite::io::atomic::write_bytes(path, text.as_bytes())?;
+    }
     println!(
         "wrote {} (adapter layers {:?}); {} steps, final training loss {}, best validation loss {}",
         args.output.display(),
