@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(long)]
     prompt: Option<String>,
     /// Samples drawn at once (> 0): the prompt runs once and each step reads the weights once
-    /// for all of them, several times faster than one by one. Batched products round
+    /// for all of them (8 × 128 tokens of SmolLM2 on 2 cores: 25 s instead of 35 s). Batched products round
     /// differently from single ones, so batches are fixed — seeds `seed + k·batch …` in batch
     /// `k`, the last one filled up — and a sample depends on its seed and the batch size only;
     /// `--batch 1` draws one at a time (corpora made before batching).
