@@ -41,17 +41,7 @@ fn sample(logits: &[f32], temperature: f64, top_p: f64, rng: &mut impl Rng) -> u
         .map(|(i, &l)| (i as u32, ((l as f64 - max) / temperature).exp()))
         .collect();
     let total: f64 = probs.iter().map(|p| p.1).sum();
-    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    let mut kept = 0;
-    let mut mass = 0.0;
-    for (_, p) in &probs {
-        mass += p / total;
-        kept += 1;
-        if mass >= top_p {
-            break;
-        }
-    }
-    let probs = &probs[..kept];
+    let probs = nucleus(&mut probs, total, top_p);
     let kept_total: f64 = probs.iter().map(|p| p.1).sum();
     let mut r = rng.random::<f64>() * kept_total;
     for &(id, p) in probs {
@@ -60,7 +50,33 @@ fn sample(logits: &[f32], temperature: f64, top_p: f64, rng: &mut impl Rng) -> u
         }
         r -= p;
     }
-    probs[kept - 1].0
+    probs[probs.len() - 1].0
+}
+
+/// The smallest most-probable prefix of `probs` (by probability, then id) whose mass reaches
+/// `top_p` of `total`, in that order. Only the leading candidates are sorted: a partial
+/// selection of 64, then 256, … until their mass reaches `top_p`, instead of sorting the whole
+/// vocabulary (262,144 entries for Gemma) for every token. The same prefix as a full sort.
+fn nucleus(probs: &mut [(u32, f64)], total: f64, top_p: f64) -> &[(u32, f64)] {
+    let order = |a: &(u32, f64), b: &(u32, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let mut k = 64.min(probs.len());
+    loop {
+        if k < probs.len() {
+            probs.select_nth_unstable_by(k - 1, order);
+        }
+        probs[..k].sort_by(order);
+        let mut mass = 0.0;
+        for (i, (_, p)) in probs[..k].iter().enumerate() {
+            mass += p / total;
+            if mass >= top_p {
+                return &probs[..=i];
+            }
+        }
+        if k == probs.len() {
+            return probs;
+        }
+        k = (k * 4).min(probs.len());
+    }
 }
 
 /// Continues `prompt` by up to `max_tokens` tokens, stopping before any token in `stop` (which
@@ -180,6 +196,38 @@ pub fn generate_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The partial selection keeps exactly the prefix a full sort gives, ties by id.
+    #[test]
+    fn nucleus_equals_a_full_sort() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for n in [1usize, 5, 64, 65, 1000, 5000] {
+            for top_p in [1e-9, 0.3, 0.9, 0.999, 1.0] {
+                // Peaked and flat distributions, with ties.
+                let probs: Vec<(u32, f64)> = (0..n as u32)
+                    .map(|i| (i, ((rng.random::<f64>() * 8.0).floor()).exp()))
+                    .collect();
+                let total: f64 = probs.iter().map(|p| p.1).sum();
+                let mut full = probs.clone();
+                full.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                let mut mass = 0.0;
+                let mut kept = 0;
+                for (_, p) in &full {
+                    mass += p / total;
+                    kept += 1;
+                    if mass >= top_p {
+                        break;
+                    }
+                }
+                let mut work = probs.clone();
+                assert_eq!(
+                    nucleus(&mut work, total, top_p),
+                    &full[..kept],
+                    "n {n} p {top_p}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn argmax_takes_first_of_ties() {
