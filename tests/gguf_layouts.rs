@@ -191,3 +191,45 @@ fn a_gemma3_gguf_loads_as_its_hf_directory() {
     ];
     check(&dir, "gemma3", extra);
 }
+
+#[test]
+fn a_bias_the_architecture_does_not_have_is_refused_by_name() {
+    use gguf_file::Value as V;
+    let hf = checkpoint::load(&tiny("qwen2"), &Device::Cpu).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("model.gguf");
+    // Qwen2's tensors (with q/k/v biases) declared as `llama`, which has none.
+    write_gguf(&hf, "qwen2", vec![], &path);
+    let bytes = std::fs::read(&path).unwrap();
+    let content = gguf_file::Content::read(&mut std::io::Cursor::new(&bytes)).unwrap();
+    let mut meta: Vec<(String, V)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.replace("qwen2.", "llama."), v.clone()))
+        .collect();
+    meta.retain(|(k, _)| k != "general.architecture");
+    meta.push(("general.architecture".into(), V::String("llama".into())));
+    let mut f = std::io::Cursor::new(&bytes);
+    let tensors: Vec<(String, QTensor)> = content
+        .tensor_infos
+        .keys()
+        .map(|n| (n.clone(), content.tensor(&mut f, n, &Device::Cpu).unwrap()))
+        .collect();
+    let llama = tmp.path().join("llama.gguf");
+    let meta_refs: Vec<(&str, &V)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    gguf_file::write(
+        &mut std::fs::File::create(&llama).unwrap(),
+        &meta_refs,
+        &tensor_refs,
+    )
+    .unwrap();
+    let err = checkpoint::load(&llama, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("llama.gguf"), "{err}");
+    assert!(
+        err.contains(".bias") && err.contains("not supported"),
+        "{err}"
+    );
+}

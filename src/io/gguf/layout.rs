@@ -41,6 +41,15 @@ impl Layout {
         }
     }
 
+    /// The `general.architecture` value of the layout.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+            Self::Gemma3 => "gemma3",
+        }
+    }
+
     /// The model family the layout belongs to.
     pub fn family(self) -> Family {
         match self {

@@ -65,6 +65,17 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     names.sort();
     for name in names {
         let Some(hf) = layout.hf_name(name) else {
+            // Tensors offsite has no use for (e.g. `rope_freqs.weight`) are skipped, but a bias
+            // the layer would need cannot be: leaving it out would give a different model.
+            if name.starts_with("blk.") && name.ends_with(".bias") {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "tensor `{name}`: biases in a `{}` GGUF are not supported",
+                        layout.name()
+                    ),
+                ));
+            }
             continue;
         };
         // The reader multiplies the dimensions and the byte size unchecked: a damaged dimension
