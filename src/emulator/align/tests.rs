@@ -399,8 +399,13 @@ fn numerical_rank(m: &Tensor) -> usize {
     basis.len()
 }
 
-#[test]
-fn lora_and_norm_gains_together_change_the_top_maps_and_every_adapter_norm() {
+/// Aligns the tiny setup's returned adapter with a rank-2 LoRA part `params` for 10 steps and
+/// checks that exactly the weights `should(name, rank, split)` moved and were recorded; returns
+/// how many moved.
+fn check_lora_part(
+    params: AlignParams,
+    should: impl Fn(&str, usize, &crate::emulator::Split) -> bool,
+) -> usize {
     let parts = setup(true);
     let (_, pkg, adapter) = &parts;
     let dir = tempfile::tempdir().unwrap();
@@ -411,49 +416,43 @@ fn lora_and_norm_gains_together_change_the_top_maps_and_every_adapter_norm() {
     };
     let opts = AlignOptions {
         lora_r: Some(2),
-        ..options(AlignParams::LoraTopNorms)
-    };
-    let aligned = run(&parts, &opts, &dir.path().join("a"), None, &training).unwrap();
-    let record = aligned.meta.alignment.as_ref().expect("recorded");
-    let top = &pkg.meta.split.top;
-    for (name, t) in adapter.tensors.iter() {
-        let got = aligned.tensors.get(name, t.dims()).unwrap();
-        let should = t.rank() == 1 || in_layers(name, top);
-        assert_eq!(max_diff(t, &got) > 0.0, should, "{name}");
-        assert_eq!(record.trained.iter().any(|n| n == name), should, "{name}");
-    }
-    assert!(opts.trained_part().contains("norm gains"));
-}
-
-#[test]
-fn lora_all_changes_every_adapter_layers_maps_and_nothing_else() {
-    let parts = setup(true);
-    let (_, pkg, adapter) = &parts;
-    let dir = tempfile::tempdir().unwrap();
-    let training = TrainOptions {
-        max_steps: Some(10),
-        lr: 3e-3,
-        ..training()
-    };
-    let opts = AlignOptions {
-        lora_r: Some(2),
-        ..options(AlignParams::LoraAll)
+        ..options(params)
     };
     let aligned = run(&parts, &opts, &dir.path().join("a"), None, &training).unwrap();
     assert_eq!(aligned.kind(), "full");
     let record = aligned.meta.alignment.as_ref().expect("recorded");
-    let split = &pkg.meta.split;
-    let layers: Vec<usize> = [split.bottom.as_slice(), &split.top].concat();
     let mut moved = 0;
     for (name, t) in adapter.tensors.iter() {
         let got = aligned.tensors.get(name, t.dims()).unwrap();
-        let should = t.rank() == 2 && in_layers(name, &layers);
+        let should = should(name, t.rank(), &pkg.meta.split);
         assert_eq!(max_diff(t, &got) > 0.0, should, "{name}");
         assert_eq!(record.trained.iter().any(|n| n == name), should, "{name}");
         moved += should as usize;
     }
+    moved
+}
+
+#[test]
+fn lora_and_norm_gains_together_change_the_top_maps_and_every_adapter_norm() {
+    check_lora_part(AlignParams::LoraTopNorms, |name, rank, split| {
+        rank == 1 || in_layers(name, &split.top)
+    });
+    assert!(options(AlignParams::LoraTopNorms)
+        .trained_part()
+        .contains("norm gains"));
+}
+
+#[test]
+fn lora_all_changes_every_adapter_layers_maps_and_nothing_else() {
+    let both = |split: &crate::emulator::Split| [split.bottom.as_slice(), &split.top].concat();
+    let moved = check_lora_part(AlignParams::LoraAll, |name, rank, split| {
+        rank == 2 && in_layers(name, &both(split))
+    });
     // Every linear map of every adapter layer (7 per LLaMA layer), bottom ones included.
-    assert_eq!(moved, 7 * layers.len());
+    let split = &setup(true).1.meta.split;
     assert!(!split.bottom.is_empty());
-    assert!(opts.trained_part().contains("every adapter layer"));
+    assert_eq!(moved, 7 * both(split).len());
+    assert!(options(AlignParams::LoraAll)
+        .trained_part()
+        .contains("every adapter layer"));
 }
