@@ -211,15 +211,7 @@ fn greedy_continuations_match() {
 
 #[test]
 fn hf_directory_round_trip_gives_the_same_model() {
-    let dir = tempfile::tempdir().unwrap();
-    let ckpt = checkpoint();
-    offsite::io::hf_dir::save(dir.path(), model(), ckpt.tokenizer.as_ref()).unwrap();
-    let back = checkpoint::load(dir.path(), &Device::Cpu).unwrap();
-    assert_eq!(back.config, ckpt.config);
-    let ids = ids_tensor(&prompt_ids(1));
-    let a = model().forward(&ids).unwrap();
-    let b = back.model().unwrap().forward(&ids).unwrap();
-    assert_eq!(max_abs_diff(&a, &b), 0.0);
+    let back = common::assert_hf_round_trip(checkpoint(), model(), &ids_tensor(&prompt_ids(1)));
     let text = reference()["prompts"][1]["text"].as_str().unwrap();
     assert_eq!(
         back.tokenizer().unwrap().encode(text).unwrap(),

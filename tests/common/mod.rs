@@ -194,3 +194,20 @@ pub fn eval_json(test: &Path, args: &[&str]) -> serde_json::Value {
     all.extend_from_slice(&["--data", s(test), "--block-size", "16", "--json"]);
     serde_json::from_str(&ok(offsite(&all))).unwrap()
 }
+
+/// Saves `model` (with `ckpt`'s tokenizer) as an HF directory, loads it back and checks the same
+/// configuration and bit-identical logits on `ids`; returns the reloaded checkpoint.
+pub fn assert_hf_round_trip(
+    ckpt: &offsite::io::checkpoint::Checkpoint,
+    model: &Model,
+    ids: &Tensor,
+) -> offsite::io::checkpoint::Checkpoint {
+    let dir = tempfile::tempdir().unwrap();
+    offsite::io::hf_dir::save(dir.path(), model, ckpt.tokenizer.as_ref()).unwrap();
+    let back = offsite::io::checkpoint::load(dir.path(), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(back.config, ckpt.config);
+    let a = model.forward(ids).unwrap();
+    let b = back.model().unwrap().forward(ids).unwrap();
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+    back
+}
