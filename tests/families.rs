@@ -253,7 +253,7 @@ fn check_loop(family: &str) {
         .named_weights()
         .into_iter()
         .filter(|(n, _)| is_lora_weight(n))
-        .map(|(n, w)| (n, w.tensor().clone()))
+        .map(|(n, w)| (n, w.dense().unwrap().clone()))
         .collect();
     let untrained = Adapter::from_lora(&pkg, &lora, &weights, None, None).unwrap();
     assert_eq!(
@@ -385,7 +385,7 @@ fn finite_differences(ckpt: &Checkpoint, ids: &[u32], family: &str) {
                 let mut m = base.clone();
                 for (other, w) in m.named_weights_mut() {
                     if other == name {
-                        let t = w.tensor();
+                        let t = w.dense().unwrap();
                         let mut v = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
                         v[k] += delta;
                         let t = Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap();
@@ -591,6 +591,7 @@ fn frozen_weights_get_no_gradient_in_any_family() {
                         "{family}: frozen {name} got a gradient"
                     )
                 }
+                Weight::Quantized(_) => panic!("{family}: {name} was loaded quantized"),
             }
         }
     }

@@ -457,7 +457,7 @@ fn tiny_gguf(dir: &Path) -> PathBuf {
         .named_weights()
         .into_iter()
         .map(|(n, w)| {
-            let q = QTensor::quantize(w.tensor(), GgmlDType::F32).unwrap();
+            let q = QTensor::quantize(w.dense().unwrap(), GgmlDType::F32).unwrap();
             (gguf_name(&n), q)
         })
         .collect();

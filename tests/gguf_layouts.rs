@@ -74,7 +74,7 @@ fn write_gguf(ckpt: &Checkpoint, arch: &str, extra: Vec<(String, gguf_file::Valu
         .named_weights()
         .into_iter()
         .map(|(name, w)| {
-            let mut t = w.tensor().to_dtype(DType::F32).unwrap();
+            let mut t = w.dense().unwrap().to_dtype(DType::F32).unwrap();
             if arch == "llama" && name.ends_with("q_proj.weight") {
                 t = permute(&t, c.num_heads);
             } else if arch == "llama" && name.ends_with("k_proj.weight") {

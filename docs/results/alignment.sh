@@ -21,16 +21,8 @@ eval_to() {
     shift
     [ -f "$file" ] || { "$B" eval "$@" --metric mc --json > "$file.tmp" && mv "$file.tmp" "$file"; }
 }
-mkdir -p "$OUT/public"
-python3 "$HERE/alignment_corpora.py" "$SHARED/sotu/train.jsonl" "$OUT/public"
-head -n 1800 "$OUT/public/words.jsonl" > "$OUT/public/words-train.jsonl"
-tail -n 64 "$OUT/public/words.jsonl" > "$OUT/public/words-val.jsonl"
-head -n 1800 "$OUT/public/paragraphs.jsonl" > "$OUT/public/paragraphs-train.jsonl"
-tail -n 64 "$OUT/public/paragraphs.jsonl" > "$OUT/public/paragraphs-val.jsonl"
-
+bash "$HERE/alignment_public.sh" "$OUT"
 CAL="$SHARED/sotu/train.jsonl"
-[ -f "$OUT/k13-importance.offsite" ] || "$B" emulator smollm2 --keep 13 --strategy importance \
-    --calibration "$CAL" -o "$OUT/k13-importance.offsite"
 
 # Hypernym: 4-way multiple choice, each record's own choices; all 1,000 test records.
 H="$SHARED/hypernym"

@@ -87,6 +87,10 @@ pub struct Args {
     /// tests between two runs.
     #[arg(long)]
     scores: Option<PathBuf>,
+    /// With an emulator package: keep its emulator layers' weight matrices in this GGUF block
+    /// format (`q8_0`, `q4_k`, …), as `tune --frozen-quantized` does.
+    #[arg(long, value_name = "FORMAT")]
+    frozen_quantized: Option<offsite::model::QuantType>,
 }
 
 /// Evaluates and prints the report.
@@ -118,8 +122,16 @@ pub fn run(args: Args) -> Result<()> {
     }
     let device = candle_core::Device::Cpu;
     let target = match (&args.proxy, &args.adapter) {
+        (Some(_), Some(_)) if args.frozen_quantized.is_some() => {
+            bail!("--frozen-quantized does not apply to the proxy")
+        }
         (Some(package), Some(adapter)) => load_proxy(&path, package, adapter, args.alpha, &device)?,
-        _ => load_evaluable(&path, args.adapter.as_deref(), &device)?,
+        _ => load_evaluable(
+            &path,
+            args.adapter.as_deref(),
+            args.frozen_quantized,
+            &device,
+        )?,
     };
     let (report, lines) = match metric {
         Metric::Mc => {

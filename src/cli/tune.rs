@@ -28,6 +28,13 @@ pub struct Args {
     /// average by —, steps, tokens, losses, seconds).
     #[arg(long)]
     summary: Option<PathBuf>,
+    /// Keep the frozen emulator layers' weight matrices in this GGUF block format while tuning
+    /// (`q8_0`, `q4_k`, `q6_k`, …; where a k-quant's 256-value blocks do not tile a row,
+    /// llama.cpp's 32-value substitute): their products dequantize them for the moment they run
+    /// (QLoRA's frozen base). A package shipped with `emulator --frozen-quantized` is already
+    /// in blocks and needs no flag. The adapter stays f32; the format is recorded with it.
+    #[arg(long, value_name = "FORMAT")]
+    frozen_quantized: Option<offsite::model::QuantType>,
     #[command(flatten)]
     peft: super::PeftArgs,
     #[command(flatten)]
@@ -37,7 +44,13 @@ pub struct Args {
 /// Tunes the adapter and writes it.
 pub fn run(args: Args) -> Result<()> {
     let device = candle_core::Device::Cpu;
-    let package = Package::load(&args.package, &device)?;
+    let mut package = Package::load(&args.package, &device)?;
+    let mut training = args.train.clone();
+    if let Some(format) = args.frozen_quantized {
+        let report = package.quantize_emulator(format)?;
+        eprintln!("tune: {report}");
+        training.frozen_quantized = Some(format);
+    }
     let tok = package.tokenizer()?;
     let (train, val) = args.data.load(&tok, args.train.block_size)?;
     let pad = tok.pad_id().or(tok.eos_id()).unwrap_or(0);
@@ -55,7 +68,7 @@ pub fn run(args: Args) -> Result<()> {
         start.as_ref(),
         &train.sequences,
         val.as_ref().map(|v| v.sequences.as_slice()),
-        &args.train,
+        &training,
         &args.peft.method(),
         pad,
         &args.output,

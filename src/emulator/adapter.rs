@@ -302,15 +302,15 @@ impl Adapter {
                     format!("the model has no weight `{name}`"),
                 ));
             };
-            if w.tensor().dims() != t.dims() {
+            if w.dims() != t.dims() {
                 return Err(Error::TensorShape {
                     path: origin.clone(),
                     name: name.to_string(),
-                    expected: w.tensor().dims().to_vec(),
+                    expected: w.dims().to_vec(),
                     actual: t.dims().to_vec(),
                 });
             }
-            **w = crate::model::Weight::Frozen(t.to_dtype(w.tensor().dtype())?);
+            **w = crate::model::Weight::Frozen(t.to_dtype(w.dtype())?);
         }
         Ok(())
     }

@@ -475,10 +475,9 @@ fn merged_lora(
     }
     merge_lora(&mut student)?;
     let mut weights: BTreeMap<String, Tensor> = student
-        .named_weights()
+        .dense_weights()?
         .into_iter()
         .filter(|(name, _)| adapted.contains(name) && adapter.tensors.contains(name))
-        .map(|(name, w)| (name, w.tensor().clone()))
         .collect();
     if weights.len() != adapted.len() {
         return Err(Error::Invalid(format!(

@@ -17,4 +17,6 @@ pub use make::strategy::Strategy;
 pub use package::{EmulatorOptions, Package};
 pub use plug::{model_fingerprint, plug};
 #[cfg(test)]
+mod quantized_tests;
+#[cfg(test)]
 mod tests;

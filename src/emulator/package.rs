@@ -10,15 +10,26 @@ use super::make::plan::Split;
 use super::make::strategy::{self, Calibration, ChoiceRecord};
 use crate::io::offsite_file::{self, Seal, PACKAGE_FORMAT};
 use crate::io::tokenizer::Tokenizer;
-use crate::model::{Model, ModelConfig, TensorMap};
+use crate::model::{Model, ModelConfig, QuantType, QuantizeReport, TensorMap};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Current package format version.
-pub const PACKAGE_VERSION: u32 = 1;
+/// Current package format version: 2 when it holds matrices in GGUF block formats (written so
+/// that an older offsite refuses it instead of misreading the blocks), else 1.
+pub const PACKAGE_VERSION: u32 = 2;
+
+/// A matrix stored in a GGUF block format: its blocks' bytes are the file's `U8` tensor of
+/// the same name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuantizedRecord {
+    /// The block format, as llama.cpp names it (`q4_k`, `q5_0`, …).
+    pub format: String,
+    /// The matrix's shape (`[out, in]`).
+    pub shape: Vec<usize>,
+}
 
 /// A tokenizer as its two HF files.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -83,6 +94,9 @@ pub struct PackageMeta {
     /// The tensors stored compressed (pruned and/or quantized emulator weights), by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub encodings: BTreeMap<String, Encoding>,
+    /// The matrices stored in a GGUF block format (`--frozen-quantized`), by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub quantized: BTreeMap<String, QuantizedRecord>,
 }
 
 impl PackageMeta {
@@ -104,17 +118,27 @@ pub struct Package {
     pub encoded: BTreeMap<String, Encoded>,
 }
 
+/// The fingerprint of a package's tensors: of their values, block-format ones dequantized (so
+/// a package and the same values stored densely share it).
+fn package_fingerprint(tensors: &TensorMap) -> Result<String> {
+    if tensors.iter_quantized().next().is_none() {
+        return Ok(fingerprint(tensors.iter())?);
+    }
+    let dense = tensors.dense_entries()?;
+    Ok(fingerprint(dense.iter().map(|(n, t)| (n.as_str(), t)))?)
+}
+
 /// Names of the tensors the package holds for `split` (embeddings, norm, head, kept layers).
-fn package_tensors(full: &Model, split: &Split) -> Vec<(String, Tensor)> {
+fn package_tensors(full: &Model, split: &Split) -> Result<Vec<(String, Tensor)>> {
     let keep: std::collections::HashSet<usize> = split.layer_order().into_iter().collect();
-    full.named_weights()
+    Ok(full
+        .dense_weights()?
         .into_iter()
         .filter(|(name, _)| match layer_index(name) {
             Some(i) => keep.contains(&i),
             None => true,
         })
-        .map(|(n, w)| (n, w.tensor().clone()))
-        .collect()
+        .collect())
 }
 
 /// The original layer index of an HF weight name (`model.layers.N.…`, `transformer.h.N.…`, …,
@@ -188,11 +212,8 @@ impl Package {
     ) -> Result<Self> {
         options.validate()?;
         let config = full.config().clone();
-        let source_fingerprint = fingerprint(
-            full.named_weights()
-                .iter()
-                .map(|(n, w)| (n.as_str(), w.tensor())),
-        )?;
+        let source_fingerprint =
+            fingerprint(full.dense_weights()?.iter().map(|(n, t)| (n.as_str(), t)))?;
         let mut tensors = TensorMap::new(origin);
         let mut encoded = BTreeMap::new();
         let (distilled, distillation) = match distilled {
@@ -205,7 +226,7 @@ impl Package {
                 "`{bad}` is not a weight of an emulator layer"
             )));
         }
-        for (name, t) in package_tensors(full, &split) {
+        for (name, t) in package_tensors(full, &split)? {
             let t = match distilled.and_then(|w| w.get(&name)) {
                 Some(d) => d.clone(),
                 None => t,
@@ -234,14 +255,31 @@ impl Package {
                 tensors.insert(name, t, origin);
             }
         }
-        let package_fingerprint = fingerprint(tensors.iter())?;
+        if let Some(format) = options.frozen_quantized {
+            let emulator = split.emulator.clone();
+            let report = tensors.quantize(format, |n| {
+                n.ends_with(".weight") && in_layers(n, &emulator)
+            })?;
+            eprintln!("emulator: {report}");
+        }
+        let quantized: BTreeMap<String, QuantizedRecord> = tensors
+            .iter_quantized()
+            .map(|(n, q)| {
+                let record = QuantizedRecord {
+                    format: crate::model::quantize::type_name(q.dtype()),
+                    shape: q.shape().dims().to_vec(),
+                };
+                (n.to_string(), record)
+            })
+            .collect();
+        let package_fingerprint = package_fingerprint(&tensors)?;
         let tokenizer = tokenizer
             .map(|t| TokenizerFiles::of(t, origin))
             .transpose()?;
         Ok(Package {
             meta: PackageMeta {
                 format: PACKAGE_FORMAT.into(),
-                format_version: PACKAGE_VERSION,
+                format_version: if quantized.is_empty() { 1 } else { 2 },
                 config,
                 split,
                 options,
@@ -256,15 +294,63 @@ impl Package {
                     .iter()
                     .map(|(n, e): (&String, &Encoded)| (n.clone(), e.encoding.metadata()))
                     .collect(),
+                quantized,
             },
             tensors,
             encoded,
         })
     }
 
+    /// Keeps the emulator layers' weight matrices in `format` from now on (the data owner's
+    /// `--frozen-quantized`: the emulator is frozen, so its products may run on blocks, as
+    /// QLoRA's do; see [`TensorMap::quantize`]). The package's identity is unchanged — adapters
+    /// tuned through it name the package as received —, so it can no longer be saved.
+    pub fn quantize_emulator(&mut self, format: QuantType) -> Result<QuantizeReport> {
+        if let Some(shipped) = self.meta.options.frozen_quantized {
+            return Err(Error::format(
+                self.tensors.origin(),
+                format!(
+                    "--frozen-quantized {format}: the package already holds its emulator in \
+                     {shipped} blocks (drop the flag)"
+                ),
+            ));
+        }
+        let emulator = self.meta.split.emulator.clone();
+        let report = self.tensors.quantize(format, |n| {
+            n.ends_with(".weight") && in_layers(n, &emulator)
+        })?;
+        if report.matrices == 0 {
+            let why = match report.kept_dense.first() {
+                Some(name) => format!(
+                    "no {format} block tiles the rows of its emulator matrices (e.g. `{name}`, \
+                     {:?})",
+                    self.tensors.dims(name).unwrap_or_default()
+                ),
+                None => "it has no emulator layers".into(),
+            };
+            return Err(Error::format(
+                self.tensors.origin(),
+                format!("--frozen-quantized {format}: {why}"),
+            ));
+        }
+        Ok(report)
+    }
+
     /// Writes the package atomically, compressed tensors in their compact form.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut stored = TensorMap::new(path);
+        for (name, q) in self.tensors.iter_quantized() {
+            if !self.meta.quantized.contains_key(name) {
+                return Err(Error::Invalid(format!(
+                    "{}: the package's emulator was quantized after loading; save the package \
+                     as received instead",
+                    path.display()
+                )));
+            }
+            let bytes = q.data()?.into_owned();
+            let n = bytes.len();
+            stored.insert(name, Tensor::from_vec(bytes, n, &Device::Cpu)?, path);
+        }
         for (name, t) in self.tensors.iter() {
             let Some(e) = self.encoded.get(name) else {
                 stored.insert(name, t.clone(), path);
@@ -282,6 +368,50 @@ impl Package {
             }
         }
         offsite_file::write(path, &stored, &self.meta)
+    }
+
+    /// Turns the block bytes of a package read from `path` back into block-format matrices,
+    /// checking each one's format and size against its record.
+    fn decode_quantized(&mut self, path: &Path) -> Result<()> {
+        for (name, record) in &self.meta.quantized {
+            let bad =
+                |msg: String| Error::format(path, format!("quantized tensor `{name}`: {msg}"));
+            let format: QuantType = record.format.parse().map_err(bad)?;
+            let payload = self
+                .tensors
+                .remove(name)
+                .ok_or_else(|| bad("missing".into()))?;
+            if payload.dtype() != candle_core::DType::U8 || payload.rank() != 1 {
+                return Err(bad(format!(
+                    "stored as {:?} {:?}, not as block bytes",
+                    payload.dtype(),
+                    payload.dims()
+                )));
+            }
+            let t = format.0;
+            let values: usize = record.shape.iter().product();
+            let expected = values
+                .is_multiple_of(t.block_size())
+                .then(|| values / t.block_size() * t.type_size());
+            if record.shape.len() != 2 || expected != Some(payload.elem_count()) {
+                return Err(bad(format!(
+                    "{} bytes do not hold a {} matrix of shape {:?}",
+                    payload.elem_count(),
+                    record.format,
+                    record.shape
+                )));
+            }
+            let bytes: Vec<u8> = payload.to_vec1()?;
+            let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                t,
+                &bytes,
+                record.shape.clone(),
+                &self.device(),
+            )?;
+            self.tensors
+                .insert_quantized(name, std::sync::Arc::new(q), path);
+        }
+        Ok(())
     }
 
     /// Decodes the compressed tensors of a package read from `path` in place.
@@ -358,6 +488,7 @@ impl Package {
             encoded: BTreeMap::new(),
         };
         pkg.decode_stored(path)?;
+        pkg.decode_quantized(path)?;
         let kept: std::collections::HashSet<usize> =
             pkg.meta.split.layer_order().into_iter().collect();
         if let Some(extra) = pkg
@@ -370,7 +501,8 @@ impl Package {
                 format!("tensor `{extra}` belongs to a layer the package does not run"),
             ));
         }
-        if seal == Seal::Absent && fingerprint(pkg.tensors.iter())? != pkg.meta.package_fingerprint
+        if seal == Seal::Absent
+            && package_fingerprint(&pkg.tensors)? != pkg.meta.package_fingerprint
         {
             return Err(Error::format(
                 path,
@@ -405,13 +537,20 @@ impl Package {
     /// Parameters the package stores: a compressed tensor counts what its encoding keeps
     /// (low-rank factors, unpruned values), not its dense size.
     pub fn num_parameters(&self) -> usize {
-        self.tensors
+        let dense: usize = self
+            .tensors
             .iter()
             .map(|(name, t)| {
                 self.encoded
                     .get(name)
                     .map_or(t.elem_count(), Encoded::stored_values)
             })
-            .sum()
+            .sum();
+        let quantized: usize = self
+            .tensors
+            .iter_quantized()
+            .map(|(_, q)| q.shape().elem_count())
+            .sum();
+        dense + quantized
     }
 }

@@ -10,10 +10,7 @@ use crate::Result;
 /// The fingerprint of a checkpoint's weights (as the package records its source's).
 pub fn model_fingerprint(model: &Model) -> Result<String> {
     Ok(fingerprint(
-        model
-            .named_weights()
-            .iter()
-            .map(|(n, w)| (n.as_str(), w.tensor())),
+        model.dense_weights()?.iter().map(|(n, t)| (n.as_str(), t)),
     )?)
 }
 

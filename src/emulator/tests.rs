@@ -257,8 +257,8 @@ fn tuning_lowers_the_loss_and_touches_only_adapter_layers() {
     let mut emu = pkg.model().unwrap();
     back.apply(&mut emu).unwrap();
     for (name, w) in emu.named_weights() {
-        let original = pkg.tensors.get(&name, w.tensor().dims()).unwrap();
-        let same = w.tensor().to_vec1_any() == original.to_vec1_any();
+        let original = pkg.tensors.get(&name, w.dense().unwrap().dims()).unwrap();
+        let same = w.dense().unwrap().to_vec1_any() == original.to_vec1_any();
         let is_adapter = package::in_layers(&name, &[0, 1, 7]);
         if is_adapter {
             assert!(!same, "{name} was not trained");
@@ -288,7 +288,7 @@ fn lora_adapter_round_trips_and_untrained_plugs_back_exactly() {
         .named_weights()
         .into_iter()
         .filter(|(n, _)| crate::peft::is_lora_weight(n))
-        .map(|(n, w)| (n, w.tensor().clone()))
+        .map(|(n, w)| (n, w.dense().unwrap().clone()))
         .collect();
     assert_eq!(weights.len(), 3 * 7 * 2);
     let adapter = Adapter::from_lora(&pkg, &cfg, &weights, None, None).unwrap();

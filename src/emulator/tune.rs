@@ -89,6 +89,15 @@ pub fn tune_from(
     pad: u32,
     output: &Path,
 ) -> Result<Adapter> {
+    if let Some(format) = options.frozen_quantized {
+        // The package itself must hold the blocks, so that its f32 copies are gone too.
+        if package.tensors.iter_quantized().next().is_none() {
+            return Err(Error::Invalid(format!(
+                "--frozen-quantized {format}: quantize the package's emulator first \
+                 (Package::quantize_emulator)"
+            )));
+        }
+    }
     let options = &options.resolved("tune");
     let method = &method.for_model(&package.meta.config);
     let mut model = package.model()?;

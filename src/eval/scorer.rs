@@ -53,7 +53,7 @@ impl Scorer for Model {
         let h = self.hidden(inputs)?;
         let h = h.reshape((b * t, h.dim(D::Minus1)?))?;
         // The fused head: per-position NLL without the [tokens × vocab] logits.
-        lm_head_nll(&h, self.head_weight().tensor(), targets)
+        lm_head_nll(&h, self.head_weight().dense()?, targets)
     }
 }
 

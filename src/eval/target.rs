@@ -9,6 +9,7 @@ use crate::emulator::{plug, Adapter, Package};
 use crate::io::checkpoint;
 use crate::io::offsite_file::{format as offsite_format, PACKAGE_FORMAT};
 use crate::io::tokenizer::Tokenizer;
+use crate::model::QuantType;
 use crate::{Error, Result};
 use candle_core::Device;
 use std::path::Path;
@@ -57,11 +58,20 @@ pub fn load_proxy(
 
 /// Loads `path` (a model or an emulator package) and, if given, applies `adapter`: to a package
 /// after checking it was tuned through it, to a full model after checking the fingerprint chain
-/// (the plug-in, in memory).
-pub fn load_evaluable(path: &Path, adapter: Option<&Path>, device: &Device) -> Result<Evaluable> {
+/// (the plug-in, in memory). With `quantized`, a package's emulator layers are kept in that
+/// block format (as `tune --frozen-quantized` tuned through them); a full model is refused.
+pub fn load_evaluable(
+    path: &Path,
+    adapter: Option<&Path>,
+    quantized: Option<QuantType>,
+    device: &Device,
+) -> Result<Evaluable> {
     let adapter = adapter.map(|a| Adapter::load(a, device)).transpose()?;
     if offsite_format(path).as_deref() == Some(PACKAGE_FORMAT) {
-        let package = Package::load(path, device)?;
+        let mut package = Package::load(path, device)?;
+        if let Some(format) = quantized {
+            eprintln!("eval: {}", package.quantize_emulator(format)?);
+        }
         let mut model = package.model()?;
         let kind = match &adapter {
             Some(a) => {
@@ -76,6 +86,12 @@ pub fn load_evaluable(path: &Path, adapter: Option<&Path>, device: &Device) -> R
             tokenizer: package.tokenizer()?,
             kind,
         });
+    }
+    if let Some(format) = quantized {
+        return Err(Error::format(
+            path,
+            format!("--frozen-quantized {format} applies to an emulator package, not a full model"),
+        ));
     }
     let ckpt = checkpoint::load(path, device)?;
     let tokenizer = ckpt.tokenizer()?.clone();

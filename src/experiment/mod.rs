@@ -267,6 +267,8 @@ enum TestSet {
 /// Runs (or resumes) the experiment into `out`; returns the rows in order.
 pub fn run(cfg: &ExperimentConfig, out: &Path) -> Result<Vec<RowResult>> {
     let device = Device::Cpu;
+    // Not yet per row: the experiment's rows share one set of training options.
+    cfg.training.dense_only("`offsite experiment`")?;
     let cfg = &folder::resolve_precision(cfg, out)?;
     folder::check_same_experiment(cfg, out)?;
     let ckpt = checkpoint::load(&cfg.model_path()?, &device)?;

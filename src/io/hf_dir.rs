@@ -140,11 +140,7 @@ pub fn save(dir: &Path, model: &Model, tokenizer: Option<&Tokenizer>) -> Result<
 fn save_into(dir: &Path, model: &Model, tokenizer: Option<&Tokenizer>) -> Result<bool> {
     let config = model.config();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let tensors: BTreeMap<String, Tensor> = model
-        .named_weights()
-        .into_iter()
-        .map(|(name, w)| (name, w.tensor().clone()))
-        .collect();
+    let tensors: BTreeMap<String, Tensor> = model.dense_weights()?.into_iter().collect();
     let offsite_only = tensors.keys().any(|n| crate::peft::is_bottleneck_weight(n));
     let (name, stale) = if offsite_only {
         (OFFSITE_WEIGHTS, "model.safetensors")

@@ -139,7 +139,11 @@ pub fn read<M: serde::de::DeserializeOwned>(
     let meta = parse_meta(path, value, format)?;
     let mut tensors = TensorMap::new(path);
     for (name, t) in file.tensors {
-        let t = t.to_dtype(candle_core::DType::F32)?;
+        // Bytes (packed codes, masks, GGUF blocks) stay bytes; values are computed on in f32.
+        let t = match t.dtype() {
+            candle_core::DType::U8 => t,
+            _ => t.to_dtype(candle_core::DType::F32)?,
+        };
         tensors.insert(name, t, path);
     }
     tensors.check_finite()?;

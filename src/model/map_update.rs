@@ -34,7 +34,7 @@ impl Lora {
 
     /// The update as a dense `[out, in]` matrix, `scale · B·A`, for merging.
     pub fn delta(&self) -> Result<Tensor> {
-        self.b.tensor().matmul(self.a.tensor())? * self.scale
+        self.b.dense()?.matmul(self.a.dense()?)? * self.scale
     }
 }
 
@@ -78,7 +78,7 @@ impl Bottleneck {
     pub fn forward(&self, y: &Tensor, seed: Option<u64>) -> Result<Tensor> {
         let h = Linear::new(self.down.clone())
             .forward(y)?
-            .broadcast_add(self.down_bias.tensor())?
+            .broadcast_add(self.down_bias.dense()?)?
             .relu()?;
         let h = match seed {
             // Its own stream: a LoRA on the same map draws from `seed` itself.
@@ -87,7 +87,7 @@ impl Bottleneck {
         };
         let out = Linear::new(self.up.clone())
             .forward(&h)?
-            .broadcast_add(self.up_bias.tensor())?;
+            .broadcast_add(self.up_bias.dense()?)?;
         y + out
     }
 

@@ -130,7 +130,7 @@ impl Model {
         }
         let arch = architecture(config.family);
         let stem = arch.stem(config, tensors)?;
-        let device = stem.tokens.1.tensor().device().clone();
+        let device = stem.tokens.1.device();
         let layers = layer_ids
             .iter()
             .map(|&i| arch.layer(config, tensors, i))
@@ -178,7 +178,7 @@ impl Model {
 
     /// The dtype of the weights.
     pub fn dtype(&self) -> DType {
-        self.stem.tokens.1.tensor().dtype()
+        self.stem.tokens.1.dtype()
     }
 
     /// Original indices of the layers this model runs, in order.
@@ -244,7 +244,7 @@ impl Model {
         let head = self.head_weight();
         if frozen && !head.is_trainable() {
             self.head_bf16 =
-                crate::ops::Bf16Weight::pack(head.tensor(), false)?.map(std::sync::Arc::new);
+                crate::ops::Bf16Weight::pack(head.dense()?, false)?.map(std::sync::Arc::new);
         }
 
         self.bf16_products = precision == Precision::Bf16 && crate::ops::gemm_bf16::available();
@@ -266,13 +266,22 @@ impl Model {
             .sum()
     }
 
-    /// The weights as a tensor map (sharing storage), e.g. for saving.
-    pub fn to_tensor_map(&self, origin: &Path) -> TensorMap {
+    /// The weights by name as dense tensors, sharing storage (quantized ones dequantized into
+    /// fresh f32 tensors), e.g. for saving or fingerprints.
+    pub fn dense_weights(&self) -> Result<Vec<(String, Tensor)>> {
+        self.named_weights()
+            .into_iter()
+            .map(|(name, w)| Ok((name, w.tensor()?.into_owned())))
+            .collect()
+    }
+
+    /// The weights as a tensor map (as [`Model::dense_weights`]), e.g. for saving.
+    pub fn to_tensor_map(&self, origin: &Path) -> Result<TensorMap> {
         let mut map = TensorMap::new(origin);
-        for (name, w) in self.named_weights() {
-            map.insert(name, w.tensor().clone(), origin);
+        for (name, t) in self.dense_weights()? {
+            map.insert(name, t, origin);
         }
-        map
+        Ok(map)
     }
 
     /// The input of the first layer for `ids` (`[batch, seq]` u32) at positions `0..seq`:
@@ -401,7 +410,7 @@ impl Model {
     pub fn head_bf16(&self) -> Option<&std::sync::Arc<crate::ops::Bf16Weight>> {
         self.head_bf16
             .as_ref()
-            .filter(|p| p.packs(self.head_weight().tensor()))
+            .filter(|p| self.head_weight().dense().is_ok_and(|h| p.packs(h)))
     }
 
     /// Where the fused head + loss runs its products (see [`Model::set_precision`]).

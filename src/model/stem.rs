@@ -42,7 +42,7 @@ impl Stem {
     /// the first layer.
     pub fn embed(&self, ids: &Tensor, offset: usize) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let table = self.tokens.1.tensor();
+        let table = self.tokens.1.dense()?;
         let dim = table.dim(1)?;
         let mut h = table
             .index_select(&ids.flatten_all()?, 0)?
@@ -54,7 +54,7 @@ impl Stem {
             h = p.forward(&h)?;
         }
         if let Some((name, p)) = &self.positions {
-            let rows = p.weight.tensor().dim(0)?;
+            let rows = p.weight.dims()[0];
             let first = offset + p.offset;
             if first + t > rows {
                 candle_core::bail!(
@@ -63,12 +63,12 @@ impl Stem {
                     rows - p.offset
                 );
             }
-            let rows = p.weight.tensor().narrow(0, first, t)?;
+            let rows = p.weight.dense()?.narrow(0, first, t)?;
             h = match &p.weight {
                 Weight::Frozen(_) => {
                     crate::ops::frozen_affine(&h, None, Some(&rows.contiguous()?))?
                 }
-                Weight::Trainable(_) => h.broadcast_add(&rows.unsqueeze(0)?)?,
+                _ => h.broadcast_add(&rows.unsqueeze(0)?)?,
             };
         }
         match &self.embed_norm {

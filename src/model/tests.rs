@@ -32,7 +32,7 @@ fn layer_from(config: &ModelConfig, ws: &[Tensor]) -> crate::Result<Box<dyn Deco
     let mut layer: Box<dyn DecoderLayer> =
         Box::new(llama::LlamaLayer::load(config, &map, 0, false)?);
     for (_, w) in layer.weights_mut() {
-        *w = Weight::Trainable(Var::from_tensor(w.tensor())?);
+        *w = Weight::Trainable(Var::from_tensor(w.dense()?)?);
     }
     Ok(layer)
 }
@@ -53,7 +53,7 @@ fn decoder_layer_gradients_match_finite_differences() -> crate::Result<()> {
         model.layers()[0]
             .weights()
             .iter()
-            .map(|(_, w)| w.tensor().clone()),
+            .map(|(_, w)| w.dense().unwrap().clone()),
     );
     check_gradients(&inputs, |t| {
         let layer = layer_from(&config, &t[1..]).map_err(candle_core::Error::wrap)?;
@@ -96,6 +96,7 @@ fn frozen_parts_give_same_gradient_and_no_gradient_entries() -> crate::Result<()
                 assert!(diff <= 1e-5, "{name}: {diff:e}");
             }
             Weight::Frozen(t) => assert!(g_frozen.get(t).is_none(), "{name} got a gradient"),
+            Weight::Quantized(_) => panic!("{name} is quantized"),
         }
     }
     // Nothing but the trainable weights is kept in the gradient store's reach for weights:
@@ -137,8 +138,8 @@ fn bf16_frozen_layers_stay_close_to_f32_and_train_the_same_weights() -> crate::R
     let stored: Vec<DType> = bf16_model.layers()[1]
         .weights()
         .iter()
-        .filter(|(_, w)| w.tensor().rank() == 2)
-        .map(|(_, w)| w.tensor().dtype())
+        .filter(|(_, w)| w.dense().unwrap().rank() == 2)
+        .map(|(_, w)| w.dense().unwrap().dtype())
         .collect();
     assert_eq!(
         stored,
@@ -176,7 +177,7 @@ fn bf16_frozen_layers_stay_close_to_f32_and_train_the_same_weights() -> crate::R
     // Switching back gives f32 products over the weights' bf16 values.
     bf16_model.set_precision(Precision::F32)?;
     for (name, w) in bf16_model.named_weights() {
-        assert_eq!(w.tensor().dtype(), DType::F32, "{name}");
+        assert_eq!(w.dense().unwrap().dtype(), DType::F32, "{name}");
     }
     let mut rounded = f32_model.clone();
     for w in rounded.layers_mut()[1]
@@ -184,8 +185,12 @@ fn bf16_frozen_layers_stay_close_to_f32_and_train_the_same_weights() -> crate::R
         .into_iter()
         .map(|(_, w)| w)
     {
-        if w.tensor().rank() == 2 {
-            let t = w.tensor().to_dtype(DType::BF16)?.to_dtype(DType::F32)?;
+        if w.dense().unwrap().rank() == 2 {
+            let t = w
+                .dense()
+                .unwrap()
+                .to_dtype(DType::BF16)?
+                .to_dtype(DType::F32)?;
             *w = Weight::Frozen(t);
         }
     }

@@ -2,7 +2,9 @@
 //! property of the weight: a layer never branches on it, it asks its weights for the right op.
 
 use crate::ops;
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Result, Tensor, Var, D};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Which matrix products run in bf16 (sums in f32). Everything else (norms, the
@@ -103,14 +105,78 @@ pub enum Weight {
     Frozen(Tensor),
     /// Trained: gradients accumulate into this variable.
     Trainable(Var),
+    /// Not trained, and kept in a GGUF block format (k-quants, Q8_0, …) as QLoRA keeps frozen
+    /// weights: a linear map's `[out, in]` matrix whose products dequantize it for the moment
+    /// they run ([`ops::frozen_linear_quantized`]), so between products it costs its blocks'
+    /// bytes, not 4 per value.
+    Quantized(Arc<QTensor>),
 }
 
 impl Weight {
-    /// The current value.
-    pub fn tensor(&self) -> &Tensor {
+    /// The current value; a quantized weight is dequantized into a fresh f32 tensor (its
+    /// callers are the rare whole-model walks: saving, fingerprints, merging).
+    pub fn tensor(&self) -> Result<Cow<'_, Tensor>> {
         match self {
-            Weight::Frozen(t) => t,
-            Weight::Trainable(v) => v.as_tensor(),
+            Weight::Frozen(t) => Ok(Cow::Borrowed(t)),
+            Weight::Trainable(v) => Ok(Cow::Borrowed(v.as_tensor())),
+            Weight::Quantized(q) => q.dequantize(&q.device()).map(Cow::Owned),
+        }
+    }
+
+    /// The value of a dense (frozen or trained) weight; an error for a quantized one. For the
+    /// weights that are never kept quantized (embeddings, norms, biases, heads, PEFT modules).
+    pub fn dense(&self) -> Result<&Tensor> {
+        match self {
+            Weight::Frozen(t) => Ok(t),
+            Weight::Trainable(v) => Ok(v.as_tensor()),
+            Weight::Quantized(q) => candle_core::bail!(
+                "a weight of shape {:?} is kept quantized ({:?}) where a dense one is needed",
+                q.shape().dims(),
+                q.dtype()
+            ),
+        }
+    }
+
+    /// The shape, without dequantizing anything.
+    pub fn dims(&self) -> &[usize] {
+        match self {
+            Weight::Frozen(t) => t.dims(),
+            Weight::Trainable(v) => v.dims(),
+            Weight::Quantized(q) => q.shape().dims(),
+        }
+    }
+
+    /// The element type of [`Weight::tensor`] (f32 for a quantized weight).
+    pub fn dtype(&self) -> DType {
+        match self {
+            Weight::Frozen(t) => t.dtype(),
+            Weight::Trainable(v) => v.dtype(),
+            Weight::Quantized(_) => DType::F32,
+        }
+    }
+
+    /// The device it lives on.
+    pub fn device(&self) -> candle_core::Device {
+        match self {
+            Weight::Frozen(t) => t.device().clone(),
+            Weight::Trainable(v) => v.device().clone(),
+            Weight::Quantized(q) => q.device(),
+        }
+    }
+
+    /// The block-format tensor, when the weight is kept quantized.
+    pub fn quantized(&self) -> Option<&Arc<QTensor>> {
+        match self {
+            Weight::Quantized(q) => Some(q),
+            _ => None,
+        }
+    }
+
+    /// Bytes it takes in memory (blocks for a quantized weight).
+    pub fn storage_bytes(&self) -> usize {
+        match self {
+            Weight::Quantized(q) => q.storage_size_in_bytes(),
+            w => w.elem_count() * w.dtype().size_in_bytes(),
         }
     }
 
@@ -123,7 +189,7 @@ impl Weight {
     pub fn var(&self) -> Option<&Var> {
         match self {
             Weight::Trainable(v) => Some(v),
-            Weight::Frozen(_) => None,
+            Weight::Frozen(_) | Weight::Quantized(_) => None,
         }
     }
 
@@ -133,16 +199,17 @@ impl Weight {
             return Ok(());
         }
         *self = if trainable {
-            Weight::Trainable(Var::from_tensor(self.tensor())?)
+            // A quantized weight trains on its dequantized values, in f32.
+            Weight::Trainable(Var::from_tensor(self.tensor()?.as_ref())?)
         } else {
-            Weight::Frozen(self.tensor().detach())
+            Weight::Frozen(self.tensor()?.detach())
         };
         Ok(())
     }
 
     /// Number of scalars.
     pub fn elem_count(&self) -> usize {
-        self.tensor().elem_count()
+        self.dims().iter().product()
     }
 }
 
@@ -193,7 +260,9 @@ impl Linear {
 
     /// `(out, in)` features, whatever the storage layout.
     pub fn dims(&self) -> Result<(usize, usize)> {
-        let (a, b) = self.weight.tensor().dims2()?;
+        let &[a, b] = self.weight.dims() else {
+            candle_core::bail!("a linear map's weight has shape {:?}", self.weight.dims());
+        };
         Ok(if self.fan_in_fan_out { (b, a) } else { (a, b) })
     }
 
@@ -214,6 +283,7 @@ impl Linear {
         y = match &self.bias {
             Some(Weight::Frozen(b)) => ops::frozen_affine(&y, None, Some(b))?,
             Some(Weight::Trainable(b)) => y.broadcast_add(b)?,
+            Some(b @ Weight::Quantized(_)) => y.broadcast_add(b.tensor()?.as_ref())?,
             None => y,
         };
         if let (Some(lora), false) = (&self.lora, lora_done) {
@@ -287,11 +357,12 @@ impl Linear {
     /// Folds the LoRA update into the weight (`W + scale·B·A`), leaving a plain, frozen map.
     pub fn merge_lora(&mut self) -> Result<()> {
         if let Some(lora) = self.lora.take() {
-            let mut delta = lora.delta()?.to_dtype(self.weight.tensor().dtype())?;
+            let mut delta = lora.delta()?.to_dtype(self.weight.dtype())?;
             if self.fan_in_fan_out {
                 delta = delta.t()?;
             }
-            let merged = (self.weight.tensor() + delta)?;
+            // A quantized base merges on its dequantized values into a dense weight.
+            let merged = (self.weight.tensor()?.as_ref() + delta)?;
             self.weight = Weight::Frozen(merged);
             self.bf16 = None;
         }
@@ -331,7 +402,8 @@ impl Linear {
         else {
             return Ok(None);
         };
-        let (a, b) = (lora.a.tensor(), lora.b.tensor());
+        let (a, b) = (lora.a.tensor()?, lora.b.tensor()?);
+        let (a, b) = (a.as_ref(), b.as_ref());
         let f32s = [x, a, b].iter().all(|t| t.dtype() == DType::F32);
         if !packed.packs(w) || !f32s {
             return Ok(None);
@@ -357,6 +429,8 @@ impl Linear {
             // The op reads an `[in, out]` weight through a transposed view, without a copy.
             Weight::Frozen(w) if self.fan_in_fan_out => ops::frozen_linear(x, &w.t()?),
             Weight::Frozen(w) => ops::frozen_linear(x, w),
+            // Stored `[out, in]` with blocks along `in` (refused otherwise when it was made).
+            Weight::Quantized(q) => ops::frozen_linear_quantized(x, q),
             Weight::Trainable(w)
                 if self.bf16_trained
                     && x.dtype() == DType::F32
@@ -427,26 +501,25 @@ impl Norm {
 
     /// Normalises `x`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = &self.weight;
+        let trainable = self.weight.is_trainable();
+        let w = self.weight.tensor()?;
         match self.kind {
-            NormKind::Rms => ops::rms_norm(x, w.tensor(), self.eps, w.is_trainable()),
+            NormKind::Rms => ops::rms_norm(x, &w, self.eps, trainable),
             // `w + 1` is an ordinary op, so a trainable `w` still gets its gradient through it.
-            NormKind::RmsPlusOne => {
-                ops::rms_norm(x, &(w.tensor() + 1.0)?, self.eps, w.is_trainable())
-            }
+            NormKind::RmsPlusOne => ops::rms_norm(x, &(w.as_ref() + 1.0)?, self.eps, trainable),
             NormKind::Layer => {
                 let mean = x.mean_keepdim(D::Minus1)?;
                 let xc = x.broadcast_sub(&mean)?;
                 let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
                 let y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
                 let bias_frozen = self.bias.as_ref().is_none_or(|b| !b.is_trainable());
-                if !w.is_trainable() && bias_frozen {
-                    let b = self.bias.as_ref().map(Weight::tensor);
-                    return ops::frozen_affine(&y, Some(w.tensor()), b);
+                let b = self.bias.as_ref().map(Weight::tensor).transpose()?;
+                if !trainable && bias_frozen {
+                    return ops::frozen_affine(&y, Some(&w), b.as_deref());
                 }
-                let y = y.broadcast_mul(w.tensor())?;
-                match &self.bias {
-                    Some(b) => y.broadcast_add(b.tensor()),
+                let y = y.broadcast_mul(&w)?;
+                match b {
+                    Some(b) => y.broadcast_add(&b),
                     None => Ok(y),
                 }
             }

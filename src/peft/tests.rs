@@ -26,7 +26,8 @@ fn ids() -> Tensor {
 fn perturb(model: &mut Model, suffixes: &[&str], seed: u64, trainable: bool) {
     for (name, w) in model.named_weights_mut() {
         if suffixes.iter().any(|s| name.ends_with(s)) {
-            let t = crate::ops::testing::rand_tensor(w.tensor().dims(), DType::F32, seed).unwrap();
+            let t = crate::ops::testing::rand_tensor(w.dense().unwrap().dims(), DType::F32, seed)
+                .unwrap();
             let t = (t * 0.1).unwrap();
             *w = if trainable {
                 Weight::Trainable(candle_core::Var::from_tensor(&t).unwrap())
@@ -104,7 +105,10 @@ fn only_lora_weights_get_gradients() {
     }
     for (name, w) in m.named_weights() {
         if !is_lora_weight(&name) {
-            assert!(grads.get(w.tensor()).is_none(), "{name} got a gradient");
+            assert!(
+                grads.get(w.dense().unwrap()).is_none(),
+                "{name} got a gradient"
+            );
         }
     }
 }
@@ -162,7 +166,7 @@ fn bottleneck_with_zero_up_reproduces_the_base_model_exactly() {
         .named_weights()
         .into_iter()
         .filter(|(n, _)| n.starts_with("model.layers.0.self_attn.o_proj.adapter."))
-        .map(|(_, w)| w.tensor().dims().to_vec())
+        .map(|(_, w)| w.dense().unwrap().dims().to_vec())
         .collect();
     assert_eq!(shapes, [vec![64, h], vec![64], vec![h, 64], vec![h]]);
     assert_eq!(
@@ -197,7 +201,10 @@ fn only_bottleneck_weights_get_gradients() {
     }
     for (name, w) in m.named_weights() {
         if !is_bottleneck_weight(&name) {
-            assert!(grads.get(w.tensor()).is_none(), "{name} got a gradient");
+            assert!(
+                grads.get(w.dense().unwrap()).is_none(),
+                "{name} got a gradient"
+            );
         }
     }
 }
@@ -265,7 +272,7 @@ fn stored_bottlenecks_are_rebuilt_from_tensors() {
     let mut m = model();
     add_bottleneck(&mut m, &[0, 1], &BottleneckConfig::default(), 5).unwrap();
     perturb_up(&mut m);
-    let tensors = m.to_tensor_map(std::path::Path::new("plugged"));
+    let tensors = m.to_tensor_map(std::path::Path::new("plugged")).unwrap();
     let mut back = Model::from_tensors(m.config(), &tensors, None).unwrap();
     assert_eq!(attach_stored_bottlenecks(&mut back, &tensors).unwrap(), 4);
     assert_eq!(

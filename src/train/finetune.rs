@@ -23,6 +23,7 @@ pub fn finetune(
     pad: u32,
     output: &Path,
 ) -> Result<(Model, TrainSummary)> {
+    options.dense_only("full-model fine-tuning")?;
     let options = &options.resolved("finetune");
     let method = &method.for_model(&ckpt.config);
     let mut model = ckpt.model()?;
@@ -49,7 +50,7 @@ pub fn finetune(
         if let Some(t) = outcome.params.get(&name) {
             *w = Weight::Frozen(t.clone());
         } else if let Some(original) = originals.get(&name) {
-            *w = Weight::Frozen(original.tensor().clone());
+            *w = Weight::Frozen(original.tensor()?.into_owned());
         }
     }
     merge_lora(&mut model)?;

@@ -87,7 +87,7 @@ pub fn head_loss(model: &Model, hidden: &Tensor, batch: &Batch) -> Result<Tensor
     let targets = batch.targets.flatten_all()?.to_vec1::<u32>()?;
     let weights = batch.weights.flatten_all()?.to_vec1::<f32>()?;
     let head = model.head_weight();
-    let mut h = hidden.reshape(((), d))?.to_dtype(head.tensor().dtype())?;
+    let mut h = hidden.reshape(((), d))?.to_dtype(head.dtype())?;
     // Only counted positions need the head: with a prompt masked out (a multiple-choice record
     // of 500 tokens scores one or two), the head's matmuls shrink by the same factor.
     let counted: Vec<u32> = (0..weights.len() as u32)
@@ -104,7 +104,7 @@ pub fn head_loss(model: &Model, hidden: &Tensor, batch: &Batch) -> Result<Tensor
         .collect();
     lm_head_loss(
         &h,
-        head.tensor(),
+        head.dense()?,
         head.is_trainable(),
         &targets,
         &weights,

@@ -92,6 +92,12 @@ pub struct TrainOptions {
     #[arg(long, default_value = "auto")]
     #[serde(default, skip_serializing_if = "Precision::is_f32")]
     pub precision: Precision,
+    /// The GGUF block format the frozen emulator layers' weight matrices were kept in while
+    /// tuning (`tune --frozen-quantized`; recorded with the adapter). Steps without a frozen
+    /// emulator refuse it ([`TrainOptions::dense_only`]).
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen_quantized: Option<crate::model::QuantType>,
 }
 
 impl Default for TrainOptions {
@@ -113,6 +119,7 @@ impl Default for TrainOptions {
             seed: 42,
             resume: false,
             precision: Precision::F32,
+            frozen_quantized: None,
         }
     }
 }
@@ -134,6 +141,7 @@ impl TrainOptions {
     /// The options of a step that runs in f32 only (alignment, distillation): `auto` becomes
     /// `f32`, an explicit bf16 setting is refused naming `what`.
     pub fn f32_only(&self, what: &str) -> crate::Result<TrainOptions> {
+        self.dense_only(what)?;
         let precision = self
             .precision
             .f32_only(what)
@@ -142,6 +150,18 @@ impl TrainOptions {
             precision,
             ..self.clone()
         })
+    }
+
+    /// Refuses `--frozen-quantized` for `what`, a step that has no frozen emulator to keep
+    /// quantized (or writes its weights back).
+    pub fn dense_only(&self, what: &str) -> crate::Result<()> {
+        match self.frozen_quantized {
+            Some(f) => Err(crate::Error::Invalid(format!(
+                "{what} does not keep weights quantized (--frozen-quantized {f} is for `offsite \
+                 tune` through a frozen emulator): drop it"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Checks the options make sense together.

@@ -30,7 +30,7 @@ pub fn prepare(
     let trained: std::collections::BTreeSet<String> = model
         .named_weights()
         .into_iter()
-        .filter(|(n, w)| in_scope(n) && method.trains(n, w.tensor().rank()))
+        .filter(|(n, w)| in_scope(n) && method.trains(n, w.dims().len()))
         .map(|(n, _)| n)
         .collect();
     let params = trainable_params(model, |n| trained.contains(n))?;

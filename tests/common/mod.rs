@@ -164,6 +164,11 @@ pub fn emulator_args<'a>(model: &'a Path, out: &'a Path, extra: &[&'a str]) -> V
 
 /// `offsite tune EMU --data TRAIN -o OUT` for 3 steps on 16-token blocks, plus `extra` flags.
 pub fn tune_briefly(emu: &Path, train: &Path, out: &Path, extra: &[&str]) -> String {
+    ok(tune_output(emu, train, out, extra))
+}
+
+/// What [`tune_briefly`] runs, its output as it came (for failures, or to read stderr).
+pub fn tune_output(emu: &Path, train: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "tune",
         s(emu),
@@ -179,7 +184,7 @@ pub fn tune_briefly(emu: &Path, train: &Path, out: &Path, extra: &[&str]) -> Str
         "5e-2",
     ];
     args.extend_from_slice(extra);
-    ok(offsite(&args))
+    offsite(&args)
 }
 
 /// `offsite plug MODEL ADAPTER -o OUT`, which must succeed.

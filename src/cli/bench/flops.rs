@@ -25,11 +25,10 @@ pub fn step_flops_per_token(model: &Model, trained: &BTreeSet<String>, seq: usiz
     let mut trained_matrix = 0f64;
     let mut lowest_trained: Option<usize> = None;
     for (name, w) in model.named_weights() {
-        let t = w.tensor();
-        if t.rank() != 2 {
+        if w.dims().len() != 2 {
             continue;
         }
-        let n = t.elem_count() as f64;
+        let n = w.elem_count() as f64;
         if trained.contains(&name) {
             trained_matrix += n;
         }
@@ -41,7 +40,7 @@ pub fn step_flops_per_token(model: &Model, trained: &BTreeSet<String>, seq: usiz
             lowest_trained = Some(lowest_trained.map_or(pos, |p: usize| p.min(pos)));
         }
     }
-    let head = model.head_weight().tensor().elem_count() as f64;
+    let head = model.head_weight().elem_count() as f64;
     let forward: f64 = linear.iter().map(|l| 2.0 * l + attention).sum::<f64>() + 2.0 * head;
     if trained.is_empty() {
         return forward;

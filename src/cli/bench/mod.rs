@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use offsite::data::{Batch, Sequence};
 use offsite::emulator::plan;
 use offsite::io::provenance::{FileRef, RunInfo};
-use offsite::model::{Model, Precision};
+use offsite::model::{Model, Precision, QuantType};
 use offsite::peft::Method;
 use offsite::train::{loss::lm_loss, prepare, AdamW};
 use std::time::Instant;
@@ -101,6 +101,11 @@ pub struct Settings {
     /// effect without a bf16 kernel.
     #[arg(long, default_value = "auto")]
     precision: Precision,
+    /// Keep the frozen layers' weight matrices in this GGUF block format (`q8_0`, `q4_k`, …):
+    /// the emulator layers in the offsite modes, every layer's base maps in ft-lora (QLoRA);
+    /// ft and infer stay dense. Each row says what it kept quantized.
+    #[arg(long, value_name = "FORMAT")]
+    frozen_quantized: Option<QuantType>,
 }
 
 /// Arguments of `offsite bench`.
@@ -181,6 +186,11 @@ pub fn run(args: Args) -> Result<()> {
             .args(["--seq", &s.seq.to_string(), "--steps", &s.steps.to_string()])
             .args(["--warmup", &s.warmup.to_string()])
             .args(["--precision", &s.precision.to_string()])
+            .args(
+                s.frozen_quantized
+                    .iter()
+                    .flat_map(|f| ["--frozen-quantized".to_string(), f.to_string()]),
+            )
             .output()
             .context("running a bench worker")?;
         if !out.status.success() {
@@ -212,8 +222,12 @@ pub fn run(args: Args) -> Result<()> {
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     let num = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
     for r in &rows {
+        let frozen = match r["frozen_quantized"]["format"].as_str() {
+            Some(f) => format!(", frozen {f}"),
+            None => String::new(),
+        };
         println!(
-            "| {} | {:.1} | {:.0} | {} | {:.0} | {:.0} % |",
+            "| {}{frozen} | {:.1} | {:.0} | {} | {:.0} | {:.0} % |",
             r["mode"].as_str().unwrap_or("?"),
             num(r, "tokens_per_s"),
             num(r, "peak_rss_mb"),
@@ -240,10 +254,27 @@ fn peak_rss_mb() -> f64 {
 /// Measures one mode in this process and prints one JSON line.
 pub fn worker(args: WorkerArgs) -> Result<()> {
     let s = &args.settings;
-    let ckpt = args.model.load()?;
+    let mut ckpt = args.model.load()?;
     let config = ckpt.config.clone();
     let split = plan(config.num_layers, s.bottom, s.top, s.keep)?;
     let adapter = split.adapter();
+    // The frozen matrices go into blocks before the model is built, so that their f32 copies
+    // are gone when the loop's peak is measured.
+    let frozen_layers = match args.mode {
+        m if m.offsite() => Some(split.emulator.clone()),
+        Mode::FtLora => Some((0..config.num_layers).collect()),
+        _ => None,
+    };
+    let quantized = match (s.frozen_quantized, &frozen_layers) {
+        (Some(format), Some(layers)) => {
+            let in_scope = |n: &str| {
+                n.ends_with(".weight")
+                    && offsite::model::families::layer_index(n).is_some_and(|i| layers.contains(&i))
+            };
+            Some(ckpt.tensors.quantize(format, in_scope)?)
+        }
+        _ => None,
+    };
     let mut model = if args.mode.offsite() {
         Model::from_tensors(&config, &ckpt.tensors, Some(&split.layer_order()))?
     } else {
@@ -311,6 +342,13 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
             "threads": candle_core::utils::get_num_threads(),
             "precision": s.precision.effective().to_string(),
             "packed_bf16_mb": bf16_bytes as f64 / 1e6,
+            "frozen_quantized": quantized.as_ref().map(|r| serde_json::json!({
+                "format": s.frozen_quantized.map(|f| f.to_string()),
+                "matrices": r.matrices,
+                "formats": r.formats,
+                "dense_mb": r.dense_bytes as f64 / 1e6,
+                "quantized_mb": r.quantized_bytes as f64 / 1e6,
+            })),
             "model": FileRef::of(&args.model.path()?)?,
             "run": RunInfo::current(s.precision),
         })

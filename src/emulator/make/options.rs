@@ -53,6 +53,13 @@ pub struct EmulatorOptions {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub low_rank: Option<f64>,
+    /// Ship the emulator layers' weight matrices in this GGUF block format (`q8_0`, `q4_k`,
+    /// `q6_k`, …; where a k-quant's blocks do not tile a row, llama.cpp's 32-value substitute):
+    /// a smaller package that the data owner tunes through as is, the blocks dequantized for
+    /// each product (QLoRA's frozen base). Fingerprints are of the dequantized values.
+    #[arg(long, value_name = "FORMAT")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen_quantized: Option<crate::model::QuantType>,
 }
 
 /// Calibration tokens unless told otherwise.
@@ -83,6 +90,7 @@ impl EmulatorOptions {
             prune: None,
             quant_bits: None,
             low_rank: None,
+            frozen_quantized: None,
         }
     }
 
@@ -101,6 +109,7 @@ impl EmulatorOptions {
             prune: None,
             quant_bits: None,
             low_rank: None,
+            frozen_quantized: None,
             ..self.clone()
         }
     }
@@ -133,6 +142,12 @@ impl EmulatorOptions {
                 )));
             }
         }
+        if let (Some(f), true) = (self.frozen_quantized, self.compresses()) {
+            return Err(Error::Invalid(format!(
+                "--frozen-quantized {f} does not compose with --prune, --low-rank or \
+                 --quant-bits: choose one"
+            )));
+        }
         Ok(())
     }
 
@@ -153,6 +168,9 @@ impl EmulatorOptions {
         }
         if let Some(b) = self.quant_bits {
             out += &format!(" + {b}-bit");
+        }
+        if let Some(f) = self.frozen_quantized {
+            out += &format!(" + {f} blocks");
         }
         out
     }
@@ -241,6 +259,8 @@ impl EmulatorFlags {
             prune: self.prune,
             quant_bits: self.quant_bits,
             low_rank: self.low_rank,
+            // The experiment's emulators stay dense (not yet a row option).
+            frozen_quantized: None,
         })
     }
 

@@ -171,9 +171,14 @@ impl Loader<'_> {
             .map(Weight::Frozen)
     }
 
-    /// An `nn.Linear` (`[out, in]`) at module path `path`, with a bias when `bias`.
+    /// An `nn.Linear` (`[out, in]`) at module path `path`, with a bias when `bias`; its weight
+    /// stays in its block format when the map holds it quantized.
     pub fn linear(&self, path: &str, out_f: usize, in_f: usize, bias: bool) -> Result<Linear> {
-        let weight = self.weight(&format!("{path}.weight"), &[out_f, in_f])?;
+        let name = format!("{}{path}.weight", self.prefix);
+        let weight = match self.tensors.get_quantized(&name, &[out_f, in_f])? {
+            Some(q) => Weight::Quantized(q),
+            None => self.weight(&format!("{path}.weight"), &[out_f, in_f])?,
+        };
         let bias = bias
             .then(|| self.weight(&format!("{path}.bias"), &[out_f]))
             .transpose()?;
