@@ -96,3 +96,6 @@ bash "$HERE/alignment_hyp_round2.sh" "$OUT"
 bash "$HERE/alignment_spam_self.sh" "$OUT"
 # Session 5: the third trained part, a LoRA on the top adapter layers (hypernym and spam).
 bash "$HERE/alignment_lora.sh" "$OUT"
+# Session 7: a FedBiOT exchange on spam within the table's budget (two rounds of 100 steps),
+# the round-2 adapter aligned.
+bash "$HERE/alignment_spam_round.sh" "$OUT"

@@ -142,16 +142,9 @@ fn package_tensors(full: &Model, split: &Split) -> Result<Vec<(String, Tensor)>>
 }
 
 /// The original layer index of an HF weight name (`model.layers.N.…`, `transformer.h.N.…`, …,
-/// whatever the family), or `None` for embeddings, final norm and head.
-pub fn layer_index(name: &str) -> Option<usize> {
-    crate::model::families::layer_index(name)
-}
-
-/// Whether the weight `name` belongs to one of `layers` (original indices); embeddings, the
-/// final norm and the head belong to none.
-pub fn in_layers(name: &str, layers: &[usize]) -> bool {
-    layer_index(name).is_some_and(|i| layers.contains(&i))
-}
+/// whatever the family), or `None` for embeddings, final norm and head; and whether a name
+/// belongs to one of a set of layers.
+pub use crate::model::families::{in_layers, layer_index};
 
 impl Package {
     /// Builds the package of `full` (which must hold all its layers).

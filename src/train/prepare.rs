@@ -22,11 +22,7 @@ pub fn prepare(
 ) -> Result<(Vec<Param>, usize)> {
     let all = model.layer_ids().to_vec();
     method.inject(model, layers.unwrap_or(&all), seed)?;
-    let in_scope = |name: &str| {
-        layers.is_none_or(|l| {
-            crate::model::families::layer_index(name).is_some_and(|i| l.contains(&i))
-        })
-    };
+    let in_scope = |name: &str| layers.is_none_or(|l| crate::model::families::in_layers(name, l));
     let trained: std::collections::BTreeSet<String> = model
         .named_weights()
         .into_iter()

@@ -267,10 +267,8 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
     };
     let quantized = match (s.frozen_quantized, &frozen_layers) {
         (Some(format), Some(layers)) => {
-            let in_scope = |n: &str| {
-                n.ends_with(".weight")
-                    && offsite::model::families::layer_index(n).is_some_and(|i| layers.contains(&i))
-            };
+            let in_scope =
+                |n: &str| n.ends_with(".weight") && offsite::model::families::in_layers(n, layers);
             Some(ckpt.tensors.quantize(format, in_scope)?)
         }
         _ => None,

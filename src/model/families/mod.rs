@@ -105,6 +105,12 @@ pub fn layer_index(name: &str) -> Option<usize> {
     })
 }
 
+/// Whether the weight `name` belongs to one of `layers` (original indices); embeddings, the
+/// final norm and the head belong to none.
+pub fn in_layers(name: &str, layers: &[usize]) -> bool {
+    layer_index(name).is_some_and(|i| layers.contains(&i))
+}
+
 /// Element-wise activations of the families' MLPs, each built from candle ops with a backward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
