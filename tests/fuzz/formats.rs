@@ -35,8 +35,35 @@ pub fn err<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
+/// The fingerprint of every value loaded (matrices held in GGUF blocks dequantized).
 pub fn digest(tensors: &offsite::model::TensorMap) -> String {
-    offsite::emulator::fingerprint::fingerprint(tensors.iter()).unwrap()
+    let dense = tensors.dense_entries().unwrap();
+    offsite::emulator::fingerprint::fingerprint(dense.iter().map(|(n, t)| (n.as_str(), t))).unwrap()
+}
+
+/// A package whose emulator matrices are shipped in q8_0 blocks (`emulator --frozen-quantized`),
+/// of a tiny model whose rows the blocks tile.
+fn blocks_package(dir: &Path) -> PathBuf {
+    let config = ModelConfig {
+        num_layers: 5,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 8,
+        ..ModelConfig::tiny()
+    };
+    let model = Model::random(&config, 5, DType::F32).unwrap();
+    let options = offsite::emulator::EmulatorOptions {
+        frozen_quantized: Some("q8_0".parse().unwrap()),
+        ..offsite::emulator::EmulatorOptions::layer_drop(1, 2, 1)
+    };
+    let path = dir.join("blocks.offsite");
+    Package::build(&model, None, options, &path)
+        .unwrap()
+        .save(&path)
+        .unwrap();
+    path
 }
 
 pub fn load_checkpoint(p: &Path) -> Result<String, String> {
@@ -201,6 +228,7 @@ pub fn formats(dir: &Path) -> Vec<Format> {
     )
     .unwrap();
     let gguf = tiny_gguf(dir);
+    let blocks = blocks_package(dir);
     let data = dir.join("records.jsonl");
     std::fs::write(
         &data,
@@ -263,6 +291,13 @@ pub fn formats(dir: &Path) -> Vec<Format> {
             Kind::Binary {
                 header: header(&emu),
             },
+        ),
+        f(
+            "emulator package in q8_0 blocks",
+            blocks.clone(),
+            blocks.clone(),
+            load_package,
+            Kind::SafeTensors,
         ),
         f(
             "adapter (.safetensors)",
