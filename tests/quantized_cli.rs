@@ -1,7 +1,7 @@
 //! `--frozen-quantized` through the command line: the data owner tunes and evaluates through an
 //! emulator kept in a GGUF block format; the model owner plugs the adapter in as usual.
 
-use offsite::model::{Model, ModelConfig};
+use offsite::model::Model;
 use std::path::{Path, PathBuf};
 
 mod common;
@@ -11,17 +11,7 @@ use common::{
 
 /// A tiny model whose rows Q8_0's 32-value blocks tile (hidden 32, intermediate 64).
 fn blocky_model_dir(dir: &Path) -> PathBuf {
-    let config = ModelConfig {
-        vocab_size: 263,
-        num_layers: 5,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 8,
-        ..ModelConfig::tiny()
-    };
-    let model = Model::random(&config, 4, candle_core::DType::F32).unwrap();
+    let model = Model::random(&common::blocky_config(), 4, candle_core::DType::F32).unwrap();
     let path = dir.join("blocky");
     let tok = offsite::io::tokenizer::Tokenizer::tiny_byte_level();
     offsite::io::hf_dir::save(&path, &model, Some(&tok)).unwrap();

@@ -107,6 +107,21 @@ pub fn fails(o: Output, needles: &[&str]) {
     }
 }
 
+/// A tiny configuration whose rows GGUF's 32-value blocks tile (hidden 32, intermediate 64):
+/// for tests of frozen layers kept in blocks.
+pub fn blocky_config() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 263,
+        num_layers: 5,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 8,
+        ..ModelConfig::tiny()
+    }
+}
+
 pub fn tiny_model_dir(dir: &Path, seed: u64) -> PathBuf {
     let config = ModelConfig {
         vocab_size: 263,

@@ -44,16 +44,7 @@ pub fn digest(tensors: &offsite::model::TensorMap) -> String {
 /// A package whose emulator matrices are shipped in q8_0 blocks (`emulator --frozen-quantized`),
 /// of a tiny model whose rows the blocks tile.
 fn blocks_package(dir: &Path) -> PathBuf {
-    let config = ModelConfig {
-        num_layers: 5,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 8,
-        ..ModelConfig::tiny()
-    };
-    let model = Model::random(&config, 5, DType::F32).unwrap();
+    let model = Model::random(&super::common::blocky_config(), 5, DType::F32).unwrap();
     let options = offsite::emulator::EmulatorOptions {
         frozen_quantized: Some("q8_0".parse().unwrap()),
         ..offsite::emulator::EmulatorOptions::layer_drop(1, 2, 1)
