@@ -7,18 +7,17 @@
 # words (as alignment_lora.sh). Both emulator target, answer position, 200 steps × 4, lr 1e-3.
 # Usage: bash docs/results/alignment_lora_all.sh OUT_DIR   (after alignment_lora.sh)
 set -euo pipefail
+. "$(dirname "$0")/spam_k13.sh"
 OUT=${1:?output folder}
 SHARED=${SHARED:-../shared/data}
 B=${OFFSITE:-./target/release/offsite}
 S="$SHARED/spam"
 M="$OUT/public-self-mail"
 SPAM_TEMPLATE=$'Subject: {text}\n\nQuestion: Is this email spam?\nAnswer:'
-"$B" experiment smollm2 --train "$S/train.jsonl" --val "$S/validation.jsonl" --test "$S/test.jsonl" \
-    --limit-val 64 --limit-test 200 --emulator-package "$OUT/k13-importance.offsite" \
-    --max-steps 200 --batch-size 4 --warmup-steps 10 --eval-every 50 --save-every 50 --lr 1e-4 \
+spam_k13 \
     --align-data "$M/mail-train.jsonl" --align-val "$M/mail-val.jsonl" \
     --align-steps 200 --align-lr 1e-3 --align-target emulator --align-positions last \
-    --align-params lora-all --align-lora-r 8 --align-template "$SPAM_TEMPLATE" --resume -o "$OUT/spam-k13"
+    --align-params lora-all --align-lora-r 8 --align-template "$SPAM_TEMPLATE"
 
 H="$SHARED/hypernym"
 TEMPLATE=$'Question: A {text} is a kind of what?\nAnswer:'

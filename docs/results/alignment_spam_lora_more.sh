@@ -5,6 +5,7 @@
 # is unchanged: 200 steps × 4 for every row).
 # Usage: bash docs/results/alignment_spam_lora_more.sh OUT_DIR   (after alignment_lora.sh)
 set -euo pipefail
+. "$(dirname "$0")/spam_k13.sh"
 OUT=${1:?output folder}
 SHARED=${SHARED:-../shared/data}
 B=${OFFSITE:-./target/release/offsite}
@@ -16,12 +17,9 @@ for v in r16:"$M/mail":16:200 steps400:"$M/mail":8:400 \
          speeches:"$OUT/public/paragraphs":8:200; do
     IFS=: read -r name corpus rank steps <<< "$v"
     echo "== $name $(date)"
-    "$B" experiment smollm2 --train "$S/train.jsonl" --val "$S/validation.jsonl" --test "$S/test.jsonl" \
-        --limit-val 64 --limit-test 200 --emulator-package "$OUT/k13-importance.offsite" \
-        --max-steps 200 --batch-size 4 --warmup-steps 10 --eval-every 50 --save-every 50 --lr 1e-4 \
+    spam_k13 \
         --align-data "$corpus-train.jsonl" --align-val "$corpus-val.jsonl" \
         --align-steps "$steps" --align-lr 1e-3 --align-target emulator --align-positions last \
-        --align-params lora-top --align-lora-r "$rank" --align-template "$SPAM_TEMPLATE" --resume \
-        -o "$OUT/spam-k13"
+        --align-params lora-top --align-lora-r "$rank" --align-template "$SPAM_TEMPLATE"
 done
 echo "== done $(date)"

@@ -4,6 +4,7 @@
 # speech sentences in spam's template): a second alignment row in the same experiment folder.
 # Usage: bash docs/results/alignment_spam_proxy.sh OUT_DIR
 set -euo pipefail
+. "$(dirname "$0")/spam_k13.sh"
 OUT=${1:?output folder}
 SHARED=${SHARED:-../shared/data}
 B=${OFFSITE:-./target/release/offsite}
@@ -13,9 +14,7 @@ P="$OUT/spam-k13/proxy-a2.json"
 [ -f "$P" ] || { "$B" eval smollm2 --proxy "$OUT/k13-importance.offsite" \
     --adapter "$OUT/spam-k13/adapter.safetensors" --alpha 2 --data "$S/test.jsonl" --limit 200 \
     --json > "$P.tmp" && mv "$P.tmp" "$P"; }
-"$B" experiment smollm2 --train "$S/train.jsonl" --val "$S/validation.jsonl" --test "$S/test.jsonl" \
-    --limit-val 64 --limit-test 200 --emulator-package "$OUT/k13-importance.offsite" \
-    --max-steps 200 --batch-size 4 --warmup-steps 10 --eval-every 50 --save-every 50 --lr 1e-4 \
+spam_k13 \
     --align-data "$OUT/public/paragraphs-train.jsonl" --align-val "$OUT/public/paragraphs-val.jsonl" \
     --align-steps 200 --align-lr 1e-4 --align-target proxy --align-alpha 2 --align-positions last \
-    --align-params norms --align-template "$TEMPLATE" --resume -o "$OUT/spam-k13"
+    --align-params norms --align-template "$TEMPLATE"

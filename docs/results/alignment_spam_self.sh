@@ -6,6 +6,7 @@
 # only ever show the "not spam" side). A third alignment row in the same experiment folder.
 # Usage: bash docs/results/alignment_spam_self.sh OUT_DIR
 set -euo pipefail
+. "$(dirname "$0")/spam_k13.sh"
 OUT=${1:?output folder}
 SHARED=${SHARED:-../shared/data}
 B=${OFFSITE:-./target/release/offsite}
@@ -17,9 +18,7 @@ mkdir -p "$M"
     -o "$M/mail.jsonl"
 head -n 264 "$M/mail.jsonl" > "$M/mail-train.jsonl"
 tail -n +265 "$M/mail.jsonl" > "$M/mail-val.jsonl"
-"$B" experiment smollm2 --train "$S/train.jsonl" --val "$S/validation.jsonl" --test "$S/test.jsonl" \
-    --limit-val 64 --limit-test 200 --emulator-package "$OUT/k13-importance.offsite" \
-    --max-steps 200 --batch-size 4 --warmup-steps 10 --eval-every 50 --save-every 50 --lr 1e-4 \
+spam_k13 \
     --align-data "$M/mail-train.jsonl" --align-val "$M/mail-val.jsonl" \
     --align-steps 200 --align-lr 1e-4 --align-target emulator --align-positions last \
-    --align-params norms --align-template "$TEMPLATE" --resume -o "$OUT/spam-k13"
+    --align-params norms --align-template "$TEMPLATE"
