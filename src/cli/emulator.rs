@@ -157,6 +157,10 @@ pub fn run(args: Args) -> Result<()> {
         )?,
         None => build(args.options.clone())?,
     };
+    if !offsite::train::collective::world().is_root() {
+        // A data-parallel distillation: rank 0 writes the package.
+        return Ok(());
+    }
     package.save(&args.output)?;
     let m = &package.meta;
     let size = std::fs::metadata(&args.output)

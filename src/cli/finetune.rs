@@ -38,6 +38,9 @@ pub fn run(args: Args) -> Result<()> {
         pad,
         &args.output,
     )?;
+    if !offsite::train::collective::world().is_root() {
+        return Ok(()); // a data-parallel run: rank 0 wrote the model and reports
+    }
     println!(
         "wrote {}; {} steps, final training loss {}, best validation loss {}",
         args.output.display(),

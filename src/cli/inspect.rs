@@ -10,7 +10,9 @@ use serde_json::json;
 use std::path::Path;
 
 fn file_size(path: &Path) -> u64 {
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    // A PEFT directory's size is its weights file's.
+    let file = offsite::io::offsite_file::weights_file(path);
+    std::fs::metadata(file).map(|m| m.len()).unwrap_or(0)
 }
 
 /// Describes an emulator package.
@@ -153,6 +155,7 @@ fn inspect_adapter(path: &Path, as_json: bool) -> Result<()> {
         "training": a.meta.training,
         "metrics": a.meta.metrics,
         "alignment": a.meta.alignment,
+        "origin": a.meta.origin,
         "integrity": seal.to_string(),
     });
     if as_json {
@@ -160,8 +163,13 @@ fn inspect_adapter(path: &Path, as_json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{}  (tuned adapter, {:.1} MB)",
+        "{}  ({} adapter, {:.1} MB)",
         path.display(),
+        match (&a.meta.metrics, &a.meta.origin) {
+            (Some(_), _) => "tuned",
+            (None, Some(_)) => "assembled",
+            (None, None) => "untrained",
+        },
         file_size(path) as f64 / 1e6
     );
     println!(
@@ -175,6 +183,9 @@ fn inspect_adapter(path: &Path, as_json: bool) -> Result<()> {
         short(&a.meta.source_fingerprint)
     );
     println!("integrity     {seal}");
+    if let Some(origin) = &a.meta.origin {
+        println!("weights       {origin}");
+    }
     if let Some(s) = &a.meta.metrics {
         println!(
             "training      {} steps, {} tokens, final loss {}, best validation loss {}",

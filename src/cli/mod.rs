@@ -1,6 +1,7 @@
 //! Command-line interface: one file per command, each a clap `Args` struct with a `run`.
 
 mod ablate;
+mod adapter;
 mod align;
 mod bench;
 mod chart;
@@ -46,6 +47,9 @@ enum Command {
     Emulator(emulator::Args),
     /// Data owner: tune the adapter through the emulator on private data.
     Tune(tune::Args),
+    /// The adapter a package ships before tuning, or plain arrays (a federated average) checked
+    /// and written as an adapter file.
+    Adapter(adapter::Args),
     /// Model owner: plug a tuned adapter into the full model, write a Hugging Face directory.
     Plug(plug::Args),
     /// Model owner: align a returned adapter on public text so that, plugged in, it matches the
@@ -81,6 +85,14 @@ enum Command {
 /// Runs the command line and turns errors into a message and exit code 1.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Under `mpiexec`, join the other ranks first (and stay joined until the command ends).
+    let _mpi = match offsite::train::collective::init() {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::Fetch(a) => fetch::run(a),
         Command::Inspect(a) => inspect::run(a),
@@ -88,6 +100,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Score(a) => score::run(a),
         Command::Emulator(a) => emulator::run(a),
         Command::Tune(a) => tune::run(a),
+        Command::Adapter(a) => adapter::run(a),
         Command::Plug(a) => plug::run(a),
         Command::Align(a) => align::run(a),
         Command::Eval(a) => eval::run(a),

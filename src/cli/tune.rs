@@ -73,6 +73,10 @@ pub fn run(args: Args) -> Result<()> {
         pad,
         &args.output,
     )?;
+    if !offsite::train::collective::world().is_root() {
+        // A data-parallel run: rank 0 wrote the adapter and writes the summary.
+        return Ok(());
+    }
     let s = adapter.meta.metrics.as_ref();
     if let Some(path) = &args.summary {
         let json = serde_json::json!({

@@ -6,7 +6,7 @@ use super::fingerprint::short;
 use super::package::{in_layers, Package};
 use crate::io::offsite_file::{self, Seal, ADAPTER_FORMAT, PEFT_WEIGHTS};
 use crate::model::{Model, TensorMap};
-use crate::peft::{is_bottleneck_weight, is_lora_weight, BottleneckConfig, LoraConfig};
+use crate::peft::{is_bottleneck_weight, is_lora_weight, BottleneckConfig, LoraConfig, Method};
 use crate::train::{TrainOptions, TrainSummary};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
@@ -45,6 +45,10 @@ pub struct AdapterMeta {
     /// For an adapter the model owner aligned after plugging it in (`offsite align`): how.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alignment: Option<Box<super::align::AlignRecord>>,
+    /// Where the weights came from when not from one tuning run (`offsite adapter --arrays`:
+    /// e.g. a federated average), as its writer described it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// PEFT's key prefix for a causal LM's weights.
@@ -113,6 +117,69 @@ impl Adapter {
             meta: Self::meta(package, adapter_layers, training, metrics),
             tensors,
         })
+    }
+
+    /// The adapter of `package` that `method` trains, from its trained `weights` (as
+    /// [`Adapter::from_weights`], [`Adapter::from_lora`], [`Adapter::from_bottleneck`] or
+    /// [`Adapter::bitfit`]).
+    pub fn of_method(
+        package: &Package,
+        method: &Method,
+        weights: &BTreeMap<String, Tensor>,
+        training: Option<TrainOptions>,
+        metrics: Option<TrainSummary>,
+    ) -> Result<Self> {
+        match method {
+            Method::Full => Self::from_weights(package, weights, training, metrics),
+            Method::Lora(config) => Self::from_lora(package, config, weights, training, metrics),
+            Method::Adapter(config) => {
+                Self::from_bottleneck(package, config, weights, training, metrics)
+            }
+            Method::BitFit => Self::bitfit(package, weights, training, metrics),
+        }
+    }
+
+    /// This adapter with its tensors replaced by `arrays` (e.g. a federated coordinator's
+    /// average of several data owners' adapters of this kind), which must hold exactly this
+    /// adapter's tensor names (ours, or PEFT's `base_model.model.` ones) with the same shapes.
+    /// `origin` says where they came from; it is recorded in the metadata.
+    pub fn with_arrays(mut self, arrays: &TensorMap, origin: Option<String>) -> Result<Self> {
+        let file = arrays.origin().to_path_buf();
+        let mut replaced = TensorMap::new(&file);
+        for (name, t) in arrays.iter() {
+            let ours = name.strip_prefix(PEFT_PREFIX).unwrap_or(name);
+            let Some(own) = self.tensors.dims(ours) else {
+                return Err(Error::format(
+                    &file,
+                    format!("`{name}` is not a weight of this {} adapter", self.kind()),
+                ));
+            };
+            if own != t.dims() {
+                return Err(Error::format(
+                    &file,
+                    format!(
+                        "`{name}` has shape {:?}, the adapter's is {own:?}",
+                        t.dims()
+                    ),
+                ));
+            }
+            replaced.insert(ours, t.to_dtype(candle_core::DType::F32)?, &file);
+        }
+        if let Some(missing) = self.tensors.names().find(|n| !replaced.contains(n)) {
+            return Err(Error::format(
+                &file,
+                format!(
+                    "`{missing}` is missing (the adapter has {} tensors)",
+                    self.tensors.len()
+                ),
+            ));
+        }
+        replaced.check_finite()?;
+        self.tensors = replaced;
+        self.meta.training = None;
+        self.meta.metrics = None;
+        self.meta.origin = origin;
+        Ok(self)
     }
 
     /// A LoRA adapter of `package`: the trained LoRA matrices (`…lora_A.weight`,
@@ -186,6 +253,7 @@ impl Adapter {
             lora: None,
             bottleneck: None,
             alignment: None,
+            origin: None,
         }
     }
 

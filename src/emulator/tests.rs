@@ -147,6 +147,7 @@ fn run(
         label: "test".into(),
         stop_at,
         loss_is_nll: true,
+        collective: train::collective::world(),
     };
     let out = train::train(job, &|b, s| lm_loss(&model, b, s))?;
     Adapter::from_weights(pkg, &out.params, None, None)

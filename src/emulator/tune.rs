@@ -43,22 +43,86 @@ impl TuneStart<'_> {
                 ),
             ));
         }
-        let continuable = matches!(
-            (a.kind(), method),
-            ("full", Method::Full) | ("bitfit", Method::BitFit)
-        );
-        if !continuable {
+        if a.kind() != method.name() {
             return Err(Error::format(
                 origin,
                 format!(
-                    "a {} adapter cannot start a {} tuning (start from a full adapter without \
-                     --peft, or a BitFit one with --peft bitfit)",
+                    "a {} adapter cannot start a {} tuning (continue it with the same method: \
+                     {})",
                     a.kind(),
-                    method.name()
+                    method.name(),
+                    match a.kind() {
+                        "full" => "no --peft".to_string(),
+                        kind => format!("--peft {kind}"),
+                    }
+                ),
+            ));
+        }
+        let configured = match method {
+            Method::Lora(c) => a.meta.lora.as_ref() == Some(c),
+            Method::Adapter(c) => a.meta.bottleneck.as_ref() == Some(c),
+            Method::Full | Method::BitFit => true,
+        };
+        if !configured {
+            return Err(Error::format(
+                origin,
+                format!(
+                    "this {} adapter was made with other settings ({}) than this tuning's ({})",
+                    a.kind(),
+                    settings(&a.meta.lora, &a.meta.bottleneck),
+                    match method {
+                        Method::Lora(c) => settings(&Some(c.clone()), &None),
+                        Method::Adapter(c) => settings(&None, &Some(c.clone())),
+                        _ => String::new(),
+                    }
                 ),
             ));
         }
         Ok(())
+    }
+
+    /// Sets the freshly injected PEFT modules' variables (`params`) to the start's LoRA or
+    /// bottleneck weights, which must be exactly those variables. (Full and BitFit starts are
+    /// applied to the model's weights before the variables are made.)
+    fn set_peft(&self, params: &[crate::train::Param]) -> Result<()> {
+        let a = self.adapter;
+        let origin = a.tensors.origin();
+        if let Some(missing) = params.iter().find(|p| !a.tensors.contains(&p.name)) {
+            return Err(Error::format(
+                origin,
+                format!("the start adapter has no `{}`", missing.name),
+            ));
+        }
+        if let Some(extra) = a
+            .tensors
+            .names()
+            .find(|n| !params.iter().any(|p| p.name == *n))
+        {
+            return Err(Error::format(
+                origin,
+                format!("`{extra}` is not a weight this tuning trains"),
+            ));
+        }
+        for p in params {
+            let t = a.tensors.get(&p.name, p.var.dims())?;
+            p.var.set(&t.to_dtype(p.var.dtype())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// A PEFT configuration as a user would compare it.
+fn settings(
+    lora: &Option<crate::peft::LoraConfig>,
+    bottleneck: &Option<crate::peft::BottleneckConfig>,
+) -> String {
+    match (lora, bottleneck) {
+        (Some(c), _) => format!(
+            "r {}, alpha {}, dropout {}, targets {:?}",
+            c.r, c.alpha, c.dropout, c.targets
+        ),
+        (_, Some(c)) => format!("size {}, targets {:?}", c.size, c.targets),
+        _ => "none".into(),
     }
 }
 
@@ -101,9 +165,12 @@ pub fn tune_from(
     let options = &options.resolved("tune");
     let method = &method.for_model(&package.meta.config);
     let mut model = package.model()?;
+    let peft_start = matches!(method, Method::Lora(_) | Method::Adapter(_));
     if let Some(start) = start {
         start.check(package, method)?;
-        start.adapter.apply(&mut model)?;
+        if !peft_start {
+            start.adapter.apply(&mut model)?;
+        }
     }
     // The emulator is never written back (only the adapter is), so storing it in bf16 is safe.
     let adapter_layers = package.meta.split.adapter();
@@ -114,6 +181,10 @@ pub fn tune_from(
         options.seed,
         options.precision,
     )?;
+    if let Some(start) = start.filter(|_| peft_start) {
+        // LoRA / bottleneck rounds continue the start's modules, not fresh ones.
+        start.set_peft(&params)?;
+    }
     let pull = Pull::new(&params, start.map_or(0.0, |s| s.pull))?;
     let total = model.num_parameters();
     let mut job = TrainJob::beside(output, "tune", params, train_data, val, pad, options, total);
@@ -128,18 +199,33 @@ pub fn tune_from(
         }
     })?;
     let (training, metrics) = (Some(options.clone()), Some(outcome.summary));
-    let adapter = match method {
-        Method::Full => Adapter::from_weights(package, &outcome.params, training, metrics)?,
-        Method::Lora(config) => {
-            Adapter::from_lora(package, config, &outcome.params, training, metrics)?
-        }
-        Method::Adapter(config) => {
-            Adapter::from_bottleneck(package, config, &outcome.params, training, metrics)?
-        }
-        Method::BitFit => Adapter::bitfit(package, &outcome.params, training, metrics)?,
-    };
-    adapter.save(output)?;
-    // The adapter is written; the run's checkpoints are no longer needed.
-    let _ = std::fs::remove_dir_all(&checkpoint_dir);
+    let adapter = Adapter::of_method(package, method, &outcome.params, training, metrics)?;
+    // In a data-parallel run every rank holds the same adapter; rank 0 writes it.
+    if crate::train::collective::world().is_root() {
+        adapter.save(output)?;
+        // The adapter is written; the run's checkpoints are no longer needed.
+        let _ = std::fs::remove_dir_all(&checkpoint_dir);
+    }
     Ok(adapter)
+}
+
+/// The adapter `package` ships for `method` before any tuning: the package's adapter weights
+/// (every one, or BitFit's 1-D ones), or fresh LoRA / bottleneck modules seeded with `seed`
+/// exactly as [`tune`] injects them. Where a coordinator's federated rounds start.
+pub fn initial_adapter(package: &Package, method: &Method, seed: u64) -> Result<Adapter> {
+    let method = &method.for_model(&package.meta.config);
+    let mut model = package.model()?;
+    let layers = package.meta.split.adapter();
+    let (params, _) = prepare(
+        &mut model,
+        method,
+        Some(&layers),
+        seed,
+        crate::model::Precision::F32,
+    )?;
+    let weights = params
+        .iter()
+        .map(|p| (p.name.clone(), p.var.as_tensor().clone()))
+        .collect();
+    Adapter::of_method(package, method, &weights, None, None)
 }

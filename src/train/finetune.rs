@@ -54,11 +54,14 @@ pub fn finetune(
         }
     }
     merge_lora(&mut model)?;
-    hf_dir::save(output, &model, ckpt.tokenizer.as_ref())?;
-    atomic::write_json(
-        &output.join("training.json"),
-        &serde_json::json!({"options": options, "method": method, "metrics": outcome.summary}),
-    )?;
-    let _ = std::fs::remove_dir_all(&checkpoint_dir);
+    // In a data-parallel run every rank holds the same model; rank 0 writes it.
+    if super::collective::world().is_root() {
+        hf_dir::save(output, &model, ckpt.tokenizer.as_ref())?;
+        atomic::write_json(
+            &output.join("training.json"),
+            &serde_json::json!({"options": options, "method": method, "metrics": outcome.summary}),
+        )?;
+        let _ = std::fs::remove_dir_all(&checkpoint_dir);
+    }
     Ok((model, outcome.summary))
 }

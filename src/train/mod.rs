@@ -2,8 +2,10 @@
 //! language-modelling loss.
 
 pub mod checkpoint;
+pub mod collective;
 pub mod finetune;
 pub mod loss;
+mod metrics_log;
 pub mod optimizer;
 pub mod options;
 pub mod prepare;

@@ -3,6 +3,8 @@
 //! fine-tuning are short callers of [`train`].
 
 use super::checkpoint::{self, LoopState, Snapshot};
+use super::collective::{self, Collective};
+use super::metrics_log::MetricsLog;
 use super::optimizer::{AdamW, Param};
 use super::options::TrainOptions;
 use super::schedule::learning_rate;
@@ -14,7 +16,6 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -46,6 +47,9 @@ pub struct TrainJob<'a> {
     /// Whether the loss is a mean token negative log-likelihood, so that its exponential is a
     /// perplexity worth reporting (not so for a distillation's weighted sum of losses).
     pub loss_is_nll: bool,
+    /// The processes the run is spread over ([`collective::world`]: one, or MPI's ranks): each
+    /// takes its slice of every batch; only rank 0 writes the log and checkpoints.
+    pub collective: std::sync::Arc<dyn Collective>,
 }
 
 /// How the run went.
@@ -121,6 +125,7 @@ impl<'a> TrainJob<'a> {
             label: label.into(),
             stop_at: None,
             loss_is_nll: true,
+            collective: collective::world(),
         }
     }
 }
@@ -183,8 +188,24 @@ pub fn evaluate(
     device: &Device,
     loss: &dyn Fn(&Batch, Option<u64>) -> candle_core::Result<Tensor>,
 ) -> Result<f64> {
+    evaluate_on(&collective::Single, data, batch_size, pad, device, loss)
+}
+
+/// [`evaluate`] spread over `group`: each rank scores every `size`-th batch, and the sums meet.
+pub fn evaluate_on(
+    group: &dyn Collective,
+    data: &[Sequence],
+    batch_size: usize,
+    pad: u32,
+    device: &Device,
+    loss: &dyn Fn(&Batch, Option<u64>) -> candle_core::Result<Tensor>,
+) -> Result<f64> {
     let (mut sum, mut count) = (0.0, 0usize);
-    for chunk in data.chunks(batch_size) {
+    let mine = data
+        .chunks(batch_size)
+        .enumerate()
+        .filter(|(i, _)| i % group.size() == group.rank());
+    for (_, chunk) in mine {
         let refs: Vec<&Sequence> = chunk.iter().collect();
         let batch = Batch::new(&refs, pad, device)?;
         let l = loss(&batch, None)?
@@ -193,42 +214,9 @@ pub fn evaluate(
         sum += l * batch.num_targets as f64;
         count += batch.num_targets;
     }
-    Ok(sum / count.max(1) as f64)
-}
-
-/// Appends JSON lines to the metrics log.
-struct MetricsLog {
-    file: std::fs::File,
-    path: PathBuf,
-}
-
-impl MetricsLog {
-    /// Opens the log; on resume, keeps only the lines up to `keep_until` (the checkpoint's step),
-    /// so a crashed run's later lines do not appear twice.
-    fn open(path: PathBuf, keep_until: Option<usize>) -> Result<Self> {
-        let mut kept = String::new();
-        if let (Some(step), Ok(text)) = (keep_until, std::fs::read_to_string(&path)) {
-            for line in text.lines() {
-                let s = serde_json::from_str::<serde_json::Value>(line)
-                    .ok()
-                    .and_then(|v| v["step"].as_u64());
-                if s.is_some_and(|s| s as usize <= step) {
-                    kept.push_str(line);
-                    kept.push('\n');
-                }
-            }
-        }
-        crate::io::atomic::write_bytes(&path, kept.as_bytes())?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        Ok(MetricsLog { file, path })
-    }
-
-    fn write(&mut self, value: serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{value}").map_err(|e| Error::io(&self.path, e))
-    }
+    let mut both = [sum, count as f64];
+    group.all_reduce_sum_f64(&mut both)?;
+    Ok(both[0] / both[1].max(1.0))
 }
 
 /// The error for a step whose loss or gradient is not finite, naming the step and the first
@@ -284,6 +272,15 @@ pub fn train(
         job.total_params,
         job.train.len()
     );
+    let group = job.collective.clone();
+    let root = group.is_root();
+    if group.size() > o.batch_size {
+        return Err(Error::Invalid(format!(
+            "--batch-size {} is smaller than the {} processes that share each batch",
+            o.batch_size,
+            group.size()
+        )));
+    }
     let total = total_steps(o, job.train.len());
     let digest = options_digest(o);
     let mut opt = AdamW::of_kind(&job.params, o.weight_decay, o.optimizer)?;
@@ -328,9 +325,27 @@ pub fn train(
             job.checkpoint_dir.display()
         );
     }
-    let mut log = MetricsLog::open(job.metrics_log.clone(), o.resume.then_some(state.step))?;
+    if group.size() > 1 {
+        // Every rank starts from rank 0's parameters (and checkpoint, read by all).
+        collective::broadcast_params(group.as_ref(), &job.params)?;
+        if root {
+            eprintln!(
+                "{}: data-parallel over {} processes, each batch of {} split between them",
+                job.label,
+                group.size(),
+                o.batch_size
+            );
+        }
+    }
+    let mut log = root
+        .then(|| MetricsLog::open(job.metrics_log.clone(), o.resume.then_some(state.step)))
+        .transpose()?;
 
-    let pb = ProgressBar::new(total as u64).with_position(state.step as u64);
+    let pb = if root {
+        ProgressBar::new(total as u64).with_position(state.step as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     pb.set_style(
         ProgressStyle::with_template(
             "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg} (ETA {eta})",
@@ -347,10 +362,17 @@ pub fn train(
     let mut last_eval_step = None;
     let do_eval = |state: &mut LoopState,
                    best: &mut Option<BTreeMap<String, Tensor>>,
-                   log: &mut MetricsLog|
+                   log: &mut Option<MetricsLog>|
      -> Result<()> {
         let Some(val) = job.val else { return Ok(()) };
-        let v = evaluate(val, o.batch_size, job.pad, &job.device, loss)?;
+        let v = evaluate_on(
+            group.as_ref(),
+            val,
+            o.batch_size,
+            job.pad,
+            &job.device,
+            loss,
+        )?;
         let improved = state.best.is_none_or(|(b, _)| v < b);
         if improved {
             state.best = Some((v, state.step));
@@ -365,6 +387,7 @@ pub fn train(
         if improved {
             line += " *best*";
         }
+        let Some(log) = log else { return Ok(()) };
         log.write(record)?;
         // A hidden bar (stderr not a terminal) swallows `println`.
         if pb.is_hidden() {
@@ -388,13 +411,33 @@ pub fn train(
             }
             let idx = &order
                 [state.micro * o.batch_size..((state.micro + 1) * o.batch_size).min(order.len())];
+            let idx = collective::slice(idx, group.rank(), group.size());
+            state.micro += 1;
             let seqs: Vec<&Sequence> = idx.iter().map(|&i| &job.train[i]).collect();
-            let batch = Batch::new(&seqs, job.pad, &job.device)?;
+            let batch = match seqs.is_empty() {
+                true => None,
+                false => Some(Batch::new(&seqs, job.pad, &job.device)?),
+            };
+            // Over several ranks each rank's mean loss counts by its share of the batch's
+            // targets, so that the summed gradients are those of the whole batch's mean.
+            let share = match (&batch, group.size()) {
+                (_, 1) => 1.0,
+                (b, _) => {
+                    let mine = b.as_ref().map_or(0.0, |b| b.num_targets as f64);
+                    let mut all = [mine];
+                    group.all_reduce_sum_f64(&mut all)?;
+                    mine / all[0].max(1.0)
+                }
+            };
+            let Some(batch) = batch else { continue };
             // Each micro-batch's dropout masks come from the seed and its position in the run,
             // so a resumed run draws the same masks.
             let step_seed = crate::peft::lora::mix_seed(o.seed, state.step as u64);
             let micro_seed = crate::peft::lora::mix_seed(step_seed, k as u64);
-            let l = loss(&batch, Some(micro_seed))?;
+            let mut l = loss(&batch, Some(micro_seed))?;
+            if group.size() > 1 {
+                l = (l * share)?;
+            }
             step_loss +=
                 l.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()? / o.grad_accum as f64;
             let g = (l / o.grad_accum as f64)?.backward()?;
@@ -406,7 +449,6 @@ pub fn train(
                     });
                 }
             }
-            state.micro += 1;
             step_tokens += batch.num_tokens;
         }
         let grads: Vec<Tensor> = grads
@@ -414,6 +456,14 @@ pub fn train(
             .zip(&job.params)
             .map(|(g, p)| g.map_or_else(|| p.var.as_tensor().zeros_like(), Ok))
             .collect::<candle_core::Result<_>>()?;
+        let grads = if group.size() > 1 {
+            let mut sums = [step_loss, step_tokens as f64];
+            group.all_reduce_sum_f64(&mut sums)?;
+            (step_loss, step_tokens) = (sums[0], sums[1] as usize);
+            collective::all_reduce_tensors(group.as_ref(), &grads)?
+        } else {
+            grads
+        };
         let mut sq = 0.0;
         for g in &grads {
             sq += g
@@ -445,11 +495,13 @@ pub fn train(
         if window.len() > 10 {
             window.remove(0);
         }
-        log.write(serde_json::json!({
-            "step": state.step, "epoch": state.epoch, "loss": step_loss, "lr": lr,
-            "grad_norm": norm, "tokens": state.tokens, "tokens_per_s": step_tokens as f64 / dt,
-            "elapsed_s": started.elapsed().as_secs_f64(),
-        }))?;
+        log.as_mut().map_or(Ok(()), |log| {
+            log.write(serde_json::json!({
+                "step": state.step, "epoch": state.epoch, "loss": step_loss, "lr": lr,
+                "grad_norm": norm, "tokens": state.tokens, "tokens_per_s": step_tokens as f64 / dt,
+                "elapsed_s": started.elapsed().as_secs_f64(),
+            }))
+        })?;
         pb.set_position(state.step as u64);
         pb.set_message(format!(
             "loss {step_loss:.4} lr {lr:.2e} {:.0} tok/s",
@@ -467,7 +519,7 @@ pub fn train(
             do_eval(&mut state, &mut best, &mut log)?;
             last_eval_step = Some(state.step);
         }
-        if o.save_every > 0 && state.step.is_multiple_of(o.save_every) {
+        if root && o.save_every > 0 && state.step.is_multiple_of(o.save_every) {
             checkpoint::save(
                 &job.checkpoint_dir,
                 &Snapshot {

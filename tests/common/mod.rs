@@ -184,6 +184,19 @@ pub fn tune_briefly(emu: &Path, train: &Path, out: &Path, extra: &[&str]) -> Str
 
 /// What [`tune_briefly`] runs, its output as it came (for failures, or to read stderr).
 pub fn tune_output(emu: &Path, train: &Path, out: &Path, extra: &[&str]) -> Output {
+    tune_with(emu, train, out, "3", "5e-2", extra)
+}
+
+/// `offsite tune EMU --data TRAIN -o OUT` for `steps` steps at `lr` on 16-token blocks, plus
+/// `extra` flags; its output as it came.
+pub fn tune_with(
+    emu: &Path,
+    train: &Path,
+    out: &Path,
+    steps: &str,
+    lr: &str,
+    extra: &[&str],
+) -> Output {
     let mut args = vec![
         "tune",
         s(emu),
@@ -192,11 +205,11 @@ pub fn tune_output(emu: &Path, train: &Path, out: &Path, extra: &[&str]) -> Outp
         "-o",
         s(out),
         "--max-steps",
-        "3",
+        steps,
         "--block-size",
         "16",
         "--lr",
-        "5e-2",
+        lr,
     ];
     args.extend_from_slice(extra);
     offsite(&args)

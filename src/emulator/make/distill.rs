@@ -271,7 +271,9 @@ pub(crate) fn distill_until(
     job.loss_is_nll = false;
     let checkpoint_dir = job.checkpoint_dir.clone();
     let outcome = train::train(job, &|batch, seed| pair.loss(batch, seed))?;
-    let _ = std::fs::remove_dir_all(&checkpoint_dir);
+    if train::collective::world().is_root() {
+        let _ = std::fs::remove_dir_all(&checkpoint_dir);
+    }
     Ok((outcome.params, outcome.summary))
 }
 

@@ -1,0 +1,1 @@
+"""Flower ServerApp and ClientApp for federated offsite-tuning (FedAvg over adapters)."""

@@ -1,0 +1,105 @@
+//! Data-parallel training over MPI (issue 22): `mpiexec -n N offsite tune …` takes the steps of
+//! one process with the whole batch. Runs with `--features mpi` (`.ci/run` installs MPICH);
+//! without the feature, a launch by mpiexec is refused.
+
+mod common;
+
+use common::*;
+#[cfg(feature = "mpi")]
+use std::path::Path;
+use std::process::Command;
+
+/// `offsite tune` of the tiny package for 3 steps of global batch 4, optionally under
+/// `mpiexec -n ranks`.
+#[cfg(feature = "mpi")]
+fn tune(ranks: Option<usize>, emu: &Path, train: &Path, val: &Path, out: &Path) {
+    let bin = env!("CARGO_BIN_EXE_offsite");
+    let args = [
+        "tune",
+        s(emu),
+        "--data",
+        s(train),
+        "--val",
+        s(val),
+        "-o",
+        s(out),
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--block-size",
+        "16",
+        "--lr",
+        "1e-3",
+        "--save-every",
+        "1",
+    ];
+    let o = match ranks {
+        Some(n) => Command::new("mpiexec")
+            .args(["-n", &n.to_string(), bin])
+            .args(args)
+            .output(),
+        None => Command::new(bin).args(args).output(),
+    }
+    .expect("runs (is MPICH's mpiexec installed?)");
+    ok(o);
+}
+
+#[cfg(feature = "mpi")]
+#[test]
+fn mpiexec_ranks_tune_the_adapter_one_process_would() {
+    use offsite::emulator::Adapter;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_, train, emu) = model_data_emulator(d, 6);
+    let val = d.join("val.jsonl");
+    write_texts(&val, 3);
+    let single = d.join("single.safetensors");
+    tune(None, &emu, &train, &val, &single);
+    let one = Adapter::load(&single, &candle_core::Device::Cpu).unwrap();
+    for n in [2, 4] {
+        let out = d.join(format!("ranks{n}.safetensors"));
+        tune(Some(n), &emu, &train, &val, &out);
+        let many = Adapter::load(&out, &candle_core::Device::Cpu).unwrap();
+        for (name, t) in one.tensors.iter() {
+            let u = many.tensors.get(name, t.dims()).unwrap();
+            assert!(max_abs_diff(t, &u) < 1e-5, "{n} ranks: {name}");
+        }
+        let (a, b) = (
+            one.meta.metrics.as_ref().unwrap(),
+            many.meta.metrics.as_ref().unwrap(),
+        );
+        assert_eq!(a.tokens, b.tokens, "{n} ranks count every token once");
+        assert!((a.best_val_loss.unwrap() - b.best_val_loss.unwrap()).abs() < 1e-5);
+        // Rank 0 alone wrote the log: one line per step and validation, as one process does.
+        let log =
+            std::fs::read_to_string(d.join(format!("ranks{n}.safetensors.metrics.jsonl"))).unwrap();
+        let single_log =
+            std::fs::read_to_string(d.join("single.safetensors.metrics.jsonl")).unwrap();
+        assert_eq!(log.lines().count(), single_log.lines().count());
+        assert!(!d.join(format!("ranks{n}.safetensors.ckpt")).exists());
+    }
+}
+
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_launch_by_mpiexec_without_the_feature_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_, train, emu) = model_data_emulator(d, 6);
+    let o = Command::new(env!("CARGO_BIN_EXE_offsite"))
+        .args([
+            "tune",
+            s(&emu),
+            "--data",
+            s(&train),
+            "-o",
+            s(&d.join("a.safetensors")),
+        ])
+        .env("PMI_SIZE", "2")
+        .env("PMI_RANK", "0")
+        .output()
+        .unwrap();
+    fails(o, &["mpiexec", "2 processes", "--features mpi"]);
+    assert!(!d.join("a.safetensors").exists());
+}
