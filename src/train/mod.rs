@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod collective;
+mod evaluate;
 pub mod finetune;
 pub mod loss;
 mod metrics_log;
@@ -12,9 +13,8 @@ pub mod prepare;
 pub mod schedule;
 pub mod trainer;
 
+pub use evaluate::{evaluate, evaluate_on};
 pub use optimizer::{AdamW, Param};
 pub use options::{Schedule, TrainOptions};
 pub use prepare::prepare;
-pub use trainer::{
-    evaluate, run_files, train, trainable_params, TrainJob, TrainOutcome, TrainSummary,
-};
+pub use trainer::{run_files, train, trainable_params, TrainJob, TrainOutcome, TrainSummary};

@@ -4,6 +4,7 @@
 
 use super::checkpoint::{self, LoopState, Snapshot};
 use super::collective::{self, Collective};
+use super::evaluate::evaluate_on;
 use super::metrics_log::MetricsLog;
 use super::optimizer::{AdamW, Param};
 use super::options::TrainOptions;
@@ -176,47 +177,6 @@ fn snapshot_params(params: &[Param]) -> Result<BTreeMap<String, Tensor>> {
         .iter()
         .map(|p| Ok((p.name.clone(), p.var.as_tensor().copy()?)))
         .collect()
-}
-
-/// Mean loss over `data` in batches, without updating anything.
-/// The mean of `loss` over `data` in batches of `batch_size`, each batch weighted by its
-/// counted targets (how the loop reports validation loss).
-pub fn evaluate(
-    data: &[Sequence],
-    batch_size: usize,
-    pad: u32,
-    device: &Device,
-    loss: &dyn Fn(&Batch, Option<u64>) -> candle_core::Result<Tensor>,
-) -> Result<f64> {
-    evaluate_on(&collective::Single, data, batch_size, pad, device, loss)
-}
-
-/// [`evaluate`] spread over `group`: each rank scores every `size`-th batch, and the sums meet.
-pub fn evaluate_on(
-    group: &dyn Collective,
-    data: &[Sequence],
-    batch_size: usize,
-    pad: u32,
-    device: &Device,
-    loss: &dyn Fn(&Batch, Option<u64>) -> candle_core::Result<Tensor>,
-) -> Result<f64> {
-    let (mut sum, mut count) = (0.0, 0usize);
-    let mine = data
-        .chunks(batch_size)
-        .enumerate()
-        .filter(|(i, _)| i % group.size() == group.rank());
-    for (_, chunk) in mine {
-        let refs: Vec<&Sequence> = chunk.iter().collect();
-        let batch = Batch::new(&refs, pad, device)?;
-        let l = loss(&batch, None)?
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
-        sum += l * batch.num_targets as f64;
-        count += batch.num_targets;
-    }
-    let mut both = [sum, count as f64];
-    group.all_reduce_sum_f64(&mut both)?;
-    Ok(both[0] / both[1].max(1.0))
 }
 
 /// The error for a step whose loss or gradient is not finite, naming the step and the first
