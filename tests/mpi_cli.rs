@@ -81,6 +81,61 @@ fn mpiexec_ranks_tune_the_adapter_one_process_would() {
     }
 }
 
+#[cfg(feature = "mpi")]
+#[test]
+fn a_stopped_data_parallel_run_resumes_to_the_adapter_of_an_uninterrupted_one() {
+    use offsite::emulator::Adapter;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_, train, emu) = model_data_emulator(d, 7);
+    let run = |out: &Path, stop: Option<&str>, resume: bool| {
+        let mut c = Command::new("mpiexec");
+        c.args([
+            "-n",
+            "2",
+            env!("CARGO_BIN_EXE_offsite"),
+            "tune",
+            s(&emu),
+            "--data",
+        ])
+        .args([
+            s(&train),
+            "-o",
+            s(out),
+            "--max-steps",
+            "12",
+            "--batch-size",
+            "4",
+        ])
+        .args(["--block-size", "16", "--lr", "1e-3", "--save-every", "3"]);
+        if resume {
+            c.arg("--resume");
+        }
+        if let Some(step) = stop {
+            // Every rank stops after this step as a crash would (rank 0 checkpointed it).
+            c.env("OFFSITE_TEST_STOP_AT_STEP", step);
+        }
+        c.output().unwrap()
+    };
+    let reference = d.join("reference.safetensors");
+    ok(run(&reference, None, false));
+    let out = d.join("stopped.safetensors");
+    let stopped = run(&out, Some("7"), false);
+    assert!(!stopped.status.success() && !out.exists());
+    let o = run(&out, None, true);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    ok(o);
+    assert!(stderr.contains("resumed at step 6"), "{stderr}");
+    let (a, b) = (
+        Adapter::load(&reference, &candle_core::Device::Cpu).unwrap(),
+        Adapter::load(&out, &candle_core::Device::Cpu).unwrap(),
+    );
+    for (name, t) in a.tensors.iter() {
+        let u = b.tensors.get(name, t.dims()).unwrap();
+        assert_eq!(max_abs_diff(t, &u), 0.0, "{name}");
+    }
+}
+
 #[cfg(not(feature = "mpi"))]
 #[test]
 fn a_launch_by_mpiexec_without_the_feature_is_refused() {

@@ -124,7 +124,10 @@ impl<'a> TrainJob<'a> {
             metrics_log,
             total_params,
             label: label.into(),
-            stop_at: None,
+            // Tests of resumption stop command-line runs as a crash would.
+            stop_at: std::env::var("OFFSITE_TEST_STOP_AT_STEP")
+                .ok()
+                .and_then(|v| v.parse().ok()),
             loss_is_nll: true,
             collective: collective::world(),
         }
