@@ -136,6 +136,81 @@ fn a_stopped_data_parallel_run_resumes_to_the_adapter_of_an_uninterrupted_one() 
     }
 }
 
+/// Runs `offsite ARGS`, under `mpiexec -n ranks` when given; must succeed.
+#[cfg(feature = "mpi")]
+fn run_offsite(ranks: Option<usize>, args: &[&str]) {
+    let bin = env!("CARGO_BIN_EXE_offsite");
+    let o = match ranks {
+        Some(n) => Command::new("mpiexec")
+            .args(["-n", &n.to_string(), bin])
+            .args(args)
+            .output(),
+        None => Command::new(bin).args(args).output(),
+    };
+    ok(o.unwrap());
+}
+
+#[cfg(feature = "mpi")]
+#[test]
+fn finetuning_and_distillation_run_data_parallel_too() {
+    use offsite::emulator::Package;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (model, train, _) = model_data_emulator(d, 8);
+    let steps = [
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--block-size",
+        "16",
+        "--lr",
+        "1e-3",
+    ];
+    for ranks in [None, Some(2)] {
+        let name = ranks.map_or("single".to_string(), |n| format!("ranks{n}"));
+        let ft = d.join(format!("ft-{name}"));
+        let mut args = vec!["finetune", s(&model), "--data", s(&train), "-o", s(&ft)];
+        args.extend(steps);
+        run_offsite(ranks, &args);
+        let emu = d.join(format!("distilled-{name}.offsite"));
+        let mut args = vec![
+            "emulator",
+            s(&model),
+            "--bottom",
+            "1",
+            "--top",
+            "1",
+            "--keep",
+            "2",
+        ];
+        args.extend([
+            "--distill",
+            s(&train),
+            "--distill-steps",
+            "2",
+            "--block-size",
+            "16",
+        ]);
+        args.extend(["--batch-size", "4", "--lr", "1e-3", "-o", s(&emu)]);
+        run_offsite(ranks, &args);
+    }
+    let cpu = candle_core::Device::Cpu;
+    let load =
+        |p: &Path| candle_core::safetensors::load(p.join("model.safetensors"), &cpu).unwrap();
+    let (a, b) = (load(&d.join("ft-single")), load(&d.join("ft-ranks2")));
+    assert_eq!(a.len(), b.len());
+    for (name, t) in &a {
+        assert!(max_abs_diff(t, &b[name]) < 1e-5, "finetune: {name}");
+    }
+    let pa = Package::load(&d.join("distilled-single.offsite"), &cpu).unwrap();
+    let pb = Package::load(&d.join("distilled-ranks2.offsite"), &cpu).unwrap();
+    for (name, t) in pa.tensors.iter() {
+        let u = pb.tensors.get(name, t.dims()).unwrap();
+        assert!(max_abs_diff(t, &u) < 1e-5, "distillation: {name}");
+    }
+}
+
 #[cfg(not(feature = "mpi"))]
 #[test]
 fn a_launch_by_mpiexec_without_the_feature_is_refused() {
