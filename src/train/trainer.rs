@@ -226,17 +226,20 @@ pub fn train(
     if job.train.is_empty() {
         return Err(Error::Invalid("no training data".into()));
     }
-    let trainable: usize = job.params.iter().map(|p| p.var.elem_count()).sum();
-    eprintln!(
-        "{}: {} trainable parameters ({:.2}% of {}), {} training sequences",
-        job.label,
-        trainable,
-        100.0 * trainable as f64 / job.total_params.max(1) as f64,
-        job.total_params,
-        job.train.len()
-    );
     let group = job.collective.clone();
+    // Rank 0 speaks for a data-parallel run (the others hold the same state).
     let root = group.is_root();
+    let trainable: usize = job.params.iter().map(|p| p.var.elem_count()).sum();
+    if root {
+        eprintln!(
+            "{}: {} trainable parameters ({:.2}% of {}), {} training sequences",
+            job.label,
+            trainable,
+            100.0 * trainable as f64 / job.total_params.max(1) as f64,
+            job.total_params,
+            job.train.len()
+        );
+    }
     if group.size() > o.batch_size {
         return Err(Error::Invalid(format!(
             "--batch-size {} is smaller than the {} processes that share each batch",
@@ -280,8 +283,10 @@ pub fn train(
         opt.t = snap.state.step;
         best = snap.best;
         state = snap.state;
-        eprintln!("{}: resumed at step {} of {total}", job.label, state.step);
-    } else if o.resume {
+        if root {
+            eprintln!("{}: resumed at step {} of {total}", job.label, state.step);
+        }
+    } else if o.resume && root {
         eprintln!(
             "{}: no checkpoint in {}, starting from scratch",
             job.label,
@@ -470,7 +475,7 @@ pub fn train(
             "loss {step_loss:.4} lr {lr:.2e} {:.0} tok/s",
             step_tokens as f64 / dt
         ));
-        if pb.is_hidden() && (state.step.is_multiple_of(10) || state.step == total) {
+        if root && pb.is_hidden() && (state.step.is_multiple_of(10) || state.step == total) {
             eprintln!(
                 "{}: step {}/{total} loss {step_loss:.4} lr {lr:.2e} {:.0} tok/s",
                 job.label,
