@@ -13,7 +13,6 @@ use std::process::Command;
 /// `mpiexec -n ranks`.
 #[cfg(feature = "mpi")]
 fn tune(ranks: Option<usize>, emu: &Path, train: &Path, val: &Path, out: &Path) {
-    let bin = env!("CARGO_BIN_EXE_offsite");
     let args = [
         "tune",
         s(emu),
@@ -34,15 +33,7 @@ fn tune(ranks: Option<usize>, emu: &Path, train: &Path, val: &Path, out: &Path) 
         "--save-every",
         "1",
     ];
-    let o = match ranks {
-        Some(n) => Command::new("mpiexec")
-            .args(["-n", &n.to_string(), bin])
-            .args(args)
-            .output(),
-        None => Command::new(bin).args(args).output(),
-    }
-    .expect("runs (is MPICH's mpiexec installed?)");
-    ok(o);
+    run_offsite(ranks, &args);
 }
 
 #[cfg(feature = "mpi")]
