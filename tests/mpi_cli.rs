@@ -9,6 +9,28 @@ use common::*;
 use std::path::Path;
 use std::process::Command;
 
+/// `offsite ARGS`, under `mpiexec -n ranks` when given.
+#[cfg(feature = "mpi")]
+fn command(ranks: Option<usize>, args: &[&str]) -> Command {
+    let bin = env!("CARGO_BIN_EXE_offsite");
+    let mut c = match ranks {
+        Some(n) => {
+            let mut c = Command::new("mpiexec");
+            c.args(["-n", &n.to_string(), bin]);
+            c
+        }
+        None => Command::new(bin),
+    };
+    c.args(args);
+    c
+}
+
+/// [`command`], which must succeed.
+#[cfg(feature = "mpi")]
+fn run_offsite(ranks: Option<usize>, args: &[&str]) {
+    ok(command(ranks, args).output().unwrap());
+}
+
 /// `offsite tune` of the tiny package for 3 steps of global batch 4, optionally under
 /// `mpiexec -n ranks`.
 #[cfg(feature = "mpi")]
@@ -52,10 +74,7 @@ fn mpiexec_ranks_tune_the_adapter_one_process_would() {
         let out = d.join(format!("ranks{n}.safetensors"));
         tune(Some(n), &emu, &train, &val, &out);
         let many = Adapter::load(&out, &candle_core::Device::Cpu).unwrap();
-        for (name, t) in one.tensors.iter() {
-            let u = many.tensors.get(name, t.dims()).unwrap();
-            assert!(max_abs_diff(t, &u) < 1e-5, "{n} ranks: {name}");
-        }
+        assert_maps_close(&one.tensors, &many.tensors, 1e-5, &format!("{n} ranks"));
         let (a, b) = (
             one.meta.metrics.as_ref().unwrap(),
             many.meta.metrics.as_ref().unwrap(),
@@ -80,28 +99,20 @@ fn a_stopped_data_parallel_run_resumes_to_the_adapter_of_an_uninterrupted_one() 
     let d = dir.path();
     let (_, train, emu) = model_data_emulator(d, 7);
     let run = |out: &Path, stop: Option<&str>, resume: bool| {
-        let mut c = Command::new("mpiexec");
-        c.args([
-            "-n",
-            "2",
-            env!("CARGO_BIN_EXE_offsite"),
-            "tune",
-            s(&emu),
-            "--data",
-        ])
-        .args([
-            s(&train),
-            "-o",
-            s(out),
+        let mut args = vec!["tune", s(&emu), "--data", s(&train), "-o", s(out)];
+        args.extend([
             "--max-steps",
             "12",
             "--batch-size",
             "4",
-        ])
-        .args(["--block-size", "16", "--lr", "1e-3", "--save-every", "3"]);
+            "--block-size",
+            "16",
+        ]);
+        args.extend(["--lr", "1e-3", "--save-every", "3"]);
         if resume {
-            c.arg("--resume");
+            args.push("--resume");
         }
+        let mut c = command(Some(2), &args);
         if let Some(step) = stop {
             // Every rank stops after this step as a crash would (rank 0 checkpointed it).
             c.env("OFFSITE_TEST_STOP_AT_STEP", step);
@@ -121,24 +132,7 @@ fn a_stopped_data_parallel_run_resumes_to_the_adapter_of_an_uninterrupted_one() 
         Adapter::load(&reference, &candle_core::Device::Cpu).unwrap(),
         Adapter::load(&out, &candle_core::Device::Cpu).unwrap(),
     );
-    for (name, t) in a.tensors.iter() {
-        let u = b.tensors.get(name, t.dims()).unwrap();
-        assert_eq!(max_abs_diff(t, &u), 0.0, "{name}");
-    }
-}
-
-/// Runs `offsite ARGS`, under `mpiexec -n ranks` when given; must succeed.
-#[cfg(feature = "mpi")]
-fn run_offsite(ranks: Option<usize>, args: &[&str]) {
-    let bin = env!("CARGO_BIN_EXE_offsite");
-    let o = match ranks {
-        Some(n) => Command::new("mpiexec")
-            .args(["-n", &n.to_string(), bin])
-            .args(args)
-            .output(),
-        None => Command::new(bin).args(args).output(),
-    };
-    ok(o.unwrap());
+    assert_maps_close(&a.tensors, &b.tensors, 0.0, "resumed");
 }
 
 #[cfg(feature = "mpi")]
@@ -165,26 +159,17 @@ fn finetuning_and_distillation_run_data_parallel_too() {
         args.extend(steps);
         run_offsite(ranks, &args);
         let emu = d.join(format!("distilled-{name}.offsite"));
-        let mut args = vec![
-            "emulator",
-            s(&model),
-            "--bottom",
-            "1",
-            "--top",
-            "1",
-            "--keep",
-            "2",
-        ];
-        args.extend([
+        let distill = [
             "--distill",
             s(&train),
             "--distill-steps",
             "2",
             "--block-size",
             "16",
-        ]);
-        args.extend(["--batch-size", "4", "--lr", "1e-3", "-o", s(&emu)]);
-        run_offsite(ranks, &args);
+        ];
+        let mut extra = distill.to_vec();
+        extra.extend(["--batch-size", "4", "--lr", "1e-3"]);
+        run_offsite(ranks, &emulator_args(&model, &emu, &extra));
     }
     let cpu = candle_core::Device::Cpu;
     let load =
@@ -196,10 +181,7 @@ fn finetuning_and_distillation_run_data_parallel_too() {
     }
     let pa = Package::load(&d.join("distilled-single.offsite"), &cpu).unwrap();
     let pb = Package::load(&d.join("distilled-ranks2.offsite"), &cpu).unwrap();
-    for (name, t) in pa.tensors.iter() {
-        let u = pb.tensors.get(name, t.dims()).unwrap();
-        assert!(max_abs_diff(t, &u) < 1e-5, "distillation: {name}");
-    }
+    assert_maps_close(&pa.tensors, &pb.tensors, 1e-5, "distillation");
 }
 
 #[cfg(not(feature = "mpi"))]

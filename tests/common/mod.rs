@@ -33,6 +33,24 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     max_abs(&(a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap())
 }
 
+/// Two tensor maps hold the same names, and every tensor differs by at most `tolerance`.
+pub fn assert_maps_close(
+    a: &offsite::model::TensorMap,
+    b: &offsite::model::TensorMap,
+    tolerance: f64,
+    what: &str,
+) {
+    assert_eq!(
+        a.names().collect::<Vec<_>>(),
+        b.names().collect::<Vec<_>>(),
+        "{what}"
+    );
+    for (name, t) in a.iter() {
+        let u = b.get(name, t.dims()).unwrap();
+        assert!(max_abs_diff(t, &u) <= tolerance, "{what}: {name} differs");
+    }
+}
+
 /// The largest magnitude in a tensor, in f64.
 pub fn max_abs(t: &Tensor) -> f64 {
     t.to_dtype(DType::F64)
